@@ -1,0 +1,1 @@
+//! LFM2 (Liquid AI) hybrid language model, mirroring transformers `Lfm2ForCausalLM`.

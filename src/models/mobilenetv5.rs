@@ -1,0 +1,1 @@
+//! MobileNetV5 encoder + Multi-Scale Fusion Adapter, mirroring timm `MobileNetV5Encoder`.

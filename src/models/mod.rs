@@ -1,0 +1,4 @@
+//! One file per architecture; names follow checkpoint keys.
+
+pub mod lfm2;
+pub mod mobilenetv5;

@@ -1,0 +1,239 @@
+//! Float matrix multiply: the one f32 GEMM entry point of the float reference path.
+//!
+//! Wraps `matrixmultiply::sgemm` (blocked, FMA) and splits the output into independent row or
+//! column panels for rayon. Every panel computes exactly the same sums as the unsplit product
+//! would, so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+/// A read-only strided matrix view: element (i, j) is at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `[rows, cols]` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert!(data.len() >= rows * cols);
+        Self {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major `[cols, rows]` matrix (e.g. a `[out, in]` weight seen as
+    /// `[in, out]`).
+    pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert!(data.len() >= rows * cols);
+        Self {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: rows,
+        }
+    }
+    fn max_index(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs
+        }
+    }
+}
+
+/// Work below this many multiply-adds runs on the calling thread.
+const PAR_THRESHOLD: usize = 1 << 18;
+
+/// `c[m, n] = a[m, k] @ b[k, n]` with `c` row-major, overwriting `c`.
+pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(a.cols, b.rows, "matmul inner dimensions");
+    assert_eq!(c.len(), m * n, "matmul output size");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c.fill(0.0);
+        return;
+    }
+    assert!(a.max_index() < a.data.len() && b.max_index() < b.data.len());
+    let threads = rayon::current_num_threads();
+    if m * n * k < PAR_THRESHOLD || threads == 1 {
+        sgemm_block(a, b, 0, m, 0, n, c, n);
+        return;
+    }
+    if m >= n {
+        // Row panels: each task owns whole output rows.
+        let panel = m.div_ceil(threads * 4).max(16);
+        c.par_chunks_mut(panel * n)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let r0 = i * panel;
+                let rows = chunk.len() / n;
+                sgemm_block(a, b, r0, rows, 0, n, chunk, n);
+            });
+    } else {
+        // Column panels: split the output columns; each task writes a strided panel.
+        let panel = n.div_ceil(threads * 4).max(16);
+        let panels: Vec<(usize, usize)> = (0..n)
+            .step_by(panel)
+            .map(|c0| (c0, panel.min(n - c0)))
+            .collect();
+        let c_ptr = SendPtr(c.as_mut_ptr());
+        panels.par_iter().for_each(|&(c0, cols)| {
+            let c_ptr = c_ptr;
+            // SAFETY: panels cover disjoint column ranges of `c`, so no two tasks write the
+            // same element; `c` outlives the parallel loop.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    cols,
+                    1.0,
+                    a.data.as_ptr(),
+                    a.rs as isize,
+                    a.cs as isize,
+                    b.data.as_ptr().add(c0 * b.cs),
+                    b.rs as isize,
+                    b.cs as isize,
+                    0.0,
+                    c_ptr.0.add(c0),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint output panels to rayon tasks (see `matmul`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+#[allow(clippy::too_many_arguments)]
+fn sgemm_block(
+    a: MatRef,
+    b: MatRef,
+    r0: usize,
+    rows: usize,
+    c0: usize,
+    cols: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(c.len() >= (rows.saturating_sub(1)) * ldc + cols);
+    // SAFETY: bounds of a, b were checked by the caller (max_index), and c holds rows x cols
+    // with row stride ldc as asserted above.
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            a.cols,
+            cols,
+            1.0,
+            a.data.as_ptr().add(r0 * a.rs),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr().add(c0 * b.cs),
+            b.rs as isize,
+            b.cs as isize,
+            0.0,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
+    }
+}
+
+/// `y[t, out] = x[t, in] @ w[out, in]^T (+ bias)`: a PyTorch `nn.Linear` on row-major tokens.
+pub fn linear(
+    x: &[f32],
+    tokens: usize,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(x.len(), tokens * inp);
+    assert_eq!(w.len(), out * inp);
+    let mut y = vec![0.0f32; tokens * out];
+    matmul(
+        MatRef::row_major(x, tokens, inp),
+        MatRef::transposed(w, inp, out),
+        &mut y,
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), out);
+        for row in y.chunks_exact_mut(out) {
+            for (v, bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], m: usize, k: usize, b: &[f32], n: usize) -> Vec<f32> {
+        let mut c = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for p in 0..k {
+                    c[i * n + j] += a[i * k + p] as f64 * b[p * n + j] as f64;
+                }
+            }
+        }
+        c.into_iter().map(|v| v as f32).collect()
+    }
+
+    #[test]
+    fn matmul_matches_naive_in_both_split_directions() {
+        for &(m, k, n) in &[(3, 5, 7), (300, 64, 40), (40, 64, 300), (1, 512, 1000)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+                .collect();
+            let mut c = vec![0.0; m * n];
+            matmul(
+                MatRef::row_major(&a, m, k),
+                MatRef::row_major(&b, k, n),
+                &mut c,
+            );
+            let r = naive(&a, m, k, &b, n);
+            for (x, y) in c.iter().zip(&r) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{m}x{k}x{n}: {x} vs {y}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn linear_uses_out_in_weights_and_bias() {
+        // x = [1, 2], w = [[1, 0], [0, 1], [1, 1]], b = [0.5, 0, -1]
+        let y = linear(
+            &[1.0, 2.0],
+            1,
+            &[1.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+            3,
+            2,
+            Some(&[0.5, 0.0, -1.0]),
+        );
+        assert_eq!(y, vec![1.5, 2.0, 2.0]);
+    }
+}

@@ -1,0 +1,59 @@
+//! RMS normalisation over the last dimension (LFM2) and over channels of a `[C, H, W]` map
+//! (timm `RmsNorm2d`). Sums of squares accumulate in f64 so the result is the correctly rounded
+//! f32 of the exact mean, independent of summation order.
+
+/// In place: each `dim`-wide row becomes `w * x / sqrt(mean(x^2) + eps)`.
+pub fn rms_norm_rows(x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
+    assert_eq!(weight.len(), dim);
+    for row in x.chunks_exact_mut(dim) {
+        let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let inv = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = w * (*v * inv);
+        }
+    }
+}
+
+/// In place on `[C, HW]`: every pixel's channel vector is RMS-normalised, then scaled by `w[c]`.
+pub fn rms_norm_channels(x: &mut [f32], channels: usize, weight: &[f32], eps: f32) {
+    assert_eq!(weight.len(), channels);
+    assert_eq!(x.len() % channels, 0);
+    let hw = x.len() / channels;
+    let mut ss = vec![0.0f64; hw];
+    for plane in x.chunks_exact(hw) {
+        for (s, &v) in ss.iter_mut().zip(plane) {
+            *s += (v as f64) * (v as f64);
+        }
+    }
+    let inv: Vec<f32> = ss
+        .iter()
+        .map(|&s| 1.0 / ((s / channels as f64) as f32 + eps).sqrt())
+        .collect();
+    for (plane, &w) in x.chunks_exact_mut(hw).zip(weight) {
+        for (v, &r) in plane.iter_mut().zip(&inv) {
+            *v = (*v * r) * w;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_and_channels_agree_on_transposed_data() {
+        // [2 tokens, 3 dims] vs the same numbers as [3 channels, 2 pixels].
+        let mut rows = vec![1.0, 2.0, 3.0, -4.0, 0.5, 2.0];
+        let mut chw = vec![1.0, -4.0, 2.0, 0.5, 3.0, 2.0];
+        let w = [1.0, 0.5, 2.0];
+        rms_norm_rows(&mut rows, 3, &w, 1e-6);
+        rms_norm_channels(&mut chw, 3, &w, 1e-6);
+        for t in 0..2 {
+            for c in 0..3 {
+                assert!((rows[t * 3 + c] - chw[c * 2 + t]).abs() < 1e-6);
+            }
+        }
+        let expect0 = 1.0 / ((1.0f32 + 4.0 + 9.0) / 3.0 + 1e-6).sqrt();
+        assert!((rows[0] - expect0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,1 @@
+//! Average pooling, nearest upsampling and channel concatenation on `[C, H, W]` maps.

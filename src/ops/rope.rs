@@ -1,0 +1,1 @@
+//! Rotary position embeddings (rotate_half / NeoX style).
