@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use npyz::WriterBuilder;
 use std::path::Path;
 
 /// Reads a float32 (or float64, converted) C-order array.
@@ -40,7 +41,7 @@ pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
     let mut buf = Vec::new();
     {
-        let mut w = npyz::WriteOptions::new()
+        let mut w = npyz::WriteOptions::<f32>::new()
             .default_dtype()
             .shape(&shape)
             .writer(&mut buf)
