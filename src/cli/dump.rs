@@ -1,0 +1,109 @@
+//! `autoneural dump`: write the pipeline's intermediate tensors as float32 .npy files, for
+//! comparison against PyTorch.
+
+use super::InputArgs;
+use anyhow::{Context, Result};
+use autoneural::npy::write_f32;
+use autoneural::observe::NoObserver;
+use autoneural::pipeline::Pipeline;
+use autoneural::Tensor;
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Output directory (created if needed).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn dump(args: DumpArgs) -> Result<()> {
+    let dir = args.input.model_dir()?;
+    let pipe = Pipeline::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output directory {}", args.out.display()))?;
+
+    let pixels = pipe.load_pixels(&args.input.image_inputs())?;
+    let prompt_ids = pipe.prompt_ids(&args.input.prompt_input(), pixels.len())?;
+    let context = pipe.model.config.text.max_position_embeddings;
+    if prompt_ids.len() > context {
+        anyhow::bail!(autoneural::Error::ContextOverflow {
+            tokens: prompt_ids.len(),
+            max_new: 0,
+            context
+        });
+    }
+    let encodings = pipe.encode_images(&pixels, &mut NoObserver)?;
+    let mut written = Vec::new();
+    if !pixels.is_empty() {
+        write(&args.out, "pixels.npy", &stack(&pixels)?, &mut written)?;
+        let features: Vec<Tensor> = encodings.iter().map(|e| e.features.clone()).collect();
+        write(
+            &args.out,
+            "vision_features.npy",
+            &concat_rows(&features)?,
+            &mut written,
+        )?;
+        let embeds: Vec<Tensor> = encodings.iter().map(|e| e.embeddings.clone()).collect();
+        write(
+            &args.out,
+            "image_embeddings.npy",
+            &concat_rows(&embeds)?,
+            &mut written,
+        )?;
+    }
+    let image_embeddings: Vec<Tensor> = encodings.into_iter().map(|e| e.embeddings).collect();
+    let x = pipe.model.embed_prompt(&prompt_ids, &image_embeddings)?;
+    let lm = &pipe.model.language_model;
+    let mut cache = lm.new_cache();
+    let hidden = lm.forward(x, &mut cache, &mut NoObserver)?;
+    write(&args.out, "logits.npy", &lm.logits(&hidden), &mut written)?;
+    std::fs::write(
+        args.out.join("prompt_ids.json"),
+        serde_json::to_string(&prompt_ids)?,
+    )
+    .context("writing prompt_ids.json")?;
+    for w in written {
+        println!("{}", w.display());
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, t: &Tensor, written: &mut Vec<PathBuf>) -> Result<()> {
+    let p = dir.join(name);
+    write_f32(&p, t)?;
+    written.push(p);
+    Ok(())
+}
+
+/// One image: `[3, H, W]`; several of the same size: `[N, 3, H, W]`.
+fn stack(ts: &[Tensor]) -> Result<Tensor> {
+    if ts.len() == 1 {
+        return Ok(ts[0].clone());
+    }
+    let shape = ts[0].shape().to_vec();
+    if ts.iter().any(|t| t.shape() != shape.as_slice()) {
+        anyhow::bail!(
+            "pixels.npy needs all images at one size; got {:?}",
+            ts.iter().map(|t| t.shape().to_vec()).collect::<Vec<_>>()
+        );
+    }
+    let mut full = vec![ts.len()];
+    full.extend(&shape);
+    Ok(Tensor::new(
+        &full,
+        ts.iter().flat_map(|t| t.data().iter().copied()).collect(),
+    )?)
+}
+
+/// Concatenates `[n_i, d]` tensors along rows.
+fn concat_rows(ts: &[Tensor]) -> Result<Tensor> {
+    let d = ts[0].dim(1);
+    let rows: usize = ts.iter().map(|t| t.dim(0)).sum();
+    Ok(Tensor::new(
+        &[rows, d],
+        ts.iter().flat_map(|t| t.data().iter().copied()).collect(),
+    )?)
+}

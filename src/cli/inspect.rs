@@ -1,0 +1,151 @@
+//! `autoneural inspect`: architecture summary, parameter counts per part and memory needs,
+//! computed from the config and the checkpoint header (no weights are decoded).
+
+use anyhow::{Context, Result};
+use autoneural::models::autoneural::AutoNeuralConfig;
+use autoneural::models::lfm2::{LayerType, Lfm2Cache};
+use autoneural::weights::WeightStore;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model directory.
+    #[arg(long, default_value = super::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Context length (tokens) for the KV-cache estimate.
+    #[arg(long, default_value_t = 4096)]
+    context: usize,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let dir = super::resolve_model_dir(&args.model)?;
+    let cfg = AutoNeuralConfig::from_file(&dir.join("config.json"))
+        .with_context(|| format!("reading {}", dir.display()))?;
+    let store = WeightStore::open_dir(&dir)?;
+
+    // Parameters per part, from the checkpoint's tensor shapes.
+    let mut parts = [0usize; 4]; // vision, connector, language, other
+    for name in store.names() {
+        let n: usize = store.shape(name).unwrap_or(&[]).iter().product();
+        let part = if name.starts_with("model.vision_tower.") {
+            0
+        } else if name.starts_with("model.multi_modal_projector.") {
+            1
+        } else if name.starts_with("model.language_model.")
+            || name.starts_with("model.")
+            || name == "lm_head.weight"
+        {
+            2
+        } else {
+            3
+        };
+        parts[part] += n;
+    }
+    let text = &cfg.text;
+    let attn_layers = text
+        .layer_types
+        .iter()
+        .filter(|t| **t == LayerType::Attention)
+        .count();
+    let conv_layers = text.layer_types.len() - attn_layers;
+    let kv_per_token = Lfm2Cache::kv_bytes_per_token(text);
+    let kv_bytes = kv_per_token * args.context;
+    let conv_state = Lfm2Cache::conv_state_bytes(text);
+    let weight_bytes = store.data_bytes();
+    let total_params: usize = parts.iter().sum();
+
+    if args.json {
+        let v = serde_json::json!({
+            "model": dir.display().to_string(),
+            "params": {"vision": parts[0], "connector": parts[1], "language": parts[2], "other": parts[3], "total": total_params},
+            "weights_bytes_on_disk": weight_bytes,
+            "weights_bytes_f32": total_params * 4,
+            "language": {"layers": text.layer_types.len(), "conv_layers": conv_layers, "attention_layers": attn_layers},
+            "context": args.context,
+            "kv_cache_bytes_per_token_f32": kv_per_token,
+            "kv_cache_bytes_f32": kv_bytes,
+            "conv_state_bytes_f32": conv_state,
+            "visual_tokens_per_image": cfg.vision.as_ref().map(|v| v.msfa_output_resolution * v.msfa_output_resolution),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+
+    println!("model: {}", dir.display());
+    match &cfg.vision {
+        Some(v) => {
+            let blocks: usize = v.block_strings.iter().map(|s| s.len()).sum();
+            println!(
+                "vision: MobileNetV5 encoder, input {0}x{0}, stem {1}, {2} stages, {3} block strings, MSFA {4:?} -> {5}x{5}x{6} ({7} visual tokens/image)",
+                v.image_size, v.stem_size, v.block_strings.len(), blocks, v.msfa_indices,
+                v.msfa_output_resolution, v.num_features, v.msfa_output_resolution * v.msfa_output_resolution
+            );
+            for (i, stage) in v.block_strings.iter().enumerate() {
+                println!("  stage {i}: {}", stage.join(" "));
+            }
+            println!(
+                "connector: linear {} -> {} ({:?}) -> linear -> {}",
+                v.num_features,
+                cfg.projector_hidden_size,
+                cfg.projector_hidden_act,
+                text.hidden_size
+            );
+        }
+        None => println!("vision: none (text-only LFM2 checkpoint)"),
+    }
+    let layout: String = text
+        .layer_types
+        .iter()
+        .map(|t| if *t == LayerType::Attention { 'A' } else { 'c' })
+        .collect();
+    println!(
+        "language: LFM2, {} layers [{}] ({} conv, {} attention; c = gated short conv, A = GQA), hidden {}, heads {}/{} kv, head_dim {}, ffn {}, vocab {}",
+        text.layer_types.len(), layout, conv_layers, attn_layers, text.hidden_size,
+        text.num_attention_heads, text.num_key_value_heads, text.head_dim, text.ff_dim(), text.vocab_size
+    );
+    println!("parameters:");
+    println!("  vision     {:>14}", group(parts[0]));
+    println!("  connector  {:>14}", group(parts[1]));
+    println!("  language   {:>14}", group(parts[2]));
+    if parts[3] > 0 {
+        println!("  other      {:>14}", group(parts[3]));
+    }
+    println!("  total      {:>14}", group(total_params));
+    println!("memory:");
+    println!(
+        "  weights on disk         {:>14} bytes",
+        group(weight_bytes)
+    );
+    println!(
+        "  weights as f32          {:>14} bytes",
+        group(total_params * 4)
+    );
+    println!(
+        "  conv state (f32, fixed) {:>14} bytes ({conv_layers} conv layers)",
+        group(conv_state)
+    );
+    println!(
+        "  KV cache (f32) @ {:<6} {:>14} bytes ({attn_layers} attention layers, {} bytes/token)",
+        args.context,
+        group(kv_bytes),
+        group(kv_per_token)
+    );
+    Ok(())
+}
+
+/// 1234567 -> "1,234,567".
+fn group(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

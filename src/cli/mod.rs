@@ -1,0 +1,121 @@
+//! Command definitions (clap) and dispatch. Each subcommand lives in its own file.
+
+mod dump;
+mod inspect;
+mod run;
+
+use anyhow::{bail, Context, Result};
+use autoneural::pipeline::{ImageInput, PromptInput};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// The embedded default model, relative to the working directory or to the source tree.
+pub const DEFAULT_MODEL: &str = "models/autoneural-tiny-random";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "autoneural",
+    version,
+    about = "Run and analyse AutoNeural vision-language models (MobileNetV5 + LFM2)"
+)]
+pub struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Answer a prompt about zero or more images, streaming the text to stdout.
+    Run(run::RunArgs),
+    /// Write intermediate tensors (pixels, vision features, image embeddings, logits) as .npy.
+    Dump(dump::DumpArgs),
+    /// Print the architecture, parameter counts and memory needs of a model.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Arguments shared by `run` and `dump`: model, images, prompt.
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Image file(s), in prompt order.
+    #[arg(long = "image", value_name = "PATH")]
+    pub images: Vec<PathBuf>,
+    /// Preprocessed [3,H,W] float32 .npy input(s), instead of --image.
+    #[arg(long = "pixels", value_name = "FILE.npy", conflicts_with = "images")]
+    pub pixels: Vec<PathBuf>,
+    /// User prompt; `<image>` marks where each image goes (default: images first).
+    #[arg(long, required_unless_present = "tokens", conflicts_with = "tokens")]
+    pub prompt: Option<String>,
+    /// Optional system prompt (chat mode only).
+    #[arg(long, conflicts_with = "tokens")]
+    pub system: Option<String>,
+    /// Raw comma-separated token ids, taken literally (no chat template).
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+}
+
+impl InputArgs {
+    pub fn image_inputs(&self) -> Vec<ImageInput> {
+        if self.pixels.is_empty() {
+            self.images.iter().cloned().map(ImageInput::File).collect()
+        } else {
+            self.pixels
+                .iter()
+                .cloned()
+                .map(ImageInput::Pixels)
+                .collect()
+        }
+    }
+
+    pub fn prompt_input(&self) -> PromptInput {
+        match (&self.tokens, &self.prompt) {
+            (Some(ids), _) => PromptInput::Tokens(ids.clone()),
+            (None, Some(user)) => PromptInput::Chat {
+                user: user.clone(),
+                system: self.system.clone(),
+            },
+            (None, None) => unreachable!("clap requires --prompt or --tokens"),
+        }
+    }
+
+    /// The model directory; the default resolves against the source tree when it is not in
+    /// the working directory, so the README command works from anywhere inside the checkout.
+    pub fn model_dir(&self) -> Result<PathBuf> {
+        resolve_model_dir(&self.model)
+    }
+}
+
+pub fn resolve_model_dir(model: &std::path::Path) -> Result<PathBuf> {
+    if model.exists() {
+        return Ok(model.to_path_buf());
+    }
+    if model == std::path::Path::new(DEFAULT_MODEL) {
+        let in_tree = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
+        if in_tree.exists() {
+            return Ok(in_tree);
+        }
+    }
+    bail!("model directory {} not found", model.display())
+}
+
+pub fn main(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("configuring the thread pool")?;
+    }
+    match cli.command {
+        Command::Run(a) => run::run(a),
+        Command::Dump(a) => dump::dump(a),
+        Command::Inspect(a) => inspect::inspect(a),
+    }
+}

@@ -1,0 +1,282 @@
+//! Autoregressive generation: one prefill over the prompt, then one token per step that reuses
+//! the LFM2 cache (rolling conv state + attention KV), never recomputing the prompt.
+
+use crate::error::{Error, Result};
+use crate::models::lfm2::{Lfm2Cache, Lfm2Model};
+use crate::observe::NoObserver;
+use crate::tensor::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+
+/// How the next token is chosen. `temperature == 0` is greedy (argmax, lowest id on ties, like
+/// `torch.argmax`).
+#[derive(Clone, Copy, Debug)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        if !(params.temperature >= 0.0 && params.temperature.is_finite()) {
+            return Err(Error::input(format!(
+                "temperature must be a finite number >= 0, got {}",
+                params.temperature
+            )));
+        }
+        if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+            return Err(Error::input(format!(
+                "top-p must be in (0, 1], got {}",
+                params.top_p
+            )));
+        }
+        Ok(Self {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
+        })
+    }
+
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.temperature == 0.0 {
+            return argmax(logits);
+        }
+        // Softmax at the temperature, in f64 for a stable cumulative sum.
+        let inv_t = 1.0 / self.params.temperature as f64;
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let mut probs: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u32, ((x as f64 - max) * inv_t).exp()))
+            .collect();
+        let z: f64 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= z);
+        // Nucleus: the smallest prefix of the descending distribution whose mass reaches top_p.
+        probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut keep = probs.len();
+        if self.params.top_p < 1.0 {
+            let mut cum = 0.0;
+            for (i, p) in probs.iter().enumerate() {
+                cum += p.1;
+                if cum >= self.params.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        let kept = &probs[..keep];
+        let mass: f64 = kept.iter().map(|p| p.1).sum();
+        let mut u = self.rng.random::<f64>() * mass;
+        for p in kept {
+            if u < p.1 {
+                return p.0;
+            }
+            u -= p.1;
+        }
+        kept[keep - 1].0
+    }
+}
+
+/// Index of the largest value; the first one on ties.
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Generation stops after producing one of these (the stop token is included in the output).
+    pub stop_tokens: Vec<u32>,
+    pub sampling: SamplingParams,
+    /// Upper bound on prompt + generated tokens.
+    pub context: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    Eos,
+    MaxTokens,
+    Context,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    /// Prompt forward pass (the caller adds vision time for time-to-first-token).
+    pub prefill_s: f64,
+    /// Prefill plus sampling the first token.
+    pub first_token_s: f64,
+    /// All steps after the first token.
+    pub decode_s: f64,
+}
+
+impl Timings {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        rate(self.prompt_tokens, self.prefill_s)
+    }
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        rate(self.generated_tokens.saturating_sub(1), self.decode_s)
+    }
+}
+
+fn rate(n: usize, s: f64) -> f64 {
+    if s > 0.0 {
+        n as f64 / s
+    } else {
+        0.0
+    }
+}
+
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+}
+
+/// Prefills `prompt` (`[T, hidden]` input embeddings) into `cache` and generates. `on_token` sees
+/// every new token as soon as it is chosen (for streaming).
+pub fn generate(
+    lm: &Lfm2Model,
+    cache: &mut Lfm2Cache,
+    prompt: Tensor,
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
+    let prompt_len = prompt.dim(0);
+    if prompt_len == 0 {
+        return Err(Error::input("the prompt is empty"));
+    }
+    if prompt_len + cache.len() >= opts.context {
+        return Err(Error::ContextOverflow {
+            tokens: prompt_len + cache.len(),
+            max_new: opts.max_new_tokens,
+            context: opts.context,
+        });
+    }
+    let mut sampler = Sampler::new(opts.sampling)?;
+    let mut timings = Timings {
+        prompt_tokens: prompt_len,
+        ..Default::default()
+    };
+    let mut tokens = Vec::new();
+    if opts.max_new_tokens == 0 {
+        return Ok(Generation {
+            tokens,
+            stop_reason: StopReason::MaxTokens,
+            timings,
+        });
+    }
+
+    let start = Instant::now();
+    let hidden = lm.forward(prompt, cache, &mut NoObserver)?;
+    timings.prefill_s = start.elapsed().as_secs_f64();
+    let mut logits = lm.logits(&last_row(&hidden));
+    let mut decode_start = Instant::now();
+    let stop_reason = loop {
+        let next = sampler.sample(logits.data());
+        tokens.push(next);
+        if tokens.len() == 1 {
+            timings.first_token_s = start.elapsed().as_secs_f64();
+            decode_start = Instant::now();
+        }
+        on_token(next)?;
+        if opts.stop_tokens.contains(&next) {
+            break StopReason::Eos;
+        }
+        if tokens.len() >= opts.max_new_tokens {
+            break StopReason::MaxTokens;
+        }
+        if cache.len() + 1 >= opts.context {
+            break StopReason::Context;
+        }
+        let x = lm.embed(&[next])?;
+        let hidden = lm.forward(x, cache, &mut NoObserver)?;
+        logits = lm.logits(&hidden);
+    };
+    timings.decode_s = if tokens.len() > 1 {
+        decode_start.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+    timings.generated_tokens = tokens.len();
+    Ok(Generation {
+        tokens,
+        stop_reason,
+        timings,
+    })
+}
+
+fn last_row(t: &Tensor) -> Tensor {
+    let d = t.dim(1);
+    Tensor::from_parts(&[1, d], t.row(t.dim(0) - 1).to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_takes_first_max_and_sampling_is_seeded() {
+        assert_eq!(argmax(&[0.0, 3.0, 3.0, -1.0]), 1);
+        let logits = [1.0f32, 2.0, 0.5, 1.5, 0.0];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 7,
+        };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p).unwrap();
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p).unwrap();
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        assert_eq!(a, b);
+        assert!(a.iter().collect::<std::collections::HashSet<_>>().len() > 1);
+        // top_p tiny keeps only the argmax
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 1e-6,
+            seed: 1,
+        })
+        .unwrap();
+        assert!((0..20).all(|_| s.sample(&logits) == 1));
+        assert!(Sampler::new(SamplingParams {
+            temperature: -1.0,
+            top_p: 1.0,
+            seed: 0
+        })
+        .is_err());
+        assert!(Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.0,
+            seed: 0
+        })
+        .is_err());
+    }
+}

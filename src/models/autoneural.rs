@@ -1,0 +1,274 @@
+//! The AutoNeural vision-language model: MobileNetV5 encoder -> normalization-free MLP connector
+//! -> LFM2 language model. Also loads a plain LFM2 checkpoint as a text-only model.
+//!
+//! Checkpoint layout (Hugging Face composite naming, so real parts drop in):
+//! `model.vision_tower.timm_model.<timm keys>`, `model.multi_modal_projector.linear_{1,2}.*`,
+//! `model.language_model.<LFM2 keys without "model.">`, optional `lm_head.weight`.
+
+use crate::error::{Error, Result};
+use crate::models::lfm2::{Lfm2Cache, Lfm2Config, Lfm2Model};
+use crate::models::mobilenetv5::{MobileNetV5Encoder, VisionConfig};
+use crate::nn::Linear;
+use crate::observe::{observe, Observer};
+use crate::ops::activation::Activation;
+use crate::tensor::Tensor;
+use crate::weights::{WeightStore, Weights};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Parsed `config.json` of an AutoNeural (or plain LFM2) model directory.
+#[derive(Clone, Debug)]
+pub struct AutoNeuralConfig {
+    /// `None` for a plain LFM2 (text-only) checkpoint.
+    pub vision: Option<VisionConfig>,
+    pub text: Lfm2Config,
+    pub projector_hidden_size: usize,
+    pub projector_hidden_act: Activation,
+    pub image_token_id: u32,
+    pub image_start_token_id: u32,
+    pub image_end_token_id: u32,
+}
+
+impl AutoNeuralConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(path, format!("invalid JSON: {e}")))?;
+        Self::from_json(&json)
+    }
+
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("");
+        match model_type {
+            "lfm2" => Ok(Self {
+                vision: None,
+                text: Lfm2Config::from_json(json)?,
+                projector_hidden_size: 0,
+                projector_hidden_act: Activation::GeluErf,
+                image_token_id: 396,
+                image_start_token_id: 498,
+                image_end_token_id: 499,
+            }),
+            "autoneural" => {
+                let vision_json = json
+                    .get("vision_config")
+                    .ok_or_else(|| Error::config("missing `vision_config`"))?;
+                let vision: VisionConfig = serde_json::from_value(vision_json.clone())
+                    .map_err(|e| Error::config(format!("vision_config: {e}")))?;
+                let text_json = json
+                    .get("text_config")
+                    .ok_or_else(|| Error::config("missing `text_config`"))?;
+                let text = Lfm2Config::from_json(text_json)?;
+                let get_u = |key: &str| -> Result<u64> {
+                    json.get(key)
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| Error::config(format!("missing or non-integer `{key}`")))
+                };
+                let act_name = json
+                    .get("projector_hidden_act")
+                    .and_then(Value::as_str)
+                    .unwrap_or("gelu");
+                let projector_hidden_act = Activation::from_hf_name(act_name).ok_or_else(|| {
+                    Error::config(format!("unsupported projector_hidden_act `{act_name}`"))
+                })?;
+                let cfg = Self {
+                    vision: Some(vision),
+                    text,
+                    projector_hidden_size: get_u("projector_hidden_size")? as usize,
+                    projector_hidden_act,
+                    image_token_id: get_u("image_token_id")? as u32,
+                    image_start_token_id: get_u("image_start_token_id")? as u32,
+                    image_end_token_id: get_u("image_end_token_id")? as u32,
+                };
+                let vocab = cfg.text.vocab_size as u64;
+                for (k, id) in [
+                    ("image_token_id", cfg.image_token_id),
+                    ("image_start_token_id", cfg.image_start_token_id),
+                    ("image_end_token_id", cfg.image_end_token_id),
+                ] {
+                    if id as u64 >= vocab {
+                        return Err(Error::config(format!(
+                            "{k} {id} is outside the vocabulary ({vocab})"
+                        )));
+                    }
+                }
+                Ok(cfg)
+            }
+            other => Err(Error::config(format!(
+                "unsupported model_type `{other}` (expected `autoneural` or `lfm2`)"
+            ))),
+        }
+    }
+}
+
+/// `model.multi_modal_projector`: linear_1 -> activation -> linear_2, with biases and no norm.
+pub struct MultiModalProjector {
+    pub linear_1: Linear,
+    pub act: Activation,
+    pub linear_2: Linear,
+}
+
+impl MultiModalProjector {
+    pub fn load(
+        w: &Weights,
+        in_dim: usize,
+        hidden: usize,
+        out_dim: usize,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            linear_1: Linear::load(&w.pp("linear_1"), in_dim, hidden, true)?,
+            act,
+            linear_2: Linear::load(&w.pp("linear_2"), hidden, out_dim, true)?,
+        })
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.linear_1.param_count() + self.linear_2.param_count()
+    }
+
+    /// `[tokens, vision channels] -> [tokens, text hidden]`.
+    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        let mut h = self.linear_1.forward(x);
+        observe(obs, "multi_modal_projector", "linear_1", &h);
+        self.act.apply_inplace(h.data_mut());
+        observe(obs, "multi_modal_projector", "act", &h);
+        let y = self.linear_2.forward(&h);
+        observe(obs, "multi_modal_projector", "linear_2", &y);
+        y
+    }
+}
+
+/// Output of the vision side for one image.
+pub struct ImageEncoding {
+    /// Encoder + MSFA output as `[tokens, channels]` (row-major over the output grid).
+    pub features: Tensor,
+    /// After the connector: `[tokens, text hidden]`.
+    pub embeddings: Tensor,
+}
+
+pub struct AutoNeuralModel {
+    pub config: AutoNeuralConfig,
+    pub vision_tower: Option<MobileNetV5Encoder>,
+    pub multi_modal_projector: Option<MultiModalProjector>,
+    pub language_model: Lfm2Model,
+    pub store: Arc<WeightStore>,
+}
+
+impl AutoNeuralModel {
+    /// Loads `config.json` and the safetensors weights of a model directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ));
+        }
+        let config = AutoNeuralConfig::from_file(&dir.join("config.json"))?;
+        let store = Arc::new(WeightStore::open_dir(dir)?);
+        Self::from_store(config, store)
+    }
+
+    pub fn from_store(config: AutoNeuralConfig, store: Arc<WeightStore>) -> Result<Self> {
+        let root = Weights::new(store.clone());
+        let (vision_tower, multi_modal_projector, language_model) = match &config.vision {
+            None => {
+                let lm = Lfm2Model::load(&config.text, &root.pp("model"), Some(&root))?;
+                (None, None, lm)
+            }
+            Some(vcfg) => {
+                let encoder =
+                    MobileNetV5Encoder::load(vcfg, &root.pp("model.vision_tower.timm_model"))?;
+                let projector = MultiModalProjector::load(
+                    &root.pp("model.multi_modal_projector"),
+                    encoder.out_channels(),
+                    config.projector_hidden_size,
+                    config.text.hidden_size,
+                    config.projector_hidden_act,
+                )?;
+                let lm =
+                    Lfm2Model::load(&config.text, &root.pp("model.language_model"), Some(&root))?;
+                (Some(encoder), Some(projector), lm)
+            }
+        };
+        Ok(Self {
+            config,
+            vision_tower,
+            multi_modal_projector,
+            language_model,
+            store,
+        })
+    }
+
+    pub fn has_vision(&self) -> bool {
+        self.vision_tower.is_some()
+    }
+
+    /// Visual tokens each image turns into (0 for a text-only model).
+    pub fn tokens_per_image(&self) -> usize {
+        self.vision_tower
+            .as_ref()
+            .map_or(0, |v| v.tokens_per_image())
+    }
+
+    /// Runs encoder + MSFA + connector on one preprocessed `[3, H, W]` image.
+    pub fn encode_image(&self, pixels: &Tensor, obs: &mut dyn Observer) -> Result<ImageEncoding> {
+        let (Some(encoder), Some(projector)) = (&self.vision_tower, &self.multi_modal_projector)
+        else {
+            return Err(Error::input(
+                "this is a text-only model: it cannot take images",
+            ));
+        };
+        let map = encoder.forward(pixels, obs)?; // [C, R, R]
+        let (c, hw) = (map.dim(0), map.dim(1) * map.dim(2));
+        let features = map.reshape(&[c, hw])?.transpose2d();
+        let embeddings = projector.forward(&features, obs);
+        Ok(ImageEncoding {
+            features,
+            embeddings,
+        })
+    }
+
+    /// Token embeddings of `ids`, with the rows at `image_token_id` positions replaced, in order,
+    /// by the rows of `image_embeddings` (one `[tokens, hidden]` tensor per image).
+    pub fn embed_prompt(&self, ids: &[u32], image_embeddings: &[Tensor]) -> Result<Tensor> {
+        let placeholder = self.config.image_token_id;
+        let slots = ids.iter().filter(|&&id| id == placeholder).count();
+        let rows: usize = image_embeddings.iter().map(|t| t.dim(0)).sum();
+        if slots != rows && (slots > 0 || !image_embeddings.is_empty()) {
+            return Err(Error::input(format!(
+                "the prompt has {slots} image tokens (id {placeholder}) but {} image(s) give {rows} visual tokens ({} per image)",
+                image_embeddings.len(),
+                self.tokens_per_image()
+            )));
+        }
+        let mut x = self.language_model.embed(ids)?;
+        let hidden = x.dim(1);
+        let mut sources = image_embeddings
+            .iter()
+            .flat_map(|t| t.data().chunks_exact(hidden));
+        for (pos, &id) in ids.iter().enumerate() {
+            if id == placeholder {
+                let row = sources.next().expect("counts checked above");
+                x.data_mut()[pos * hidden..(pos + 1) * hidden].copy_from_slice(row);
+            }
+        }
+        Ok(x)
+    }
+
+    pub fn new_cache(&self) -> Lfm2Cache {
+        self.language_model.new_cache()
+    }
+
+    /// Parameter counts per part: (vision, connector, language).
+    pub fn param_counts(&self) -> (usize, usize, usize) {
+        (
+            self.vision_tower.as_ref().map_or(0, |v| v.param_count()),
+            self.multi_modal_projector
+                .as_ref()
+                .map_or(0, |p| p.param_count()),
+            self.language_model.param_count(),
+        )
+    }
+}

@@ -1,0 +1,114 @@
+//! The user-facing pipeline: a loaded model directory (weights + tokenizer) turning images and a
+//! prompt into prompt embeddings, used by the CLI's `run` and `dump`.
+
+use crate::chat::{render_prompt, ChatTokens, TextTokenizer};
+use crate::error::{Error, Result};
+use crate::models::autoneural::{AutoNeuralModel, ImageEncoding};
+use crate::observe::Observer;
+use crate::preprocess;
+use crate::tensor::Tensor;
+use std::path::{Path, PathBuf};
+
+/// Where an image comes from.
+#[derive(Clone, Debug)]
+pub enum ImageInput {
+    /// An image file, decoded and resized to the model's `image_size`.
+    File(PathBuf),
+    /// An already preprocessed `[3, H, W]` float32 `.npy` array, used as is.
+    Pixels(PathBuf),
+}
+
+/// What the language model is asked.
+#[derive(Clone, Debug)]
+pub enum PromptInput {
+    /// User text, wrapped in the chat template with image placeholders expanded.
+    Chat {
+        user: String,
+        system: Option<String>,
+    },
+    /// Raw token ids, taken literally (no template). Image features replace, in order, the
+    /// positions holding `image_token_id`.
+    Tokens(Vec<u32>),
+}
+
+pub struct Pipeline {
+    pub model: AutoNeuralModel,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Pipeline {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let model = AutoNeuralModel::load(dir)?;
+        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        Ok(Self { model, tokenizer })
+    }
+
+    /// Loads and preprocesses the images.
+    pub fn load_pixels(&self, images: &[ImageInput]) -> Result<Vec<Tensor>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(vcfg) = &self.model.config.vision else {
+            return Err(Error::input(
+                "this is a text-only model: it cannot take images",
+            ));
+        };
+        images
+            .iter()
+            .map(|img| match img {
+                ImageInput::File(p) => preprocess::load_image(p, vcfg.image_size),
+                ImageInput::Pixels(p) => preprocess::load_pixels_npy(p),
+            })
+            .collect()
+    }
+
+    pub fn encode_images(
+        &self,
+        pixels: &[Tensor],
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<ImageEncoding>> {
+        pixels
+            .iter()
+            .map(|p| self.model.encode_image(p, obs))
+            .collect()
+    }
+
+    /// Token ids of the prompt, with `num_images` image slots.
+    pub fn prompt_ids(&self, prompt: &PromptInput, num_images: usize) -> Result<Vec<u32>> {
+        match prompt {
+            PromptInput::Tokens(ids) => Ok(ids.clone()),
+            PromptInput::Chat { user, system } => {
+                let text = render_prompt(
+                    user,
+                    system.as_deref(),
+                    num_images,
+                    self.model.tokens_per_image(),
+                    &ChatTokens::default(),
+                )?;
+                let ids = self.tokenizer.encode(&text)?;
+                let slots = ids
+                    .iter()
+                    .filter(|&&i| i == self.model.config.image_token_id)
+                    .count();
+                if num_images > 0 && slots != num_images * self.model.tokens_per_image() {
+                    return Err(Error::input(format!(
+                        "the tokenizer does not map `<image>` to image_token_id {} (found {slots} image tokens)",
+                        self.model.config.image_token_id
+                    )));
+                }
+                Ok(ids)
+            }
+        }
+    }
+
+    /// Tokens that end generation: the config's EOS plus `<|im_end|>` if the tokenizer has it.
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        let mut stops = vec![self.model.config.text.eos_token_id];
+        if let Some(id) = self.tokenizer.token_to_id("<|im_end|>") {
+            if !stops.contains(&id) {
+                stops.push(id);
+            }
+        }
+        stops
+    }
+}

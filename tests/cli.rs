@@ -1,0 +1,359 @@
+//! The `autoneural` binary: main paths work and bad input gives a one-line error with a non-zero
+//! exit, never a panic.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_autoneural"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("spawn autoneural")
+}
+
+/// A golden case with images, and one without.
+fn image_case() -> Case {
+    cases()
+        .iter()
+        .map(|n| Case::load(n))
+        .find(|c| c.num_images() == 1)
+        .expect("a golden case with one image")
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+/// Asserts a clean failure: non-zero exit, no panic, one `error:` line containing `needle`.
+fn assert_fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error `{}` does not mention `{needle}`",
+        lines[0]
+    );
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn dump_writes_the_documented_files_matching_the_reference() {
+    let case = image_case();
+    let out_dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = case
+        .ids("prompt_ids")
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    let out = run(&[
+        "dump",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &s(&case.dir.join("pixels_0.npy")),
+        "--tokens",
+        &ids.join(","),
+        "--out",
+        &s(out_dir.path()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (file, golden) in [
+        ("pixels.npy", "pixels_0.npy"),
+        ("vision_features.npy", "vision_features.npy"),
+        ("image_embeddings.npy", "image_embeddings.npy"),
+        ("logits.npy", "logits.npy"),
+    ] {
+        let got = autoneural::npy::read_f32(&out_dir.path().join(file)).unwrap();
+        let err = max_rel_err(&got, &case.npy(golden));
+        assert!(err <= TOL, "{file}: rel err {err}");
+    }
+}
+
+#[test]
+fn run_json_reports_tokens_and_timings() {
+    let case = image_case();
+    let ids: Vec<String> = case
+        .ids("prompt_ids")
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &s(&case.dir.join("pixels_0.npy")),
+        "--tokens",
+        &ids.join(","),
+        "--max-tokens",
+        "4",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens: Vec<u32> = v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap() as u32)
+        .collect();
+    let want = case.ids("generated_ids");
+    // Greedy, stops at EOS at the latest: a prefix of the reference continuation.
+    assert!(!tokens.is_empty() && tokens.len() <= 4);
+    assert_eq!(tokens[..], want[..tokens.len()]);
+    for key in [
+        "time_to_first_token_s",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+    ] {
+        assert!(v["timings"][key].as_f64().unwrap() >= 0.0, "{key}");
+    }
+}
+
+#[test]
+fn inspect_reports_kv_cache_for_attention_layers_only() {
+    let case = image_case();
+    let out = run(&[
+        "inspect",
+        "--model",
+        &s(&case.model_dir()),
+        "--json",
+        "--context",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(case.model_dir().join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let t = &cfg["text_config"];
+    let attn = v["language"]["attention_layers"].as_u64().unwrap();
+    let kv_heads = t["num_key_value_heads"].as_u64().unwrap();
+    let head_dim = t["head_dim"]
+        .as_u64()
+        .unwrap_or(t["hidden_size"].as_u64().unwrap() / t["num_attention_heads"].as_u64().unwrap());
+    // K and V, f32, attention layers only.
+    assert_eq!(
+        v["kv_cache_bytes_per_token_f32"].as_u64().unwrap(),
+        attn * 2 * kv_heads * head_dim * 4
+    );
+    assert_eq!(
+        v["kv_cache_bytes_f32"].as_u64().unwrap(),
+        attn * 2 * kv_heads * head_dim * 4 * 1000
+    );
+    let total = v["params"]["total"].as_u64().unwrap();
+    assert_eq!(
+        total,
+        v["params"]["vision"].as_u64().unwrap()
+            + v["params"]["connector"].as_u64().unwrap()
+            + v["params"]["language"].as_u64().unwrap()
+    );
+}
+
+#[test]
+fn missing_model_directory() {
+    let out = run(&["run", "--model", "/nonexistent/model", "--prompt", "hi"]);
+    assert_fails_with(&out, "/nonexistent/model");
+}
+
+#[test]
+fn missing_weights_file() {
+    let case = image_case();
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&case.model_dir(), tmp.path());
+    for e in std::fs::read_dir(tmp.path()).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors")
+            || p.to_string_lossy().ends_with("index.json")
+        {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, "model.safetensors");
+}
+
+#[test]
+fn corrupt_weights_file() {
+    let case = image_case();
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&case.model_dir(), tmp.path());
+    let st = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, "model.safetensors");
+    std::fs::write(&st, b"\x05\x00\x00\x00\x00\x00\x00\x00{{{{{").unwrap();
+    let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, "safetensors");
+}
+
+/// Rewrites the model's config.json through `edit`.
+fn with_config(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let case = image_case();
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&case.model_dir(), tmp.path());
+    let p = tmp.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    tmp
+}
+
+#[test]
+fn unknown_block_string() {
+    let tmp =
+        with_config(|v| v["vision_config"]["block_strings"][0][0] = "xx_r1_k3_s2_e4_c16".into());
+    let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, "xx_r1_k3_s2_e4_c16");
+}
+
+#[test]
+fn tensor_with_the_wrong_shape_or_missing() {
+    // A wider hidden size than the checkpoint holds: every text tensor has the wrong shape.
+    let tmp = with_config(|v| {
+        let h = v["text_config"]["hidden_size"].as_u64().unwrap();
+        v["text_config"]["hidden_size"] = (h * 2).into();
+    });
+    let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, "shape");
+    // One more layer than the checkpoint has: a missing tensor.
+    let tmp = with_config(|v| {
+        let t = &mut v["text_config"];
+        let n = t["num_hidden_layers"].as_u64().unwrap();
+        t["num_hidden_layers"] = (n + 1).into();
+        if let Some(types) = t["layer_types"].as_array_mut() {
+            types.push("conv".into());
+        }
+    });
+    let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, "missing tensor");
+}
+
+#[test]
+fn unreadable_image_and_wrong_pixels_shape() {
+    let case = image_case();
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"this is not a png").unwrap();
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--image",
+        &s(&bad),
+        "--prompt",
+        "hi",
+    ]);
+    assert_fails_with(&out, "bad.png");
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--image",
+        "/nonexistent.png",
+        "--prompt",
+        "hi",
+    ]);
+    assert_fails_with(&out, "nonexistent.png");
+    let npy = tmp.path().join("p.npy");
+    autoneural::npy::write_f32(&npy, &autoneural::Tensor::zeros(&[4, 8, 8])).unwrap();
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &s(&npy),
+        "--prompt",
+        "hi",
+    ]);
+    assert_fails_with(&out, "[3, H, W]");
+}
+
+#[test]
+fn image_placeholder_count_must_match_images() {
+    let case = image_case();
+    let px = s(&case.dir.join("pixels_0.npy"));
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &px,
+        "--prompt",
+        "<image> and <image>",
+    ]);
+    assert_fails_with(&out, "placeholder");
+    // Literal tokens without image slots, but an image given.
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &px,
+        "--tokens",
+        "1,6,7",
+    ]);
+    assert_fails_with(&out, "image tokens");
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let case = image_case();
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--prompt",
+        "hello there",
+        "--context",
+        "4",
+    ]);
+    assert_fails_with(&out, "context");
+}
+
+#[test]
+fn out_of_vocabulary_token_id() {
+    let case = image_case();
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--tokens",
+        "1,99999999",
+    ]);
+    assert_fails_with(&out, "99999999");
+}

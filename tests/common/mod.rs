@@ -1,0 +1,98 @@
+//! Shared helpers for the golden-file tests (`tests/golden/`, produced by `python/make_golden.py`
+//! from timm and transformers).
+#![allow(dead_code)]
+
+use autoneural::Tensor;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+pub fn golden_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// Case names listed in `tests/golden/manifest.json`.
+pub fn cases() -> Vec<String> {
+    let path = golden_root().join("manifest.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let list = v.get("cases").unwrap_or(&v);
+    list.as_array()
+        .expect("manifest: a list of cases")
+        .iter()
+        .map(|c| match c {
+            Value::String(s) => s.clone(),
+            other => other["name"].as_str().expect("case name").to_string(),
+        })
+        .collect()
+}
+
+pub struct Case {
+    pub name: String,
+    pub dir: PathBuf,
+    pub json: Value,
+}
+
+impl Case {
+    pub fn load(name: &str) -> Case {
+        let dir = golden_root().join(name);
+        let text = std::fs::read_to_string(dir.join("case.json")).unwrap();
+        Case {
+            name: name.to_string(),
+            json: serde_json::from_str(&text).unwrap(),
+            dir,
+        }
+    }
+    pub fn model_dir(&self) -> PathBuf {
+        self.dir.join("model")
+    }
+    pub fn num_images(&self) -> usize {
+        self.json["num_images"].as_u64().unwrap_or(0) as usize
+    }
+    pub fn ids(&self, key: &str) -> Vec<u32> {
+        self.json[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: case.json has no `{key}`", self.name))
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect()
+    }
+    pub fn npy(&self, file: &str) -> Tensor {
+        autoneural::npy::read_f32(&self.dir.join(file)).unwrap()
+    }
+    pub fn pixels(&self) -> Vec<Tensor> {
+        (0..self.num_images())
+            .map(|i| self.npy(&format!("pixels_{i}.npy")))
+            .collect()
+    }
+}
+
+/// max |a - b| / max |b|: the error relative to the reference tensor's scale.
+pub fn max_rel_err(got: &Tensor, want: &Tensor) -> f32 {
+    assert_eq!(got.shape(), want.shape(), "shape mismatch");
+    let scale = want.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = got
+        .data()
+        .iter()
+        .zip(want.data())
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 0.0, "reference tensor is all zeros");
+    err / scale
+}
+
+/// Concatenates `[n_i, d]` tensors along rows.
+pub fn concat_rows(ts: &[Tensor]) -> Tensor {
+    let d = ts[0].dim(1);
+    let rows: usize = ts.iter().map(|t| t.dim(0)).sum();
+    Tensor::new(
+        &[rows, d],
+        ts.iter().flat_map(|t| t.data().iter().copied()).collect(),
+    )
+    .unwrap()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
+
+/// The float32 parity bound required against the PyTorch references.
+pub const TOL: f32 = 1e-4;
