@@ -2,11 +2,16 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the module map and data flow.
 
+pub mod chat;
 pub mod error;
+pub mod generate;
 pub mod models;
+pub mod nn;
 pub mod npy;
 pub mod observe;
 pub mod ops;
+pub mod pipeline;
+pub mod preprocess;
 pub mod tensor;
 pub mod weights;
 

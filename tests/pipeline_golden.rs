@@ -67,6 +67,7 @@ fn every_golden_case_matches_the_reference() {
             }
             None => "n/a",
         };
+        println!("{name}: features {e_feat:.2e} embeddings {e_emb:.2e} logits {e_logits:.2e}");
         report.push(format!(
             "{name:28} images {} prompt {:4} | features {e_feat:.2e} embeddings {e_emb:.2e} logits {e_logits:.2e} | greedy {} tokens | chat ids {chat_ok}",
             case.num_images(),

@@ -1,1 +1,2378 @@
-//! MobileNetV5 encoder + Multi-Scale Fusion Adapter, mirroring timm `MobileNetV5Encoder`.
+//! MobileNetV5 encoder + Multi-Scale Fusion Adapter, mirroring timm `MobileNetV5Encoder`
+//! (`timm/models/mobilenetv5.py`, blocks from `_efficientnet_blocks.py`, block strings from
+//! `_efficientnet_builder.py`, attention from `layers/attention2d.py`).
+//!
+//! Layout is `[C, H, W]` (batch 1). Every convolution uses timm's `padding='same'` rule
+//! ([`crate::ops::conv::same_padding`]), every norm is `RmsNorm2d` and every activation is
+//! GELU (tanh approximation), as in `mobilenetv5_300m_enc`.
+//!
+//! Observation names follow checkpoint keys. For a `ConvNormAct` named `X`: `X.conv` (conv
+//! output), `X.bn` (after RMSNorm) and `X` (module output, after GELU when the module has one).
+//! `EdgeResidual`: `conv_exp`, `bn1`, `bn1.act`, `conv_pwl`, `bn2`. MQA blocks: `norm`,
+//! `attn.query.proj`, `attn.key.down_conv`, `attn.key.norm`, `attn.key.proj` (same for
+//! `value`), `attn.sdpa`, `attn.output.proj`. Then `layer_scale` and the block name itself (block
+//! output, residual included). MSFA: `msfa.resize.{i}` (upsampled inputs), `msfa.concat`,
+//! `msfa.ffn.*`, `msfa.pool` (or `msfa.interpolate`), `msfa.norm`. Maps are `[C, H, W]`; the
+//! attention internals `attn.{query,key,value}.proj` and `attn.sdpa` are token-major `[HW, D]`
+//! (rank 2), with channel `head * dim + d` as in timm.
+
+use crate::error::{Error, Result};
+use crate::observe::Observer;
+use crate::ops::attention::{attention, AttnShape, Mask};
+use crate::ops::conv::{
+    conv2d, pointwise, pointwise_from_tokens, pointwise_to_tokens, same_padding, Conv2dSpec, Pad2d,
+};
+use crate::ops::norm::rms_norm_channels;
+use crate::ops::pool::{avg_pool2d, concat_channels, interpolate_bilinear, interpolate_nearest};
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+// ------------------------------------------------------------------------------------------------
+// Config
+// ------------------------------------------------------------------------------------------------
+
+/// `vision_config` of an AutoNeural checkpoint: the arguments of timm `_gen_mobilenet_v5` /
+/// `MobileNetV5Encoder` that vary between models.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    /// timm arch_def: one list of block strings per stage (`er_r1_k3_s2_e4_c128`, ...).
+    pub block_strings: Vec<Vec<String>>,
+    /// Stem conv output channels (before `round_channels`).
+    pub stem_size: usize,
+    /// Indices into timm's `feature_info`; negative counts from the end.
+    pub msfa_indices: Vec<i64>,
+    /// Side of the square MSFA output grid.
+    pub msfa_output_resolution: usize,
+    /// MSFA output channels.
+    pub num_features: usize,
+    /// Input side the preprocessor resizes images to.
+    pub image_size: usize,
+    /// `RmsNorm2d` eps (timm default 1e-6).
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Whether the stem conv has a bias.
+    #[serde(default = "default_true")]
+    pub stem_bias: bool,
+    /// timm's `layer_scale_init_value`. Only decides whether [`EncoderArch::tensors`] lists
+    /// `layer_scale.gamma` keys; loading uses the gammas that are in the checkpoint.
+    #[serde(default = "default_layer_scale")]
+    pub layer_scale_init_value: Option<f64>,
+}
+
+fn default_norm_eps() -> f64 {
+    1e-6
+}
+fn default_true() -> bool {
+    true
+}
+fn default_layer_scale() -> Option<f64> {
+    Some(1e-5)
+}
+
+impl VisionConfig {
+    /// The real `mobilenetv5_300m_enc` (Gemma 3n vision tower): 84 blocks, 294,126,912 params,
+    /// 3x768x768 -> 2048x16x16.
+    pub fn mobilenetv5_300m_enc() -> Self {
+        let mut stage2: Vec<String> = vec!["uir_r1_a5_k5_s2_e6_c640".into()];
+        stage2.extend((0..7).map(|_| "uir_r1_a5_k0_s1_e4_c640".to_string()));
+        stage2.push("uir_r1_a0_k0_s1_e1_c640".into());
+        for _ in 0..14 {
+            stage2.push("mqa_r1_k3_h12_v2_s1_d64_c640".into());
+            stage2.push("uir_r1_a0_k0_s1_e2_c640".into());
+        }
+        let mut stage3: Vec<String> = vec!["uir_r1_a5_k5_s2_e6_c1280".into()];
+        for _ in 0..19 {
+            stage3.push("mqa_r1_k3_h16_s1_d96_c1280".into());
+            stage3.push("uir_r1_a0_k0_s1_e2_c1280".into());
+        }
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        VisionConfig {
+            block_strings: vec![
+                s(&[
+                    "er_r1_k3_s2_e4_c128",
+                    "er_r1_k3_s1_e4_c128",
+                    "er_r1_k3_s1_e4_c128",
+                ]),
+                s(&[
+                    "uir_r1_a3_k5_s2_e6_c256",
+                    "uir_r1_a5_k0_s1_e4_c256",
+                    "uir_r1_a3_k0_s1_e4_c256",
+                    "uir_r1_a5_k0_s1_e4_c256",
+                    "uir_r1_a3_k0_s1_e4_c256",
+                ]),
+                stage2,
+                stage3,
+            ],
+            stem_size: 64,
+            msfa_indices: vec![-2, -1],
+            msfa_output_resolution: 16,
+            num_features: 2048,
+            image_size: 768,
+            norm_eps: 1e-6,
+            stem_bias: true,
+            layer_scale_init_value: Some(1e-5),
+        }
+    }
+
+    /// Resolves the config into the concrete architecture (what timm's builder derives).
+    pub fn arch(&self) -> Result<EncoderArch> {
+        EncoderArch::from_config(self)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Block strings (timm `_decode_block_str`) and channel rounding
+// ------------------------------------------------------------------------------------------------
+
+/// timm `make_divisible(v, divisor, min_value=None, round_limit=0.9)`.
+pub fn make_divisible(v: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let mut new_v = (((v + d / 2.0) as i64 / divisor as i64) * divisor as i64).max(divisor as i64);
+    if (new_v as f64) < 0.9 * v {
+        new_v += divisor as i64;
+    }
+    new_v as usize
+}
+
+/// timm `round_channels(channels, multiplier=1.0, divisor=8)`.
+pub fn round_channels(channels: usize) -> usize {
+    make_divisible(channels as f64, 8)
+}
+
+/// Per-type arguments of a decoded block string.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BlockKindArgs {
+    /// `er`: `EdgeResidual` (fused MBConv).
+    EdgeResidual {
+        exp_kernel_size: usize,
+        pw_kernel_size: usize,
+        exp_ratio: f64,
+        force_in_chs: usize,
+    },
+    /// `uir`: `UniversalInvertedResidual`; kernel 0 = no such depthwise conv.
+    UniversalInvertedResidual {
+        dw_kernel_size_start: usize,
+        dw_kernel_size_mid: usize,
+        dw_kernel_size_end: usize,
+        exp_ratio: f64,
+    },
+    /// `mqa`: `MobileAttention` with `MultiQueryAttention2d`.
+    MobileAttention {
+        dw_kernel_size: usize,
+        num_heads: usize,
+        key_dim: usize,
+        value_dim: usize,
+        kv_stride: usize,
+    },
+}
+
+/// One decoded block string (timm's block-args dict), before the builder resolves channels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockArgs {
+    pub out_chs: usize,
+    pub stride: usize,
+    pub noskip: bool,
+    pub kind: BlockKindArgs,
+}
+
+impl BlockArgs {
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            BlockKindArgs::EdgeResidual { .. } => "er",
+            BlockKindArgs::UniversalInvertedResidual { .. } => "uir",
+            BlockKindArgs::MobileAttention { .. } => "mqa",
+        }
+    }
+}
+
+/// Decodes one block string like timm `_decode_block_str`, returning the args and the repeat
+/// count `r`. Supports `er`, `uir` and `mqa`; other block types, options that change the
+/// architecture in unsupported ways (squeeze-excite, activation overrides, mixed kernels,
+/// grouped convs) and malformed numbers are errors. Options timm ignores for a block type are
+/// ignored here too; options timm does not know at all are errors.
+pub fn decode_block_str(block: &str) -> Result<(BlockArgs, usize)> {
+    let err = |msg: String| Error::BlockString {
+        block: block.to_string(),
+        msg,
+    };
+    let mut ops = block.split('_');
+    let block_type = ops.next().unwrap_or("");
+    match block_type {
+        "er" | "uir" | "mqa" => {}
+        "ir" | "ds" | "dsa" | "cn" | "mha" => {
+            return Err(err(format!(
+                "block type `{block_type}` is a timm block this engine does not implement \
+                 (supported: er, uir, mqa)"
+            )))
+        }
+        other => {
+            return Err(err(format!(
+                "unknown block type `{other}` (supported: er, uir, mqa)"
+            )))
+        }
+    }
+    let mut options: BTreeMap<String, String> = BTreeMap::new();
+    let mut noskip = false;
+    for op in ops {
+        if op == "noskip" {
+            noskip = true;
+        } else if op == "skip" {
+            // Forces a skip only for `cn` blocks in timm; no effect here.
+            noskip = false;
+        } else if let Some(v) = op.strip_prefix('n') {
+            // Activation override. timm silently ignores unknown values.
+            if matches!(v, "re" | "r6" | "hs" | "sw" | "mi") {
+                return Err(err(format!(
+                    "activation override `{op}` is not supported (the encoder uses GELU-tanh)"
+                )));
+            }
+        } else if let Some(pos) = op.find(|c: char| c.is_ascii_digit()) {
+            let (k, v) = op.split_at(pos);
+            if !matches!(
+                k,
+                "r" | "k"
+                    | "s"
+                    | "e"
+                    | "c"
+                    | "a"
+                    | "p"
+                    | "fc"
+                    | "se"
+                    | "gs"
+                    | "cc"
+                    | "d"
+                    | "h"
+                    | "v"
+            ) {
+                return Err(err(format!("unknown option `{op}`")));
+            }
+            options.insert(k.to_string(), v.to_string());
+        } else if !op.is_empty() {
+            // timm drops options without digits; they are almost certainly typos.
+            return Err(err(format!("option `{op}` has no value")));
+        }
+    }
+    let int = |key: &str| -> Result<Option<usize>> {
+        match options.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<usize>()
+                .map(Some)
+                .map_err(|_| err(format!("option `{key}{v}`: `{v}` is not an integer"))),
+        }
+    };
+    let required = |key: &str, what: &str| -> Result<usize> {
+        int(key)?.ok_or_else(|| err(format!("missing `{key}` ({what})")))
+    };
+    let float = |key: &str, what: &str| -> Result<f64> {
+        let v = options
+            .get(key)
+            .ok_or_else(|| err(format!("missing `{key}` ({what})")))?;
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(err(format!(
+                "option `{key}{v}`: `{v}` is not a positive number"
+            ))),
+        }
+    };
+    let ksize = |key: &str| -> Result<Option<usize>> {
+        match options.get(key) {
+            None => Ok(None),
+            Some(v) if v.contains('.') => Err(err(format!(
+                "option `{key}{v}`: mixed kernel sizes (MixedConv2d) are not supported"
+            ))),
+            Some(_) => int(key),
+        }
+    };
+    // Parsed for every block type, as timm does before branching.
+    let start_kernel = ksize("a")?;
+    let end_kernel = ksize("p")?;
+    let force_in_chs = int("fc")?.unwrap_or(0);
+    let repeat = required("r", "repeat count")?;
+    if repeat == 0 {
+        return Err(err("repeat count `r` must be at least 1".into()));
+    }
+    let out_chs = required("c", "output channels")?;
+    if out_chs == 0 {
+        return Err(err("output channels `c` must be positive".into()));
+    }
+    let stride = required("s", "stride")?;
+    if stride != 1 && stride != 2 {
+        return Err(err(format!("stride {stride} (timm allows 1 or 2)")));
+    }
+    let se = match options.get("se") {
+        None => 0.0,
+        Some(v) => v
+            .parse::<f64>()
+            .map_err(|_| err(format!("option `se{v}`: not a number")))?,
+    };
+    let group_size = int("gs")?;
+    let kind = match block_type {
+        "er" => {
+            if se != 0.0 {
+                return Err(err("squeeze-excite (`se`) is not supported".into()));
+            }
+            if group_size.unwrap_or(0) != 0 {
+                return Err(err("grouped convolutions (`gs`) are not supported".into()));
+            }
+            let k = ksize("k")?.ok_or_else(|| err("missing `k` (kernel size)".into()))?;
+            BlockKindArgs::EdgeResidual {
+                exp_kernel_size: k,
+                pw_kernel_size: end_kernel.unwrap_or(1),
+                exp_ratio: float("e", "expansion ratio")?,
+                force_in_chs,
+            }
+        }
+        "uir" => {
+            if se != 0.0 {
+                return Err(err("squeeze-excite (`se`) is not supported".into()));
+            }
+            if group_size.unwrap_or(1) != 1 {
+                return Err(err(
+                    "group size other than 1 (depthwise) is not supported".into()
+                ));
+            }
+            let k = ksize("k")?.ok_or_else(|| err("missing `k` (mid dw kernel size)".into()))?;
+            let a = start_kernel.unwrap_or(0);
+            let p = end_kernel.unwrap_or(0);
+            if stride > 1 && a == 0 && k == 0 && p == 0 {
+                return Err(err(
+                    "a strided uir block needs a depthwise conv (`a`, `k` or `p` > 0)".into(),
+                ));
+            }
+            BlockKindArgs::UniversalInvertedResidual {
+                dw_kernel_size_start: a,
+                dw_kernel_size_mid: k,
+                dw_kernel_size_end: p,
+                exp_ratio: float("e", "expansion ratio")?,
+            }
+        }
+        "mqa" => {
+            let k = ksize("k")?.ok_or_else(|| err("missing `k` (kv dw kernel size)".into()))?;
+            let h = required("h", "number of heads")?;
+            let d = required("d", "key/value dim")?;
+            let v = int("v")?.unwrap_or(1);
+            if h == 0 || d == 0 || v == 0 {
+                return Err(err("`h`, `d` and `v` must be positive".into()));
+            }
+            if v > 1 && k == 0 {
+                return Err(err("kv stride needs a down_conv kernel `k` > 0".into()));
+            }
+            BlockKindArgs::MobileAttention {
+                dw_kernel_size: k,
+                num_heads: h,
+                key_dim: d,
+                value_dim: d,
+                kv_stride: v,
+            }
+        }
+        _ => unreachable!("block type checked above"),
+    };
+    Ok((
+        BlockArgs {
+            out_chs,
+            stride,
+            noskip,
+            kind,
+        },
+        repeat,
+    ))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Resolved architecture (timm EfficientNetBuilder)
+// ------------------------------------------------------------------------------------------------
+
+/// A block with everything the builder derives: channels, effective stride and dilation, skip.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockSpec {
+    pub stage: usize,
+    pub index: usize,
+    pub block_str: String,
+    pub in_chs: usize,
+    pub out_chs: usize,
+    /// Effective stride (only the first block of a stage keeps its string's stride).
+    pub stride: usize,
+    pub dilation: usize,
+    pub has_skip: bool,
+    /// Whether timm would create a `layer_scale` (UIR / MQA with `layer_scale_init_value`).
+    pub layer_scale: bool,
+    pub kind: BlockSpecKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum BlockSpecKind {
+    EdgeResidual {
+        exp_kernel_size: usize,
+        pw_kernel_size: usize,
+        mid_chs: usize,
+    },
+    UniversalInvertedResidual {
+        dw_kernel_size_start: usize,
+        dw_kernel_size_mid: usize,
+        dw_kernel_size_end: usize,
+        mid_chs: usize,
+    },
+    MobileAttention {
+        dw_kernel_size: usize,
+        num_heads: usize,
+        key_dim: usize,
+        value_dim: usize,
+        kv_stride: usize,
+    },
+}
+
+impl BlockSpec {
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            BlockSpecKind::EdgeResidual { .. } => "er",
+            BlockSpecKind::UniversalInvertedResidual { .. } => "uir",
+            BlockSpecKind::MobileAttention { .. } => "mqa",
+        }
+    }
+
+    /// Checkpoint keys (relative to the block) and shapes, in timm state_dict order.
+    pub fn tensors(&self, out: &mut Vec<(String, Vec<usize>)>) {
+        let p = format!("blocks.{}.{}", self.stage, self.index);
+        let mut push = |k: &str, s: Vec<usize>| out.push((format!("{p}.{k}"), s));
+        let (i, o) = (self.in_chs, self.out_chs);
+        match self.kind {
+            BlockSpecKind::EdgeResidual {
+                exp_kernel_size: k,
+                pw_kernel_size: pk,
+                mid_chs: m,
+            } => {
+                push("conv_exp.weight", vec![m, i, k, k]);
+                push("bn1.weight", vec![m]);
+                push("conv_pwl.weight", vec![o, m, pk, pk]);
+                push("bn2.weight", vec![o]);
+            }
+            BlockSpecKind::UniversalInvertedResidual {
+                dw_kernel_size_start: a,
+                dw_kernel_size_mid: k,
+                dw_kernel_size_end: e,
+                mid_chs: m,
+            } => {
+                uir_tensors(&mut push, i, o, a, k, e, m);
+            }
+            BlockSpecKind::MobileAttention {
+                dw_kernel_size: k,
+                num_heads: h,
+                key_dim: kd,
+                value_dim: vd,
+                kv_stride,
+            } => {
+                push("norm.weight", vec![i]);
+                push("attn.query.proj.weight", vec![h * kd, i, 1, 1]);
+                for (name, d) in [("key", kd), ("value", vd)] {
+                    if kv_stride > 1 {
+                        push(&format!("attn.{name}.down_conv.weight"), vec![i, 1, k, k]);
+                        push(&format!("attn.{name}.norm.weight"), vec![i]);
+                    }
+                    push(&format!("attn.{name}.proj.weight"), vec![d, i, 1, 1]);
+                }
+                push("attn.output.proj.weight", vec![o, h * vd, 1, 1]);
+            }
+        }
+        if self.layer_scale {
+            push("layer_scale.gamma", vec![o]);
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!("{} {}->{}", self.type_name(), self.in_chs, self.out_chs);
+        match self.kind {
+            BlockSpecKind::EdgeResidual {
+                exp_kernel_size,
+                mid_chs,
+                ..
+            } => {
+                let _ = write!(s, " k{exp_kernel_size} mid {mid_chs}");
+            }
+            BlockSpecKind::UniversalInvertedResidual {
+                dw_kernel_size_start: a,
+                dw_kernel_size_mid: k,
+                dw_kernel_size_end: e,
+                mid_chs,
+            } => {
+                let _ = write!(s, " dw {a}/{k}/{e} mid {mid_chs}");
+            }
+            BlockSpecKind::MobileAttention {
+                num_heads,
+                key_dim,
+                kv_stride,
+                ..
+            } => {
+                let _ = write!(s, " h{num_heads} d{key_dim} kv-stride {kv_stride}");
+            }
+        }
+        if self.stride > 1 {
+            let _ = write!(s, " s{}", self.stride);
+        }
+        if self.dilation > 1 {
+            let _ = write!(s, " dil{}", self.dilation);
+        }
+        if self.has_skip {
+            s.push_str(" +skip");
+        }
+        s
+    }
+}
+
+/// Keys of a UIR (relative names pushed through `push`).
+fn uir_tensors(
+    push: &mut impl FnMut(&str, Vec<usize>),
+    i: usize,
+    o: usize,
+    a: usize,
+    k: usize,
+    e: usize,
+    m: usize,
+) {
+    if a > 0 {
+        push("dw_start.conv.weight", vec![i, 1, a, a]);
+        push("dw_start.bn.weight", vec![i]);
+    }
+    push("pw_exp.conv.weight", vec![m, i, 1, 1]);
+    push("pw_exp.bn.weight", vec![m]);
+    if k > 0 {
+        push("dw_mid.conv.weight", vec![m, 1, k, k]);
+        push("dw_mid.bn.weight", vec![m]);
+    }
+    push("pw_proj.conv.weight", vec![o, m, 1, 1]);
+    push("pw_proj.bn.weight", vec![o]);
+    if e > 0 {
+        push("dw_end.conv.weight", vec![o, 1, e, e]);
+        push("dw_end.bn.weight", vec![o]);
+    }
+}
+
+/// One entry of timm's `feature_info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeatureInfo {
+    /// 0 = stem, `s + 1` = stage `s`.
+    pub stage: usize,
+    pub num_chs: usize,
+    pub reduction: usize,
+}
+
+/// The encoder architecture resolved from a [`VisionConfig`], without weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderArch {
+    pub in_chans: usize,
+    pub stem_size: usize,
+    pub stem_bias: bool,
+    pub stages: Vec<Vec<BlockSpec>>,
+    pub feature_info: Vec<FeatureInfo>,
+    /// `msfa_indices` resolved against `feature_info` (timm `feature_take_indices`).
+    pub msfa_indices: Vec<usize>,
+    /// Forward taps feeding the MSFA, ascending: 0 = stem output, `s + 1` = output of stage `s`.
+    /// (timm's forward compares its stage counter with `msfa_indices`.)
+    pub msfa_taps: Vec<usize>,
+    pub msfa_in_chs: usize,
+    pub msfa_mid_chs: usize,
+    pub num_features: usize,
+    pub output_resolution: usize,
+    pub image_size: usize,
+    pub norm_eps: f64,
+}
+
+/// timm `EfficientNetBuilder(output_stride=32)`.
+const OUTPUT_STRIDE: usize = 32;
+
+impl EncoderArch {
+    pub fn from_config(cfg: &VisionConfig) -> Result<Self> {
+        if cfg.block_strings.is_empty() {
+            return Err(Error::config("vision_config.block_strings is empty"));
+        }
+        if cfg.stem_size == 0 || cfg.num_features == 0 || cfg.msfa_output_resolution == 0 {
+            return Err(Error::config(
+                "vision_config: stem_size, num_features and msfa_output_resolution must be positive",
+            ));
+        }
+        if !(cfg.norm_eps.is_finite() && cfg.norm_eps >= 0.0) {
+            return Err(Error::config(
+                "vision_config.norm_eps must be a finite number >= 0",
+            ));
+        }
+        // decode_arch_def: repeats expand into copies.
+        let mut decoded: Vec<Vec<(BlockArgs, String)>> = Vec::new();
+        for (si, stage) in cfg.block_strings.iter().enumerate() {
+            if stage.is_empty() {
+                return Err(Error::config(format!(
+                    "vision_config.block_strings[{si}] is an empty stage"
+                )));
+            }
+            let mut blocks = Vec::new();
+            for s in stage {
+                let (args, repeat) = decode_block_str(s)?;
+                for _ in 0..repeat {
+                    blocks.push((args.clone(), s.clone()));
+                }
+            }
+            decoded.push(blocks);
+        }
+        let stem_size = round_channels(cfg.stem_size);
+        let layer_scale = cfg.layer_scale_init_value.is_some();
+        let mut in_chs = stem_size;
+        let mut current_stride = 2;
+        let mut current_dilation = 1;
+        let mut feature_info = Vec::new();
+        if decoded[0][0].0.stride > 1 {
+            feature_info.push(FeatureInfo {
+                stage: 0,
+                num_chs: in_chs,
+                reduction: current_stride,
+            });
+        }
+        let n_stages = decoded.len();
+        let mut stages = Vec::with_capacity(n_stages);
+        for (si, stage) in decoded.iter().enumerate() {
+            let mut specs = Vec::with_capacity(stage.len());
+            for (bi, (args, block_str)) in stage.iter().enumerate() {
+                let last_block = bi + 1 == stage.len();
+                let mut stride = if bi >= 1 { 1 } else { args.stride };
+                let extract = last_block && (si + 1 >= n_stages || decoded[si + 1][0].0.stride > 1);
+                let mut next_dilation = current_dilation;
+                if stride > 1 {
+                    if current_stride * stride > OUTPUT_STRIDE {
+                        next_dilation = current_dilation * stride;
+                        stride = 1;
+                    } else {
+                        current_stride *= stride;
+                    }
+                }
+                let dilation = current_dilation;
+                current_dilation = next_dilation;
+                let out_chs = round_channels(args.out_chs);
+                let has_skip = in_chs == out_chs && stride == 1 && !args.noskip;
+                let (kind, ls) = match args.kind {
+                    BlockKindArgs::EdgeResidual {
+                        exp_kernel_size,
+                        pw_kernel_size,
+                        exp_ratio,
+                        force_in_chs,
+                    } => {
+                        let base = if force_in_chs > 0 {
+                            round_channels(force_in_chs)
+                        } else {
+                            in_chs
+                        };
+                        (
+                            BlockSpecKind::EdgeResidual {
+                                exp_kernel_size,
+                                pw_kernel_size,
+                                mid_chs: make_divisible(base as f64 * exp_ratio, 8),
+                            },
+                            false,
+                        )
+                    }
+                    BlockKindArgs::UniversalInvertedResidual {
+                        dw_kernel_size_start,
+                        dw_kernel_size_mid,
+                        dw_kernel_size_end,
+                        exp_ratio,
+                    } => (
+                        BlockSpecKind::UniversalInvertedResidual {
+                            dw_kernel_size_start,
+                            dw_kernel_size_mid,
+                            dw_kernel_size_end,
+                            mid_chs: make_divisible(in_chs as f64 * exp_ratio, 8),
+                        },
+                        layer_scale,
+                    ),
+                    BlockKindArgs::MobileAttention {
+                        dw_kernel_size,
+                        num_heads,
+                        key_dim,
+                        value_dim,
+                        kv_stride,
+                    } => (
+                        BlockSpecKind::MobileAttention {
+                            dw_kernel_size,
+                            num_heads,
+                            key_dim,
+                            value_dim,
+                            kv_stride,
+                        },
+                        layer_scale,
+                    ),
+                };
+                specs.push(BlockSpec {
+                    stage: si,
+                    index: bi,
+                    block_str: block_str.clone(),
+                    in_chs,
+                    out_chs,
+                    stride,
+                    dilation,
+                    has_skip,
+                    layer_scale: ls,
+                    kind,
+                });
+                in_chs = out_chs;
+                if extract {
+                    feature_info.push(FeatureInfo {
+                        stage: si + 1,
+                        num_chs: out_chs,
+                        reduction: current_stride,
+                    });
+                }
+            }
+            stages.push(specs);
+        }
+
+        // MSFA inputs: timm resolves msfa_indices against feature_info (channels), but its
+        // forward taps the stem (0) and stage outputs (s + 1) whose counter equals an index.
+        let nf = feature_info.len() as i64;
+        let mut msfa_indices = Vec::new();
+        for &i in &cfg.msfa_indices {
+            let idx = if i < 0 { nf + i } else { i };
+            if idx < 0 || idx >= nf {
+                return Err(Error::config(format!(
+                    "msfa index {i} is out of range for {nf} feature levels"
+                )));
+            }
+            msfa_indices.push(idx as usize);
+        }
+        if msfa_indices.is_empty() {
+            return Err(Error::config("vision_config.msfa_indices is empty"));
+        }
+        let msfa_in_chs: usize = msfa_indices.iter().map(|&i| feature_info[i].num_chs).sum();
+        let mut msfa_taps: Vec<usize> = msfa_indices.clone();
+        msfa_taps.sort_unstable();
+        msfa_taps.dedup();
+        let tap_chs = |t: usize| -> Option<usize> {
+            if t == 0 {
+                Some(stem_size)
+            } else {
+                stages
+                    .get(t - 1)
+                    .map(|s: &Vec<BlockSpec>| s.last().unwrap().out_chs)
+            }
+        };
+        let mut tapped = 0;
+        for &t in &msfa_taps {
+            tapped += tap_chs(t).ok_or_else(|| {
+                Error::config(format!("msfa index {t} has no matching stage output"))
+            })?;
+        }
+        if tapped != msfa_in_chs {
+            return Err(Error::config(format!(
+                "msfa_indices {:?} select feature_info channels {msfa_in_chs}, but the stage outputs \
+                 timm's forward would concatenate have {tapped} channels (timm itself would fail)",
+                cfg.msfa_indices
+            )));
+        }
+        Ok(EncoderArch {
+            in_chans: 3,
+            stem_size,
+            stem_bias: cfg.stem_bias,
+            stages,
+            feature_info,
+            msfa_indices,
+            msfa_taps,
+            msfa_in_chs,
+            msfa_mid_chs: make_divisible(msfa_in_chs as f64 * 2.0, 8),
+            num_features: cfg.num_features,
+            output_resolution: cfg.msfa_output_resolution,
+            image_size: cfg.image_size,
+            norm_eps: cfg.norm_eps,
+        })
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.stages.iter().map(|s| s.len()).sum()
+    }
+
+    /// Visual tokens per image: `R * R`.
+    pub fn tokens_per_image(&self) -> usize {
+        self.output_resolution * self.output_resolution
+    }
+
+    /// Every checkpoint key (timm names, no prefix) with its shape, in state_dict order.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        let s = self.stem_size;
+        out.push(("conv_stem.conv.weight".into(), vec![s, self.in_chans, 3, 3]));
+        if self.stem_bias {
+            out.push(("conv_stem.conv.bias".into(), vec![s]));
+        }
+        out.push(("conv_stem.bn.weight".into(), vec![s]));
+        for b in self.stages.iter().flatten() {
+            b.tensors(&mut out);
+        }
+        let (i, m, o) = (self.msfa_in_chs, self.msfa_mid_chs, self.num_features);
+        uir_tensors(
+            &mut |k: &str, shape| out.push((format!("msfa.ffn.{k}"), shape)),
+            i,
+            o,
+            0,
+            0,
+            0,
+            m,
+        );
+        out.push(("msfa.norm.weight".into(), vec![o]));
+        out
+    }
+
+    /// Parameters the architecture has (with layer scales when the config asks for them).
+    pub fn param_count(&self) -> usize {
+        self.tensors()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// A short human-readable description: stem, stages, MSFA.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "MobileNetV5 encoder: {} blocks in {} stages, {} params",
+            self.num_blocks(),
+            self.stages.len(),
+            self.param_count()
+        );
+        let _ = writeln!(
+            s,
+            "  stem: conv3x3 s2 {}->{}{}, RMSNorm, GELU",
+            self.in_chans,
+            self.stem_size,
+            if self.stem_bias { " (bias)" } else { "" }
+        );
+        for (si, stage) in self.stages.iter().enumerate() {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for b in stage {
+                *counts.entry(b.type_name()).or_default() += 1;
+            }
+            let kinds: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let stride: usize = stage.iter().map(|b| b.stride).product();
+            let _ = writeln!(
+                s,
+                "  stage {si}: {} blocks ({}), {}->{} channels, stride {stride}",
+                stage.len(),
+                kinds.join(", "),
+                stage[0].in_chs,
+                stage.last().unwrap().out_chs
+            );
+            // Collapse runs of identical descriptions.
+            let descs: Vec<String> = stage.iter().map(|b| b.describe()).collect();
+            let mut i = 0;
+            while i < descs.len() {
+                let mut j = i + 1;
+                while j < descs.len() && descs[j] == descs[i] {
+                    j += 1;
+                }
+                // Alternating pairs (mqa, uir) x n.
+                let mut pairs = 1;
+                if j == i + 1 && i + 1 < descs.len() {
+                    while i + 2 * pairs + 1 < descs.len()
+                        && descs[i + 2 * pairs] == descs[i]
+                        && descs[i + 2 * pairs + 1] == descs[i + 1]
+                    {
+                        pairs += 1;
+                    }
+                }
+                if pairs > 1 {
+                    let _ = writeln!(
+                        s,
+                        "    [{}..{}] ({} ; {}) x{pairs}",
+                        i,
+                        i + 2 * pairs - 1,
+                        descs[i],
+                        descs[i + 1]
+                    );
+                    i += 2 * pairs;
+                } else {
+                    let range = if j - i > 1 {
+                        format!("[{}..{}]", i, j - 1)
+                    } else {
+                        format!("[{i}]")
+                    };
+                    let times = if j - i > 1 {
+                        format!(" x{}", j - i)
+                    } else {
+                        String::new()
+                    };
+                    let _ = writeln!(s, "    {range} {}{times}", descs[i]);
+                    i = j;
+                }
+            }
+        }
+        let taps: Vec<String> = self
+            .msfa_taps
+            .iter()
+            .map(|&t| {
+                if t == 0 {
+                    "stem".to_string()
+                } else {
+                    format!("stage {}", t - 1)
+                }
+            })
+            .collect();
+        let _ = write!(
+            s,
+            "  msfa: {} ({} ch) -> pw {} -> pw {} -> {}x{}, RMSNorm",
+            taps.join(" + "),
+            self.msfa_in_chs,
+            self.msfa_mid_chs,
+            self.num_features,
+            self.output_resolution,
+            self.output_resolution
+        );
+        s
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Layers
+// ------------------------------------------------------------------------------------------------
+
+/// Load-time context: the norm eps and the weight prefix of the timm root, which observation
+/// names leave out (`blocks.1.0.pw_exp`, not `model.vision_tower.timm_model.blocks.1.0.pw_exp`).
+struct Ctx {
+    eps: f64,
+    root: String,
+}
+
+impl Ctx {
+    fn name(&self, w: &Weights) -> String {
+        let p = w.prefix();
+        if self.root.is_empty() {
+            return p.to_string();
+        }
+        match p.strip_prefix(self.root.as_str()) {
+            Some(rest) => rest.strip_prefix('.').unwrap_or(rest).to_string(),
+            None => p.to_string(),
+        }
+    }
+}
+
+fn emit(obs: &mut dyn Observer, name: &str, t: &Tensor) {
+    if obs.enabled() {
+        obs.observe(name, t);
+    }
+}
+
+fn emit_sub(obs: &mut dyn Observer, prefix: &str, suffix: &str, t: &Tensor) {
+    if obs.enabled() {
+        obs.observe(&format!("{prefix}.{suffix}"), t);
+    }
+}
+
+/// `exp(x)` for `x` clamped to `[-87, 88]`, branch-free so loops over it vectorize (plain SSE2):
+/// round-to-nearest `k = x / ln 2` by the 1.5 * 2^23 trick, a degree-6 polynomial (Cephes
+/// `expf` coefficients) on the remainder, then `2^k` through the exponent bits. About 1 ulp.
+#[inline(always)]
+fn exp_approx(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let t = x * LOG2E + MAGIC;
+    let k = t - MAGIC;
+    let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * r * r + r + 1.0;
+    f32::from_bits(((ki + 127) << 23) as u32) * e
+}
+
+/// `nn.GELU(approximate='tanh')` written as `x * sigmoid(2u)` with
+/// `u = sqrt(2/pi) (x + 0.044715 x^3)`, since `0.5 (1 + tanh(u)) = sigmoid(2u)` exactly.
+/// Agrees with `ops::activation::gelu_tanh` to a few ulp and vectorizes.
+#[inline(always)]
+fn gelu_tanh_fast(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
+    x / (1.0 + exp_approx(-2.0 * u))
+}
+
+/// GELU (tanh) in place, parallel over chunks.
+fn gelu_inplace(x: &mut [f32]) {
+    x.par_chunks_mut(1 << 14)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh_fast(*v)));
+}
+
+/// A convolution with timm `padding='same'` (static symmetric or dynamic TF padding).
+pub struct Conv2d {
+    /// `[C_out, C_in / groups, k, k]`.
+    pub weight: Tensor,
+    pub bias: Option<Vec<f32>>,
+    pub stride: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        w: &Weights,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        depthwise: bool,
+        bias: bool,
+    ) -> Result<Self> {
+        let cpg = if depthwise { 1 } else { c_in };
+        let weight = w.get("weight", &[c_out, cpg, kernel, kernel])?;
+        let bias = if bias {
+            Some(w.get("bias", &[c_out])?.into_data())
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            dilation,
+            groups: if depthwise { c_in } else { 1 },
+        })
+    }
+
+    pub fn kernel_size(&self) -> usize {
+        self.weight.dim(2)
+    }
+    pub fn out_channels(&self) -> usize {
+        self.weight.dim(0)
+    }
+
+    /// The padding this conv applies to an `h x w` input.
+    pub fn padding(&self, h: usize, w: usize) -> Pad2d {
+        same_padding(h, w, self.kernel_size(), self.stride, self.dilation)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (c, h, w) = (x.dim(0), x.dim(1), x.dim(2));
+        if self.kernel_size() == 1 && self.stride == 1 && self.groups == 1 {
+            let y = pointwise(
+                x.data(),
+                c,
+                h * w,
+                self.weight.data(),
+                self.out_channels(),
+                self.bias.as_deref(),
+            );
+            return Tensor::from_parts(&[self.out_channels(), h, w], y);
+        }
+        let spec = Conv2dSpec::new(self.stride, self.dilation, self.groups, self.padding(h, w));
+        conv2d(x, &self.weight, self.bias.as_deref(), spec)
+    }
+
+    fn numel(&self) -> usize {
+        self.weight.numel() + self.bias.as_ref().map_or(0, |b| b.len())
+    }
+}
+
+/// timm `RmsNorm2d`: `x * rsqrt(mean_c(x^2) + eps) * weight[c]`.
+pub struct RmsNorm2d {
+    pub weight: Vec<f32>,
+    pub eps: f32,
+}
+
+impl RmsNorm2d {
+    fn load(w: &Weights, channels: usize, eps: f64) -> Result<Self> {
+        Ok(RmsNorm2d {
+            weight: w.get("weight", &[channels])?.into_data(),
+            eps: eps as f32,
+        })
+    }
+
+    pub fn forward_inplace(&self, x: &mut Tensor) {
+        let c = x.dim(0);
+        rms_norm_channels(x.data_mut(), c, &self.weight, self.eps);
+    }
+}
+
+/// timm `LayerScale2d`: `x * gamma[c]`.
+pub struct LayerScale2d {
+    pub gamma: Vec<f32>,
+}
+
+impl LayerScale2d {
+    fn load_opt(w: &Weights, channels: usize) -> Result<Option<Self>> {
+        Ok(w.pp("layer_scale")
+            .get_opt("gamma", &[channels])?
+            .map(|g| LayerScale2d {
+                gamma: g.into_data(),
+            }))
+    }
+
+    pub fn forward_inplace(&self, x: &mut Tensor) {
+        let hw = x.numel() / x.dim(0);
+        x.data_mut()
+            .par_chunks_mut(hw.max(1))
+            .zip(&self.gamma)
+            .for_each(|(p, &g)| p.iter_mut().for_each(|v| *v *= g));
+    }
+}
+
+fn add_inplace(y: &mut Tensor, x: &Tensor) {
+    assert_eq!(y.shape(), x.shape(), "residual shapes");
+    y.data_mut()
+        .par_chunks_mut(1 << 14)
+        .zip(x.data().par_chunks(1 << 14))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(u, v)| *u += v));
+}
+
+/// timm `ConvNormAct`: conv -> `RmsNorm2d` (`bn`) -> optional GELU.
+pub struct ConvNormAct {
+    pub name: String,
+    pub conv: Conv2d,
+    pub bn: RmsNorm2d,
+    pub apply_act: bool,
+}
+
+impl ConvNormAct {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        w: &Weights,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        depthwise: bool,
+        bias: bool,
+        apply_act: bool,
+        ctx: &Ctx,
+    ) -> Result<Self> {
+        Ok(ConvNormAct {
+            name: ctx.name(w),
+            conv: Conv2d::load(
+                &w.pp("conv"),
+                c_in,
+                c_out,
+                kernel,
+                stride,
+                dilation,
+                depthwise,
+                bias,
+            )?,
+            bn: RmsNorm2d::load(&w.pp("bn"), c_out, ctx.eps)?,
+            apply_act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        let mut y = self.conv.forward(x);
+        emit_sub(obs, &self.name, "conv", &y);
+        self.bn.forward_inplace(&mut y);
+        emit_sub(obs, &self.name, "bn", &y);
+        if self.apply_act {
+            gelu_inplace(y.data_mut());
+        }
+        emit(obs, &self.name, &y);
+        y
+    }
+
+    fn numel(&self) -> usize {
+        self.conv.numel() + self.bn.weight.len()
+    }
+}
+
+/// timm `EdgeResidual`: conv_exp (kxk) -> bn1 (+GELU) -> conv_pwl -> bn2 (+ shortcut).
+pub struct EdgeResidual {
+    pub name: String,
+    pub conv_exp: Conv2d,
+    pub bn1: RmsNorm2d,
+    pub conv_pwl: Conv2d,
+    pub bn2: RmsNorm2d,
+    pub has_skip: bool,
+}
+
+impl EdgeResidual {
+    fn load(spec: &BlockSpec, w: &Weights, ctx: &Ctx) -> Result<Self> {
+        let BlockSpecKind::EdgeResidual {
+            exp_kernel_size,
+            pw_kernel_size,
+            mid_chs,
+        } = spec.kind
+        else {
+            unreachable!()
+        };
+        Ok(EdgeResidual {
+            name: ctx.name(w),
+            conv_exp: Conv2d::load(
+                &w.pp("conv_exp"),
+                spec.in_chs,
+                mid_chs,
+                exp_kernel_size,
+                spec.stride,
+                spec.dilation,
+                false,
+                false,
+            )?,
+            bn1: RmsNorm2d::load(&w.pp("bn1"), mid_chs, ctx.eps)?,
+            conv_pwl: Conv2d::load(
+                &w.pp("conv_pwl"),
+                mid_chs,
+                spec.out_chs,
+                pw_kernel_size,
+                1,
+                1,
+                false,
+                false,
+            )?,
+            bn2: RmsNorm2d::load(&w.pp("bn2"), spec.out_chs, ctx.eps)?,
+            has_skip: spec.has_skip,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        let n = &self.name;
+        let mut h = self.conv_exp.forward(x);
+        emit_sub(obs, n, "conv_exp", &h);
+        self.bn1.forward_inplace(&mut h);
+        emit_sub(obs, n, "bn1", &h);
+        gelu_inplace(h.data_mut());
+        emit_sub(obs, n, "bn1.act", &h);
+        let mut y = self.conv_pwl.forward(&h);
+        drop(h);
+        emit_sub(obs, n, "conv_pwl", &y);
+        self.bn2.forward_inplace(&mut y);
+        emit_sub(obs, n, "bn2", &y);
+        if self.has_skip {
+            add_inplace(&mut y, x);
+        }
+        emit(obs, n, &y);
+        y
+    }
+
+    fn numel(&self) -> usize {
+        self.conv_exp.numel()
+            + self.bn1.weight.len()
+            + self.conv_pwl.numel()
+            + self.bn2.weight.len()
+    }
+}
+
+/// timm `UniversalInvertedResidual`: [dw_start] -> pw_exp -> [dw_mid] -> pw_proj -> [dw_end]
+/// -> [layer_scale] (+ shortcut).
+pub struct UniversalInvertedResidual {
+    pub name: String,
+    pub dw_start: Option<ConvNormAct>,
+    pub pw_exp: ConvNormAct,
+    pub dw_mid: Option<ConvNormAct>,
+    pub pw_proj: ConvNormAct,
+    pub dw_end: Option<ConvNormAct>,
+    pub layer_scale: Option<LayerScale2d>,
+    pub has_skip: bool,
+}
+
+impl UniversalInvertedResidual {
+    #[allow(clippy::too_many_arguments)]
+    fn load_parts(
+        w: &Weights,
+        in_chs: usize,
+        out_chs: usize,
+        (start, mid, end): (usize, usize, usize),
+        mid_chs: usize,
+        stride: usize,
+        dilation: usize,
+        has_skip: bool,
+        ctx: &Ctx,
+    ) -> Result<Self> {
+        let dw_start = if start > 0 {
+            let s = if mid > 0 { 1 } else { stride };
+            Some(ConvNormAct::load(
+                &w.pp("dw_start"),
+                in_chs,
+                in_chs,
+                start,
+                s,
+                dilation,
+                true,
+                false,
+                false,
+                ctx,
+            )?)
+        } else {
+            None
+        };
+        let pw_exp = ConvNormAct::load(
+            &w.pp("pw_exp"),
+            in_chs,
+            mid_chs,
+            1,
+            1,
+            1,
+            false,
+            false,
+            true,
+            ctx,
+        )?;
+        let dw_mid = if mid > 0 {
+            Some(ConvNormAct::load(
+                &w.pp("dw_mid"),
+                mid_chs,
+                mid_chs,
+                mid,
+                stride,
+                dilation,
+                true,
+                false,
+                true,
+                ctx,
+            )?)
+        } else {
+            None
+        };
+        let pw_proj = ConvNormAct::load(
+            &w.pp("pw_proj"),
+            mid_chs,
+            out_chs,
+            1,
+            1,
+            1,
+            false,
+            false,
+            false,
+            ctx,
+        )?;
+        let dw_end = if end > 0 {
+            let s = if start == 0 && mid == 0 { stride } else { 1 };
+            Some(ConvNormAct::load(
+                &w.pp("dw_end"),
+                out_chs,
+                out_chs,
+                end,
+                s,
+                dilation,
+                true,
+                false,
+                false,
+                ctx,
+            )?)
+        } else {
+            None
+        };
+        Ok(UniversalInvertedResidual {
+            name: ctx.name(w),
+            dw_start,
+            pw_exp,
+            dw_mid,
+            pw_proj,
+            dw_end,
+            layer_scale: LayerScale2d::load_opt(w, out_chs)?,
+            has_skip,
+        })
+    }
+
+    fn load(spec: &BlockSpec, w: &Weights, ctx: &Ctx) -> Result<Self> {
+        let BlockSpecKind::UniversalInvertedResidual {
+            dw_kernel_size_start,
+            dw_kernel_size_mid,
+            dw_kernel_size_end,
+            mid_chs,
+        } = spec.kind
+        else {
+            unreachable!()
+        };
+        Self::load_parts(
+            w,
+            spec.in_chs,
+            spec.out_chs,
+            (dw_kernel_size_start, dw_kernel_size_mid, dw_kernel_size_end),
+            mid_chs,
+            spec.stride,
+            spec.dilation,
+            spec.has_skip,
+            ctx,
+        )
+    }
+
+    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        let mut h = match &self.dw_start {
+            Some(m) => self.pw_exp.forward(&m.forward(x, obs), obs),
+            None => self.pw_exp.forward(x, obs),
+        };
+        if let Some(m) = &self.dw_mid {
+            h = m.forward(&h, obs);
+        }
+        let mut y = self.pw_proj.forward(&h, obs);
+        drop(h);
+        if let Some(m) = &self.dw_end {
+            y = m.forward(&y, obs);
+        }
+        if let Some(ls) = &self.layer_scale {
+            ls.forward_inplace(&mut y);
+            emit_sub(obs, &self.name, "layer_scale", &y);
+        }
+        if self.has_skip {
+            add_inplace(&mut y, x);
+        }
+        emit(obs, &self.name, &y);
+        y
+    }
+
+    fn numel(&self) -> usize {
+        self.dw_start.as_ref().map_or(0, |m| m.numel())
+            + self.pw_exp.numel()
+            + self.dw_mid.as_ref().map_or(0, |m| m.numel())
+            + self.pw_proj.numel()
+            + self.dw_end.as_ref().map_or(0, |m| m.numel())
+            + self.layer_scale.as_ref().map_or(0, |l| l.gamma.len())
+    }
+}
+
+/// Key or value branch of `MultiQueryAttention2d`: optional (down_conv dw kxk stride kv ->
+/// RmsNorm2d), then a 1x1 `proj` to a single head.
+pub struct KvProjection {
+    pub name: String,
+    pub down_conv: Option<Conv2d>,
+    pub norm: Option<RmsNorm2d>,
+    /// `[dim, C, 1, 1]`.
+    pub proj: Tensor,
+}
+
+impl KvProjection {
+    fn load(
+        w: &Weights,
+        c: usize,
+        dim: usize,
+        kernel: usize,
+        kv_stride: usize,
+        dilation: usize,
+        ctx: &Ctx,
+    ) -> Result<Self> {
+        let (down_conv, norm) = if kv_stride > 1 {
+            (
+                Some(Conv2d::load(
+                    &w.pp("down_conv"),
+                    c,
+                    c,
+                    kernel,
+                    kv_stride,
+                    dilation,
+                    true,
+                    false,
+                )?),
+                Some(RmsNorm2d::load(&w.pp("norm"), c, ctx.eps)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(KvProjection {
+            name: ctx.name(w),
+            down_conv,
+            norm,
+            proj: w.pp("proj").get("weight", &[dim, c, 1, 1])?,
+        })
+    }
+
+    /// Returns token-major `[tokens, dim]` and the token count.
+    fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> (Vec<f32>, usize) {
+        let down;
+        let src = match &self.down_conv {
+            Some(conv) => {
+                let mut d = conv.forward(x);
+                emit_sub(obs, &self.name, "down_conv", &d);
+                if let Some(n) = &self.norm {
+                    n.forward_inplace(&mut d);
+                    emit_sub(obs, &self.name, "norm", &d);
+                }
+                down = d;
+                &down
+            }
+            None => x,
+        };
+        let (c, t) = (src.dim(0), src.dim(1) * src.dim(2));
+        let dim = self.proj.dim(0);
+        let y = pointwise_to_tokens(src.data(), c, t, self.proj.data(), dim);
+        if obs.enabled() {
+            emit_sub(
+                obs,
+                &self.name,
+                "proj",
+                &Tensor::from_parts(&[t, dim], y.clone()),
+            );
+        }
+        (y, t)
+    }
+
+    fn numel(&self) -> usize {
+        self.down_conv.as_ref().map_or(0, |c| c.numel())
+            + self.norm.as_ref().map_or(0, |n| n.weight.len())
+            + self.proj.numel()
+    }
+}
+
+/// timm `MultiQueryAttention2d`: `num_heads` query heads share one key/value head.
+pub struct MultiQueryAttention2d {
+    pub name: String,
+    pub num_heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+    pub kv_stride: usize,
+    /// `query.proj.weight` `[heads * key_dim, C, 1, 1]`.
+    pub query_proj: Tensor,
+    pub key: KvProjection,
+    pub value: KvProjection,
+    /// `output.proj.weight` `[C_out, heads * value_dim, 1, 1]`.
+    pub output_proj: Tensor,
+}
+
+impl MultiQueryAttention2d {
+    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        let (c, h, w) = (x.dim(0), x.dim(1), x.dim(2));
+        let hw = h * w;
+        let (nh, kd, vd) = (self.num_heads, self.key_dim, self.value_dim);
+        let q = pointwise_to_tokens(x.data(), c, hw, self.query_proj.data(), nh * kd);
+        if obs.enabled() {
+            let t = Tensor::from_parts(&[hw, nh * kd], q.clone());
+            emit_sub(obs, &self.name, "query.proj", &t);
+        }
+        let (k, tk) = self.key.forward(x, obs);
+        let (v, tv) = self.value.forward(x, obs);
+        debug_assert_eq!(tk, tv);
+        let o = attention(
+            &q,
+            &k,
+            &v,
+            hw,
+            tk,
+            AttnShape {
+                n_heads: nh,
+                n_kv: 1,
+                d: kd,
+                dv: vd,
+            },
+            (kd as f32).powf(-0.5),
+            Mask::None,
+        );
+        drop(q);
+        if obs.enabled() {
+            let t = Tensor::from_parts(&[hw, nh * vd], o.clone());
+            emit_sub(obs, &self.name, "sdpa", &t);
+        }
+        let c_out = self.output_proj.dim(0);
+        let y = pointwise_from_tokens(&o, hw, nh * vd, self.output_proj.data(), c_out);
+        let y = Tensor::from_parts(&[c_out, h, w], y);
+        emit_sub(obs, &self.name, "output.proj", &y);
+        y
+    }
+
+    fn numel(&self) -> usize {
+        self.query_proj.numel() + self.key.numel() + self.value.numel() + self.output_proj.numel()
+    }
+}
+
+/// timm `MobileAttention` (multi-query): norm -> attn -> [layer_scale] (+ shortcut).
+pub struct MobileAttention {
+    pub name: String,
+    pub norm: RmsNorm2d,
+    pub attn: MultiQueryAttention2d,
+    pub layer_scale: Option<LayerScale2d>,
+    pub has_skip: bool,
+}
+
+impl MobileAttention {
+    fn load(spec: &BlockSpec, w: &Weights, ctx: &Ctx) -> Result<Self> {
+        let BlockSpecKind::MobileAttention {
+            dw_kernel_size,
+            num_heads,
+            key_dim,
+            value_dim,
+            kv_stride,
+        } = spec.kind
+        else {
+            unreachable!()
+        };
+        let (i, o) = (spec.in_chs, spec.out_chs);
+        let a = w.pp("attn");
+        let attn = MultiQueryAttention2d {
+            name: ctx.name(&a),
+            num_heads,
+            key_dim,
+            value_dim,
+            kv_stride,
+            query_proj: a
+                .pp("query.proj")
+                .get("weight", &[num_heads * key_dim, i, 1, 1])?,
+            key: KvProjection::load(
+                &a.pp("key"),
+                i,
+                key_dim,
+                dw_kernel_size,
+                kv_stride,
+                spec.dilation,
+                ctx,
+            )?,
+            value: KvProjection::load(
+                &a.pp("value"),
+                i,
+                value_dim,
+                dw_kernel_size,
+                kv_stride,
+                spec.dilation,
+                ctx,
+            )?,
+            output_proj: a
+                .pp("output.proj")
+                .get("weight", &[o, num_heads * value_dim, 1, 1])?,
+        };
+        Ok(MobileAttention {
+            name: ctx.name(w),
+            norm: RmsNorm2d::load(&w.pp("norm"), i, ctx.eps)?,
+            attn,
+            layer_scale: LayerScale2d::load_opt(w, o)?,
+            has_skip: spec.has_skip,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        let mut n = x.clone();
+        self.norm.forward_inplace(&mut n);
+        emit_sub(obs, &self.name, "norm", &n);
+        let mut y = self.attn.forward(&n, obs);
+        drop(n);
+        if let Some(ls) = &self.layer_scale {
+            ls.forward_inplace(&mut y);
+            emit_sub(obs, &self.name, "layer_scale", &y);
+        }
+        if self.has_skip {
+            add_inplace(&mut y, x);
+        }
+        emit(obs, &self.name, &y);
+        y
+    }
+
+    fn numel(&self) -> usize {
+        self.norm.weight.len()
+            + self.attn.numel()
+            + self.layer_scale.as_ref().map_or(0, |l| l.gamma.len())
+    }
+}
+
+/// One trunk block. (84 of them: the size difference between variants does not matter.)
+#[allow(clippy::large_enum_variant)]
+pub enum Block {
+    EdgeResidual(EdgeResidual),
+    UniversalInvertedResidual(UniversalInvertedResidual),
+    MobileAttention(MobileAttention),
+}
+
+impl Block {
+    fn load(spec: &BlockSpec, w: &Weights, ctx: &Ctx) -> Result<Self> {
+        Ok(match spec.kind {
+            BlockSpecKind::EdgeResidual { .. } => {
+                Block::EdgeResidual(EdgeResidual::load(spec, w, ctx)?)
+            }
+            BlockSpecKind::UniversalInvertedResidual { .. } => {
+                Block::UniversalInvertedResidual(UniversalInvertedResidual::load(spec, w, ctx)?)
+            }
+            BlockSpecKind::MobileAttention { .. } => {
+                Block::MobileAttention(MobileAttention::load(spec, w, ctx)?)
+            }
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        match self {
+            Block::EdgeResidual(b) => b.forward(x, obs),
+            Block::UniversalInvertedResidual(b) => b.forward(x, obs),
+            Block::MobileAttention(b) => b.forward(x, obs),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Block::EdgeResidual(b) => &b.name,
+            Block::UniversalInvertedResidual(b) => &b.name,
+            Block::MobileAttention(b) => &b.name,
+        }
+    }
+
+    fn numel(&self) -> usize {
+        match self {
+            Block::EdgeResidual(b) => b.numel(),
+            Block::UniversalInvertedResidual(b) => b.numel(),
+            Block::MobileAttention(b) => b.numel(),
+        }
+    }
+}
+
+/// timm `MobileNetV5MultiScaleFusionAdapter`: nearest-resize the tapped features to the first
+/// one's size, concat channels, UIR ffn (pw_exp 2x -> pw_proj, no skip, no layer scale), then
+/// avg-pool (divisible) or bilinear resize to the output grid, then `RmsNorm2d`.
+pub struct MultiScaleFusionAdapter {
+    pub name: String,
+    pub ffn: UniversalInvertedResidual,
+    pub norm: RmsNorm2d,
+    pub output_resolution: usize,
+}
+
+impl MultiScaleFusionAdapter {
+    pub fn forward(&self, inputs: &[Tensor], obs: &mut dyn Observer) -> Result<Tensor> {
+        let (hh, hw) = (inputs[0].dim(1), inputs[0].dim(2));
+        let mut resized: Vec<Tensor> = Vec::new();
+        let mut parts: Vec<&Tensor> = Vec::with_capacity(inputs.len());
+        for (i, x) in inputs.iter().enumerate() {
+            let (h, w) = (x.dim(1), x.dim(2));
+            if h < hh || w < hw {
+                let r = interpolate_nearest(x, hh, hw);
+                emit_sub(obs, &self.name, &format!("resize.{i}"), &r);
+                resized.push(r);
+            } else if h != hh || w != hw {
+                return Err(Error::input(format!(
+                    "msfa input {i} is {h}x{w}, larger than the first input {hh}x{hw}; \
+                     channel concat needs equal sizes"
+                )));
+            }
+        }
+        let mut r_iter = resized.iter();
+        for x in inputs {
+            if x.dim(1) < hh || x.dim(2) < hw {
+                parts.push(r_iter.next().expect("resized above"));
+            } else {
+                parts.push(x);
+            }
+        }
+        let cat = concat_channels(&parts);
+        drop(resized);
+        emit_sub(obs, &self.name, "concat", &cat);
+        let mut y = self.ffn.forward(&cat, obs);
+        drop(cat);
+        let r = self.output_resolution;
+        if hh != r || hw != r {
+            if hh % r != 0 || hw % r != 0 {
+                y = interpolate_bilinear(&y, r, r);
+                emit_sub(obs, &self.name, "interpolate", &y);
+            } else {
+                let (sh, sw) = (hh / r, hw / r);
+                y = avg_pool2d(&y, sh, sw, sh, sw);
+                emit_sub(obs, &self.name, "pool", &y);
+            }
+        }
+        self.norm.forward_inplace(&mut y);
+        emit_sub(obs, &self.name, "norm", &y);
+        Ok(y)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Encoder
+// ------------------------------------------------------------------------------------------------
+
+/// timm `MobileNetV5Encoder.forward_features`: stem -> stages -> MSFA.
+pub struct MobileNetV5Encoder {
+    pub arch: EncoderArch,
+    pub conv_stem: ConvNormAct,
+    pub blocks: Vec<Vec<Block>>,
+    pub msfa: MultiScaleFusionAdapter,
+}
+
+impl MobileNetV5Encoder {
+    /// Loads the encoder from a view at the timm root (`conv_stem.conv.weight`, `blocks.0.0...`,
+    /// `msfa...`). Every tensor's shape is checked; `layer_scale.gamma` is used where present.
+    pub fn load(cfg: &VisionConfig, w: &Weights) -> Result<Self> {
+        let arch = cfg.arch()?;
+        let ctx = &Ctx {
+            eps: arch.norm_eps,
+            root: w.prefix().to_string(),
+        };
+        let conv_stem = ConvNormAct::load(
+            &w.pp("conv_stem"),
+            arch.in_chans,
+            arch.stem_size,
+            3,
+            2,
+            1,
+            false,
+            arch.stem_bias,
+            true,
+            ctx,
+        )?;
+        let bw = w.pp("blocks");
+        let mut blocks = Vec::with_capacity(arch.stages.len());
+        for stage in &arch.stages {
+            let mut bs = Vec::with_capacity(stage.len());
+            for spec in stage {
+                bs.push(Block::load(spec, &bw.pp(spec.stage).pp(spec.index), ctx)?);
+            }
+            blocks.push(bs);
+        }
+        let mw = w.pp("msfa");
+        let ffn = UniversalInvertedResidual::load_parts(
+            &mw.pp("ffn"),
+            arch.msfa_in_chs,
+            arch.num_features,
+            (0, 0, 0),
+            arch.msfa_mid_chs,
+            1,
+            1,
+            false,
+            ctx,
+        )?;
+        if ffn.layer_scale.is_some() {
+            return Err(Error::config(
+                "checkpoint has msfa.ffn.layer_scale.gamma; timm's MSFA has no layer scale",
+            ));
+        }
+        let msfa = MultiScaleFusionAdapter {
+            name: ctx.name(&mw),
+            ffn,
+            norm: RmsNorm2d::load(&mw.pp("norm"), arch.num_features, ctx.eps)?,
+            output_resolution: arch.output_resolution,
+        };
+        Ok(MobileNetV5Encoder {
+            arch,
+            conv_stem,
+            blocks,
+            msfa,
+        })
+    }
+
+    /// `[3, H, W]` pixels -> `[num_features, R, R]`. Any `H, W >= 1` works (as in timm: TF
+    /// "same" padding handles odd sizes and the MSFA resizes to `R x R`).
+    pub fn forward(&self, pixels: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
+        if pixels.rank() != 3 || pixels.dim(0) != self.arch.in_chans {
+            return Err(Error::input(format!(
+                "vision encoder input must be [{}, H, W] pixels, got shape {:?}",
+                self.arch.in_chans,
+                pixels.shape()
+            )));
+        }
+        if pixels.dim(1) == 0 || pixels.dim(2) == 0 {
+            return Err(Error::input(format!(
+                "vision encoder input has an empty spatial size {:?}",
+                pixels.shape()
+            )));
+        }
+        let taps = &self.arch.msfa_taps;
+        let last_tap = *taps.last().expect("at least one msfa tap");
+        let mut feats: Vec<Tensor> = Vec::with_capacity(taps.len());
+        let mut x = self.conv_stem.forward(pixels, obs);
+        if taps.contains(&0) {
+            feats.push(x.clone());
+        }
+        for (si, stage) in self.blocks.iter().enumerate() {
+            if si + 1 > last_tap {
+                break; // later stages do not reach the MSFA
+            }
+            for b in stage {
+                x = b.forward(&x, obs);
+            }
+            if taps.contains(&(si + 1)) {
+                if si + 1 == last_tap {
+                    feats.push(std::mem::replace(&mut x, Tensor::zeros(&[0])));
+                } else {
+                    feats.push(x.clone());
+                }
+            }
+        }
+        drop(x);
+        self.msfa.forward(&feats, obs)
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.iter().map(|s| s.len()).sum()
+    }
+
+    /// Parameters actually loaded (layer scales counted only where the checkpoint has them).
+    pub fn param_count(&self) -> usize {
+        self.conv_stem.numel()
+            + self
+                .blocks
+                .iter()
+                .flatten()
+                .map(|b| b.numel())
+                .sum::<usize>()
+            + self.msfa.ffn.numel()
+            + self.msfa.norm.weight.len()
+    }
+
+    /// `R * R` visual tokens per image.
+    pub fn tokens_per_image(&self) -> usize {
+        self.arch.tokens_per_image()
+    }
+
+    /// Channels of every output token (`num_features`).
+    pub fn out_channels(&self) -> usize {
+        self.arch.num_features
+    }
+
+    pub fn summary(&self) -> String {
+        self.arch.summary()
+    }
+
+    /// `[C, R, R]` encoder output -> `[R * R, C]` row-major tokens.
+    pub fn feature_tokens(&self, features: &Tensor) -> Result<Tensor> {
+        let r = self.arch.output_resolution;
+        if features.shape() != [self.arch.num_features, r, r] {
+            return Err(Error::input(format!(
+                "expected encoder features [{}, {r}, {r}], got {:?}",
+                self.arch.num_features,
+                features.shape()
+            )));
+        }
+        feature_tokens(features)
+    }
+}
+
+/// `[C, H, W]` map -> `[H * W, C]` tokens (row-major over the grid).
+pub fn feature_tokens(features: &Tensor) -> Result<Tensor> {
+    if features.rank() != 3 {
+        return Err(Error::input(format!(
+            "feature_tokens expects a [C, H, W] map, got {:?}",
+            features.shape()
+        )));
+    }
+    let (c, hw) = (features.dim(0), features.dim(1) * features.dim(2));
+    Ok(Tensor::from_parts(&[c, hw], features.data().to_vec()).transpose2d())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::{NoObserver, Recorder};
+    use crate::ops::activation::gelu_tanh;
+    use crate::weights::WeightStore;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    fn uir(a: usize, k: usize, e: usize, r: f64) -> BlockKindArgs {
+        BlockKindArgs::UniversalInvertedResidual {
+            dw_kernel_size_start: a,
+            dw_kernel_size_mid: k,
+            dw_kernel_size_end: e,
+            exp_ratio: r,
+        }
+    }
+
+    #[test]
+    fn decodes_timm_examples() {
+        let (a, r) = decode_block_str("er_r1_k3_s2_e4_c128").unwrap();
+        assert_eq!(r, 1);
+        assert_eq!(
+            a,
+            BlockArgs {
+                out_chs: 128,
+                stride: 2,
+                noskip: false,
+                kind: BlockKindArgs::EdgeResidual {
+                    exp_kernel_size: 3,
+                    pw_kernel_size: 1,
+                    exp_ratio: 4.0,
+                    force_in_chs: 0
+                }
+            }
+        );
+        let (a, _) = decode_block_str("uir_r1_a3_k5_s2_e6_c256").unwrap();
+        assert_eq!((a.out_chs, a.stride), (256, 2));
+        assert_eq!(a.kind, uir(3, 5, 0, 6.0));
+        let (a, r) = decode_block_str("uir_r2_a5_k0_e4_c256_s1").unwrap();
+        assert_eq!(r, 2);
+        assert_eq!(a.kind, uir(5, 0, 0, 4.0));
+        let (a, _) = decode_block_str("mqa_r1_k3_h12_v2_s1_d64_c640").unwrap();
+        assert_eq!(
+            a.kind,
+            BlockKindArgs::MobileAttention {
+                dw_kernel_size: 3,
+                num_heads: 12,
+                key_dim: 64,
+                value_dim: 64,
+                kv_stride: 2
+            }
+        );
+        let (a, _) = decode_block_str("mqa_r1_k3_h16_s1_d96_c1280").unwrap();
+        assert_eq!(
+            a.kind,
+            BlockKindArgs::MobileAttention {
+                dw_kernel_size: 3,
+                num_heads: 16,
+                key_dim: 96,
+                value_dim: 96,
+                kv_stride: 1
+            }
+        );
+        let (a, _) = decode_block_str("uir_r1_a0_k3_p3_s1_e2.5_c24_noskip").unwrap();
+        assert!(a.noskip);
+        assert_eq!(a.kind, uir(0, 3, 3, 2.5));
+        let (a, _) = decode_block_str("er_r1_k3_s1_e4_c16_p3_fc12").unwrap();
+        assert_eq!(
+            a.kind,
+            BlockKindArgs::EdgeResidual {
+                exp_kernel_size: 3,
+                pw_kernel_size: 3,
+                exp_ratio: 4.0,
+                force_in_chs: 12
+            }
+        );
+        // Unknown activation names are ignored by timm, and so here.
+        assert!(decode_block_str("uir_r1_a3_k0_s1_e4_c16_nxx").is_ok());
+    }
+
+    #[test]
+    fn uir_r2_without_stride_is_an_error_like_timm_keyerror() {
+        // timm's own docstring example `uir_r2_a5_k0_e4_c256` has no `s`: int(options['s']) fails.
+        let e = decode_block_str("uir_r2_a5_k0_e4_c256").unwrap_err();
+        assert!(e.to_string().contains("missing `s`"), "{e}");
+    }
+
+    #[test]
+    fn bad_block_strings_are_errors() {
+        for (s, needle) in [
+            ("ir_r1_k3_s1_e4_c16", "does not implement"),
+            ("ds_r1_k3_s1_c16", "does not implement"),
+            ("zz_r1_k3_s1_c16", "unknown block type"),
+            ("uir_r1_a3_k0_s1_e4", "missing `c`"),
+            ("uir_a3_k0_s1_e4_c16", "missing `r`"),
+            ("uir_r1_a3_s1_e4_c16", "missing `k`"),
+            ("uir_r1_a3_k0_s1_c16", "missing `e`"),
+            ("uir_r1_a3_k0_s1_e4_c1x6", "not an integer"),
+            ("uir_r1_a3_k0_s1_ex_c16", "no value"),
+            ("uir_r1_a3_k0_s1_e0_c16", "positive number"),
+            ("uir_r1_a3_k0_s3_e4_c16", "stride 3"),
+            ("uir_r1_a3_k3.5_s1_e4_c16", "mixed kernel"),
+            ("uir_r1_a3_k0_s1_e4_c16_se0.25", "squeeze-excite"),
+            ("uir_r1_a3_k0_s1_e4_c16_nre", "activation override"),
+            ("uir_r1_a3_k0_s1_e4_c16_q7", "unknown option"),
+            ("uir_r1_a0_k0_s2_e4_c16", "needs a depthwise"),
+            ("uir_r0_a3_k0_s1_e4_c16", "at least 1"),
+            ("mqa_r1_k3_s1_d64_c640", "missing `h`"),
+            ("mqa_r1_k3_h4_s1_c640", "missing `d`"),
+            ("er_r1_k3_s1_e4_c16_gs8", "grouped"),
+        ] {
+            match decode_block_str(s) {
+                Err(e @ Error::BlockString { .. }) => {
+                    assert!(e.to_string().contains(needle), "{s}: {e}")
+                }
+                other => panic!("{s}: expected a BlockString error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fast_gelu_matches_reference() {
+        let mut worst = 0.0f32;
+        for i in -400_000..=400_000 {
+            let x = i as f32 * 5e-5 * (1.0 + (i as f32).abs() * 2e-5);
+            let (a, b) = (gelu_tanh_fast(x), gelu_tanh(x));
+            // Relative to the input's scale (1 + tanh(u) cancels for negative x).
+            let err = (a - b).abs() / x.abs().max(1.0);
+            worst = worst.max(err);
+            assert!(err < 5e-7, "x={x}: {a} vs {b}");
+        }
+        println!("worst scaled error {worst:e}");
+        for x in [-1e4f32, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4] {
+            let (a, b) = (gelu_tanh_fast(x), gelu_tanh(x));
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "x={x}: {a} vs {b}"
+            );
+        }
+        let mut v = vec![0.5f32; 40_000];
+        gelu_inplace(&mut v);
+        assert!(v.iter().all(|&y| (y - gelu_tanh(0.5)).abs() < 1e-7));
+    }
+
+    #[test]
+    fn make_divisible_matches_timm() {
+        // Values from timm.layers.make_divisible.
+        assert_eq!(make_divisible(64.0 * 4.0, 8), 256);
+        assert_eq!(make_divisible(20.0, 8), 24);
+        assert_eq!(make_divisible(12.0, 8), 16);
+        assert_eq!(make_divisible(11.0, 8), 16);
+        assert_eq!(make_divisible(3.0, 8), 8);
+        assert_eq!(make_divisible(16.0 * 2.5, 8), 40);
+        assert_eq!(make_divisible(36.0, 8), 40);
+        assert_eq!(make_divisible(35.0, 8), 32);
+        assert_eq!(make_divisible(9.0, 8), 16); // 8 < 0.9 * 9 -> +8
+        assert_eq!(round_channels(100), 104);
+    }
+
+    fn read_tsv() -> Vec<(String, Vec<usize>)> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/mobilenetv5_300m_enc_keys.tsv"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| {
+                let (k, s) = l.split_once('\t').unwrap();
+                let dims = s
+                    .trim_matches(|c| c == '(' || c == ')')
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|d| !d.is_empty())
+                    .map(|d| d.parse().unwrap())
+                    .collect();
+                (k.to_string(), dims)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn real_300m_arch_matches_timm_key_list() {
+        let arch = VisionConfig::mobilenetv5_300m_enc().arch().unwrap();
+        assert_eq!(arch.num_blocks(), 84);
+        assert_eq!(
+            arch.stages.iter().map(|s| s.len()).collect::<Vec<_>>(),
+            vec![3, 5, 37, 39]
+        );
+        assert_eq!(arch.feature_info.len(), 5);
+        assert_eq!(arch.msfa_indices, vec![3, 4]);
+        assert_eq!(arch.msfa_taps, vec![3, 4]);
+        assert_eq!((arch.msfa_in_chs, arch.msfa_mid_chs), (1920, 3840));
+        assert_eq!(arch.tokens_per_image(), 256);
+        let ours = arch.tensors();
+        let theirs = read_tsv();
+        assert_eq!(theirs.len(), 548);
+        assert_eq!(ours.len(), 548);
+        let a: HashMap<_, _> = ours.into_iter().collect();
+        let b: HashMap<_, _> = theirs.into_iter().collect();
+        for (k, s) in &b {
+            assert_eq!(a.get(k), Some(s), "key {k}");
+        }
+        assert_eq!(a.len(), b.len());
+        assert_eq!(arch.param_count(), 294_126_912);
+        // Block details the builder derives.
+        let b20 = &arch.stages[2][0];
+        assert_eq!((b20.stride, b20.has_skip, b20.in_chs), (2, false, 256));
+        let b29 = &arch.stages[2][9];
+        assert!(b29.has_skip && b29.layer_scale);
+        assert!(!arch.stages[0][0].has_skip && arch.stages[0][1].has_skip);
+        assert!(!arch.stages[0][1].layer_scale);
+        let summary = arch.summary();
+        assert!(summary.contains("84 blocks"), "{summary}");
+        assert!(summary.contains("x14"), "{summary}");
+    }
+
+    #[test]
+    fn stride_only_on_first_block_of_stage_and_dilation_past_32() {
+        let cfg = VisionConfig {
+            block_strings: vec![
+                vec!["er_r2_k3_s2_e2_c8".into()],
+                vec!["uir_r1_a3_k0_s2_e2_c16".into()],
+                vec!["uir_r1_a3_k3_s2_e2_c16".into()],
+                vec!["uir_r1_a3_k3_s2_e2_c16".into()],
+                vec![
+                    "uir_r2_a3_k3_s2_e2_c16".into(),
+                    "mqa_r1_k3_h2_v2_s2_d8_c16".into(),
+                ],
+            ],
+            stem_size: 8,
+            msfa_indices: vec![-1],
+            msfa_output_resolution: 4,
+            num_features: 16,
+            image_size: 64,
+            norm_eps: 1e-6,
+            stem_bias: true,
+            layer_scale_init_value: None,
+        };
+        let arch = cfg.arch().unwrap();
+        assert_eq!(arch.stages[0][0].stride, 2);
+        assert_eq!(arch.stages[0][1].stride, 1);
+        // stem 2, then x2 four times = 32; the fifth stride becomes dilation.
+        assert_eq!(arch.stages[4][0].stride, 1);
+        assert_eq!(arch.stages[4][0].dilation, 1);
+        assert_eq!(arch.stages[4][1].dilation, 2);
+        assert_eq!(arch.stages[4][2].stride, 1);
+        assert_eq!(arch.feature_info.last().unwrap().reduction, 32);
+        assert!(arch
+            .tensors()
+            .iter()
+            .all(|(k, _)| !k.contains("layer_scale")));
+    }
+
+    #[test]
+    fn msfa_index_errors() {
+        let mut cfg = VisionConfig::mobilenetv5_300m_enc();
+        cfg.msfa_indices = vec![-6];
+        assert!(matches!(cfg.arch(), Err(Error::Config(_))));
+        cfg.msfa_indices = vec![-1, -1];
+        assert!(matches!(cfg.arch(), Err(Error::Config(_))));
+        // Reversed order is fine: the forward concatenates in stage order.
+        cfg.msfa_indices = vec![-1, -2];
+        assert_eq!(cfg.arch().unwrap().msfa_taps, vec![3, 4]);
+    }
+
+    #[test]
+    fn config_json_defaults() {
+        let cfg: VisionConfig = serde_json::from_str(
+            r#"{"block_strings": [["er_r1_k3_s2_e4_c8"]], "stem_size": 8, "msfa_indices": [-1],
+                "msfa_output_resolution": 4, "num_features": 8, "image_size": 64}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.norm_eps, 1e-6);
+        assert!(cfg.stem_bias);
+        assert_eq!(cfg.layer_scale_init_value, Some(1e-5));
+    }
+
+    /// A safetensors checkpoint with the arch's keys filled with a deterministic pattern.
+    fn synthetic_weights(arch: &EncoderArch, dir: &std::path::Path) -> Weights {
+        let tensors = arch.tensors();
+        let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (ti, (k, s)) in tensors.iter().enumerate() {
+            let n: usize = s.iter().product();
+            let fan_in: usize = s.iter().skip(1).product::<usize>().max(1);
+            let vals: Vec<f32> = (0..n)
+                .map(|i| {
+                    let u = ((i * 7919 + ti * 104_729) % 2003) as f32 / 1001.5 - 1.0;
+                    if s.len() == 1 {
+                        1.0 + 0.1 * u
+                    } else {
+                        u * (3.0 / fan_in as f32).sqrt()
+                    }
+                })
+                .collect();
+            bufs.push((
+                format!("model.vision_tower.timm_model.{k}"),
+                s.clone(),
+                vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+            .iter()
+            .map(|(k, s, b)| {
+                (
+                    k.clone(),
+                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let path = dir.join("model.safetensors");
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        Weights::new(Arc::new(WeightStore::open_files(&[path]).unwrap()))
+            .pp("model.vision_tower.timm_model")
+    }
+
+    #[test]
+    fn loads_and_runs_a_small_encoder_with_odd_sizes() {
+        let cfg = VisionConfig {
+            block_strings: vec![
+                vec!["er_r1_k3_s2_e4_c8".into(), "er_r1_k3_s1_e2_c8_p3".into()],
+                vec![
+                    "uir_r1_a3_k5_s2_e4_c16".into(),
+                    "uir_r1_a0_k3_p3_s1_e2_c16".into(),
+                    "uir_r1_a0_k0_p3_s1_e2_c16".into(),
+                ],
+                vec![
+                    "uir_r1_a5_k0_s2_e2_c24".into(),
+                    "mqa_r1_k3_h2_v2_s1_d8_c24".into(),
+                    "mqa_r1_k3_h3_s1_d4_c32".into(),
+                ],
+            ],
+            stem_size: 8,
+            msfa_indices: vec![-2, -1],
+            msfa_output_resolution: 3,
+            num_features: 16,
+            image_size: 64,
+            norm_eps: 1e-6,
+            stem_bias: true,
+            layer_scale_init_value: Some(1e-5),
+        };
+        let arch = cfg.arch().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let w = synthetic_weights(&arch, dir.path());
+        let enc = MobileNetV5Encoder::load(&cfg, &w).unwrap();
+        assert_eq!(enc.param_count(), arch.param_count());
+        assert_eq!(enc.num_blocks(), 8);
+        for (h, wd) in [(64, 64), (37, 50), (9, 9), (1, 1)] {
+            let n = 3 * h * wd;
+            let px = Tensor::new(
+                &[3, h, wd],
+                (0..n).map(|i| (i % 255) as f32 / 255.0).collect(),
+            )
+            .unwrap();
+            let mut rec = Recorder::new(|_: &str| true);
+            let y = enc.forward(&px, &mut rec).unwrap();
+            assert_eq!(y.shape(), &[16, 3, 3]);
+            assert!(y.data().iter().all(|v| v.is_finite()));
+            let y2 = enc.forward(&px, &mut NoObserver).unwrap();
+            assert_eq!(y.data(), y2.data());
+            for name in [
+                "conv_stem.conv",
+                "conv_stem.bn",
+                "conv_stem",
+                "blocks.0.0.conv_exp",
+                "blocks.0.0.bn1.act",
+                "blocks.1.1.dw_end",
+                "blocks.1.0.dw_start.bn",
+                "blocks.2.1.attn.key.down_conv",
+                "blocks.2.1.attn.sdpa",
+                "blocks.2.2.attn.value.proj",
+                "blocks.2.2.layer_scale",
+                "blocks.2.2",
+                "msfa.concat",
+                "msfa.ffn.pw_exp",
+                "msfa.norm",
+            ] {
+                assert!(rec.tensors.contains_key(name), "{name} not observed");
+            }
+            assert_eq!(rec.tensors["msfa.norm"].data(), y.data());
+            assert!(rec.tensors.keys().all(|k| !k.starts_with("model.")));
+        }
+        let tokens = enc
+            .feature_tokens(
+                &enc.forward(&Tensor::zeros(&[3, 32, 32]), &mut NoObserver)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(tokens.shape(), &[9, 16]);
+        assert!(enc
+            .forward(&Tensor::zeros(&[1, 32, 32]), &mut NoObserver)
+            .is_err());
+        assert!(enc
+            .forward(&Tensor::zeros(&[3, 0, 32]), &mut NoObserver)
+            .is_err());
+    }
+
+    #[test]
+    fn missing_and_misshapen_tensors_are_reported() {
+        let cfg = VisionConfig {
+            block_strings: vec![vec!["er_r1_k3_s2_e2_c8".into()]],
+            stem_size: 8,
+            msfa_indices: vec![-1],
+            msfa_output_resolution: 2,
+            num_features: 8,
+            image_size: 32,
+            norm_eps: 1e-6,
+            stem_bias: true,
+            layer_scale_init_value: None,
+        };
+        let arch = cfg.arch().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let w = synthetic_weights(&arch, dir.path());
+        // More channels than the checkpoint has -> shape error naming the key.
+        let mut big = cfg.clone();
+        big.block_strings = vec![vec!["er_r1_k3_s2_e4_c8".into()]];
+        match MobileNetV5Encoder::load(&big, &w) {
+            Err(Error::TensorShape { name, .. }) => {
+                assert_eq!(
+                    name,
+                    "model.vision_tower.timm_model.blocks.0.0.conv_exp.weight"
+                )
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected a shape error"),
+        }
+        let mut more = cfg.clone();
+        more.block_strings[0].push("er_r1_k3_s1_e2_c8".into());
+        match MobileNetV5Encoder::load(&more, &w) {
+            Err(Error::MissingTensor(k)) => {
+                assert_eq!(
+                    k,
+                    "model.vision_tower.timm_model.blocks.0.1.conv_exp.weight"
+                )
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected a missing-tensor error"),
+        }
+    }
+}

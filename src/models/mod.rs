@@ -1,4 +1,5 @@
 //! One file per architecture; names follow checkpoint keys.
 
+pub mod autoneural;
 pub mod lfm2;
 pub mod mobilenetv5;

@@ -60,8 +60,8 @@ mod tests {
     #[test]
     fn known_values() {
         // Reference values from torch.nn.functional.gelu / silu in float64.
-        assert!((gelu_erf(1.0) - 0.841_344_75).abs() < 1e-6);
-        assert!((gelu_tanh(1.0) - 0.841_191_95).abs() < 1e-6);
+        assert!((gelu_erf(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-6);
         assert!((gelu_erf(-3.0) - -0.004_049_8).abs() < 1e-6);
         assert!((silu(2.0) - 1.761_594_2).abs() < 1e-6);
         assert_eq!(Activation::from_hf_name("gelu"), Some(Activation::GeluErf));

@@ -26,6 +26,7 @@ pub enum Mask {
     },
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     q: &[f32],
     k: &[f32],
@@ -125,6 +126,7 @@ mod tests {
     use super::*;
 
     /// Direct per-element evaluation in f64, used as the reference.
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         q: &[f32],
         k: &[f32],

@@ -89,7 +89,7 @@ pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32]) {
             .collect();
         let c_ptr = SendPtr(c.as_mut_ptr());
         panels.par_iter().for_each(|&(c0, cols)| {
-            let c_ptr = c_ptr;
+            let c_base = c_ptr.get();
             // SAFETY: panels cover disjoint column ranges of `c`, so no two tasks write the
             // same element; `c` outlives the parallel loop.
             unsafe {
@@ -105,7 +105,7 @@ pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32]) {
                     b.rs as isize,
                     b.cs as isize,
                     0.0,
-                    c_ptr.0.add(c0),
+                    c_base.add(c0),
                     n as isize,
                     1,
                 );
@@ -116,6 +116,13 @@ pub fn matmul(a: MatRef, b: MatRef, c: &mut [f32]) {
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+
+impl SendPtr {
+    /// Taking `self` by value makes closures capture the whole (Send) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 // SAFETY: used only to hand disjoint output panels to rayon tasks (see `matmul`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -166,11 +173,15 @@ pub fn linear(
     assert_eq!(x.len(), tokens * inp);
     assert_eq!(w.len(), out * inp);
     let mut y = vec![0.0f32; tokens * out];
-    matmul(
-        MatRef::row_major(x, tokens, inp),
-        MatRef::transposed(w, inp, out),
-        &mut y,
-    );
+    if tokens <= GEMV_MAX_TOKENS {
+        gemv_rows(x, tokens, w, out, inp, &mut y);
+    } else {
+        matmul(
+            MatRef::row_major(x, tokens, inp),
+            MatRef::transposed(w, inp, out),
+            &mut y,
+        );
+    }
     if let Some(b) = bias {
         assert_eq!(b.len(), out);
         for row in y.chunks_exact_mut(out) {
@@ -180,6 +191,96 @@ pub fn linear(
         }
     }
     y
+}
+
+/// Up to this many tokens (decode), `linear` streams the weight once with row dot products
+/// instead of packing it for a GEMM: decode is bound by reading the weights.
+const GEMV_MAX_TOKENS: usize = 4;
+
+/// `y[t, o] = dot(x[t, :], w[o, :])` for few tokens, parallel over blocks of output rows. Each
+/// dot product is computed the same way whatever the split, so results do not depend on the
+/// thread count.
+fn gemv_rows(x: &[f32], tokens: usize, w: &[f32], out: usize, inp: usize, y: &mut [f32]) {
+    const ROWS_PER_TASK: usize = 64;
+    let mut yt = vec![0.0f32; out * tokens]; // [out, tokens], transposed into y below
+    let work = |(blk, chunk): (usize, &mut [f32])| {
+        for (r, dst) in chunk.chunks_exact_mut(tokens).enumerate() {
+            let o = blk * ROWS_PER_TASK + r;
+            let wrow = &w[o * inp..(o + 1) * inp];
+            for (t, d) in dst.iter_mut().enumerate() {
+                *d = dot(&x[t * inp..(t + 1) * inp], wrow);
+            }
+        }
+    };
+    if out * inp < PAR_THRESHOLD {
+        yt.chunks_mut(ROWS_PER_TASK * tokens)
+            .enumerate()
+            .for_each(work);
+    } else {
+        yt.par_chunks_mut(ROWS_PER_TASK * tokens)
+            .enumerate()
+            .for_each(work);
+    }
+    for o in 0..out {
+        for t in 0..tokens {
+            y[t * out + o] = yt[o * tokens + t];
+        }
+    }
+}
+
+/// Dot product with 16 independent partial sums, using FMA where the CPU has it (chosen at run
+/// time; the result is the same for every call on a given machine).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the required CPU features were detected just above.
+            return unsafe { dot_avx2_fma(a, b) };
+        }
+    }
+    dot_body::<false>(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
+    dot_body::<true>(a, b)
+}
+
+/// `FUSED` selects `mul_add`, which is only fast when compiled with FMA enabled (otherwise it is
+/// a libm call), hence the two instantiations above.
+#[inline(always)]
+fn dot_body<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const L: usize = 16;
+    let madd = |x: f32, y: f32, acc: f32| {
+        if FUSED {
+            x.mul_add(y, acc)
+        } else {
+            acc + x * y
+        }
+    };
+    let mut acc = [0.0f32; L];
+    let split = a.len() / L * L;
+    for (ca, cb) in a[..split].chunks_exact(L).zip(b[..split].chunks_exact(L)) {
+        for i in 0..L {
+            acc[i] = madd(ca[i], cb[i], acc[i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in a[split..].iter().zip(&b[split..]) {
+        tail = madd(*x, *y, tail);
+    }
+    // Pairwise reduction of the lanes.
+    let mut width = L;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            acc[i] += acc[i + width];
+        }
+    }
+    acc[0] + tail
 }
 
 #[cfg(test)]
@@ -219,6 +320,24 @@ mod tests {
                     (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
                     "{m}x{k}x{n}: {x} vs {y}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn linear_gemv_path_matches_gemm_path() {
+        let (inp, out) = (300, 70);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 44.0)
+            .collect();
+        let x: Vec<f32> = (0..5 * inp)
+            .map(|i| ((i * 17 % 83) as f32 - 41.0) / 41.0)
+            .collect();
+        let all = linear(&x, 5, &w, out, inp, None); // GEMM path
+        for t in [1, 3] {
+            let few = linear(&x[..t * inp], t, &w, out, inp, None); // GEMV path
+            for (a, b) in few.iter().zip(&all[..t * out]) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
             }
         }
     }
