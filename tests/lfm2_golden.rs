@@ -11,6 +11,7 @@
 
 mod common;
 
+use autoneural::generate::argmax;
 use autoneural::models::lfm2::{Lfm2Config, Lfm2Model};
 use autoneural::observe::NoObserver;
 use autoneural::weights::{WeightStore, Weights};
@@ -69,16 +70,6 @@ fn prompt_embeddings(case: &Case, l: &Loaded, ids: &[u32]) -> Tensor {
 fn rows(t: &Tensor, from: usize, n: usize) -> Tensor {
     let d = t.dim(1);
     Tensor::new(&[n, d], t.data()[from * d..(from + n) * d].to_vec()).unwrap()
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[test]
