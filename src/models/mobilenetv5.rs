@@ -18,6 +18,7 @@
 
 use crate::error::{Error, Result};
 use crate::observe::Observer;
+use crate::ops::activation::Activation;
 use crate::ops::attention::{attention, AttnShape, Mask};
 use crate::ops::conv::{
     conv2d, pointwise, pointwise_from_tokens, pointwise_to_tokens, same_padding, Conv2dSpec, Pad2d,
@@ -965,42 +966,9 @@ fn emit_sub(obs: &mut dyn Observer, prefix: &str, suffix: &str, t: &Tensor) {
     }
 }
 
-/// `exp(x)` for `x` clamped to `[-87, 88]`, branch-free so loops over it vectorize (plain SSE2):
-/// round-to-nearest `k = x / ln 2` by the 1.5 * 2^23 trick, a degree-6 polynomial (Cephes
-/// `expf` coefficients) on the remainder, then `2^k` through the exponent bits. About 1 ulp.
-#[inline(always)]
-fn exp_approx(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
-    let t = x * LOG2E + MAGIC;
-    let k = t - MAGIC;
-    let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = p * r * r + r + 1.0;
-    f32::from_bits(((ki + 127) << 23) as u32) * e
-}
-
-/// `nn.GELU(approximate='tanh')` written as `x * sigmoid(2u)` with
-/// `u = sqrt(2/pi) (x + 0.044715 x^3)`, since `0.5 (1 + tanh(u)) = sigmoid(2u)` exactly.
-/// Agrees with `ops::activation::gelu_tanh` to a few ulp and vectorizes.
-#[inline(always)]
-fn gelu_tanh_fast(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let u = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
-    x / (1.0 + exp_approx(-2.0 * u))
-}
-
-/// GELU (tanh) in place, parallel over chunks.
+/// GELU (tanh) in place.
 fn gelu_inplace(x: &mut [f32]) {
-    x.par_chunks_mut(1 << 14)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = gelu_tanh_fast(*v)));
+    Activation::GeluTanh.apply_inplace(x);
 }
 
 /// A convolution with timm `padding='same'` (static symmetric or dynamic TF padding).
@@ -1938,7 +1906,6 @@ pub fn feature_tokens(features: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::observe::{NoObserver, Recorder};
-    use crate::ops::activation::gelu_tanh;
     use crate::weights::WeightStore;
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -2053,30 +2020,6 @@ mod tests {
                 other => panic!("{s}: expected a BlockString error, got {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn fast_gelu_matches_reference() {
-        let mut worst = 0.0f32;
-        for i in -400_000..=400_000 {
-            let x = i as f32 * 5e-5 * (1.0 + (i as f32).abs() * 2e-5);
-            let (a, b) = (gelu_tanh_fast(x), gelu_tanh(x));
-            // Relative to the input's scale (1 + tanh(u) cancels for negative x).
-            let err = (a - b).abs() / x.abs().max(1.0);
-            worst = worst.max(err);
-            assert!(err < 5e-7, "x={x}: {a} vs {b}");
-        }
-        println!("worst scaled error {worst:e}");
-        for x in [-1e4f32, -100.0, -20.0, 0.0, 20.0, 100.0, 1e4] {
-            let (a, b) = (gelu_tanh_fast(x), gelu_tanh(x));
-            assert!(
-                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                "x={x}: {a} vs {b}"
-            );
-        }
-        let mut v = vec![0.5f32; 40_000];
-        gelu_inplace(&mut v);
-        assert!(v.iter().all(|&y| (y - gelu_tanh(0.5)).abs() < 1e-7));
     }
 
     #[test]
