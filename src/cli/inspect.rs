@@ -1,18 +1,28 @@
 //! `autoneural inspect`: architecture summary, parameter counts per part and memory needs,
-//! computed from the config and the checkpoint header (no weights are decoded).
+//! computed from the config and the checkpoint header (no weights are decoded), or from the
+//! config alone for the real architectures (`--preset`).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use autoneural::models::autoneural::AutoNeuralConfig;
-use autoneural::models::lfm2::{LayerType, Lfm2Cache};
+use autoneural::models::lfm2::{LayerType, Lfm2Cache, Lfm2Config};
+use autoneural::models::mobilenetv5::VisionConfig;
+use autoneural::ops::activation::Activation;
 use autoneural::weights::WeightStore;
 use clap::Args;
 use std::path::PathBuf;
+
+/// Real architectures `inspect --preset` knows (no weights needed).
+const PRESETS: &[&str] = &["autoneural-1.5b", "lfm2-1.2b", "lfm2-700m", "lfm2-350m"];
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// Model directory.
     #[arg(long, default_value = super::DEFAULT_MODEL)]
     model: PathBuf,
+    /// Describe a real architecture from its config instead of a directory: autoneural-1.5b
+    /// (mobilenetv5_300m_enc + 2048-wide connector + LFM2-1.2B), lfm2-1.2b, lfm2-700m, lfm2-350m.
+    #[arg(long, conflicts_with = "model")]
+    preset: Option<String>,
     /// Context length (tokens) for the KV-cache estimate.
     #[arg(long, default_value_t = 4096)]
     context: usize,
@@ -21,14 +31,62 @@ pub struct InspectArgs {
     json: bool,
 }
 
-pub fn inspect(args: InspectArgs) -> Result<()> {
-    let dir = super::resolve_model_dir(&args.model)?;
-    let cfg = AutoNeuralConfig::from_file(&dir.join("config.json"))
-        .with_context(|| format!("reading {}", dir.display()))?;
-    let store = WeightStore::open_dir(&dir)?;
+/// A preset's config and its parameters per part (vision, connector, language, other).
+fn preset(name: &str) -> Result<(AutoNeuralConfig, [usize; 4])> {
+    let text = match name {
+        "autoneural-1.5b" | "lfm2-1.2b" => Lfm2Config::lfm2_1_2b(),
+        "lfm2-700m" => Lfm2Config::lfm2_700m(),
+        "lfm2-350m" => Lfm2Config::lfm2_350m(),
+        other => bail!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),
+    };
+    let vision = (name == "autoneural-1.5b").then(VisionConfig::mobilenetv5_300m_enc);
+    let (vision_params, connector_params, projector_hidden_size) = match &vision {
+        Some(v) => {
+            // Connector width is not published; 2048 (= the encoder and LM widths) is assumed.
+            let (c, p, h) = (v.num_features, 2048, text.hidden_size);
+            (v.arch()?.param_count(), c * p + p + p * h + h, p)
+        }
+        None => (0, 0, 0),
+    };
+    let params = [vision_params, connector_params, text.param_count(), 0];
+    let cfg = AutoNeuralConfig {
+        vision,
+        text,
+        projector_hidden_size,
+        projector_hidden_act: Activation::GeluErf,
+        image_token_id: 396,
+        image_start_token_id: 498,
+        image_end_token_id: 499,
+    };
+    Ok((cfg, params))
+}
 
-    // Parameters per part, from the checkpoint's tensor shapes.
-    let mut parts = [0usize; 4]; // vision, connector, language, other
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let (label, cfg, parts, weight_bytes) = match &args.preset {
+        Some(name) => {
+            let (cfg, parts) = preset(name)?;
+            (format!("preset {name} (config only)"), cfg, parts, None)
+        }
+        None => {
+            let dir = super::resolve_model_dir(&args.model)?;
+            let cfg = AutoNeuralConfig::from_file(&dir.join("config.json"))
+                .with_context(|| format!("reading {}", dir.display()))?;
+            let store = WeightStore::open_dir(&dir)?;
+            let parts = checkpoint_params(&store);
+            (
+                dir.display().to_string(),
+                cfg,
+                parts,
+                Some(store.data_bytes()),
+            )
+        }
+    };
+    report(&args, &label, &cfg, parts, weight_bytes)
+}
+
+/// Parameters per part (vision, connector, language, other) from the checkpoint's tensor shapes.
+fn checkpoint_params(store: &WeightStore) -> [usize; 4] {
+    let mut parts = [0usize; 4];
     for name in store.names() {
         let n: usize = store.shape(name).unwrap_or(&[]).iter().product();
         let part = if name.starts_with("model.vision_tower.") {
@@ -45,6 +103,16 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         };
         parts[part] += n;
     }
+    parts
+}
+
+fn report(
+    args: &InspectArgs,
+    label: &str,
+    cfg: &AutoNeuralConfig,
+    parts: [usize; 4],
+    weight_bytes: Option<usize>,
+) -> Result<()> {
     let text = &cfg.text;
     let attn_layers = text
         .layer_types
@@ -55,12 +123,11 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     let kv_per_token = Lfm2Cache::kv_bytes_per_token(text);
     let kv_bytes = kv_per_token * args.context;
     let conv_state = Lfm2Cache::conv_state_bytes(text);
-    let weight_bytes = store.data_bytes();
     let total_params: usize = parts.iter().sum();
 
     if args.json {
         let v = serde_json::json!({
-            "model": dir.display().to_string(),
+            "model": label,
             "params": {"vision": parts[0], "connector": parts[1], "language": parts[2], "other": parts[3], "total": total_params},
             "weights_bytes_on_disk": weight_bytes,
             "weights_bytes_f32": total_params * 4,
@@ -75,17 +142,19 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         return Ok(());
     }
 
-    println!("model: {}", dir.display());
+    println!("model: {label}");
     match &cfg.vision {
         Some(v) => {
-            let blocks: usize = v.block_strings.iter().map(|s| s.len()).sum();
             println!(
-                "vision: MobileNetV5 encoder, input {0}x{0}, stem {1}, {2} stages, {3} block strings, MSFA {4:?} -> {5}x{5}x{6} ({7} visual tokens/image)",
-                v.image_size, v.stem_size, v.block_strings.len(), blocks, v.msfa_indices,
-                v.msfa_output_resolution, v.num_features, v.msfa_output_resolution * v.msfa_output_resolution
+                "vision: input {0}x{0}, MSFA {1:?} -> {2}x{2}x{3} ({4} visual tokens/image)",
+                v.image_size,
+                v.msfa_indices,
+                v.msfa_output_resolution,
+                v.num_features,
+                v.msfa_output_resolution * v.msfa_output_resolution
             );
-            for (i, stage) in v.block_strings.iter().enumerate() {
-                println!("  stage {i}: {}", stage.join(" "));
+            for line in v.arch()?.summary().lines() {
+                println!("  {line}");
             }
             println!(
                 "connector: linear {} -> {} ({:?}) -> linear -> {}",
@@ -116,10 +185,9 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     }
     println!("  total      {:>14}", group(total_params));
     println!("memory:");
-    println!(
-        "  weights on disk         {:>14} bytes",
-        group(weight_bytes)
-    );
+    if let Some(b) = weight_bytes {
+        println!("  weights on disk         {:>14} bytes", group(b));
+    }
     println!(
         "  weights as f32          {:>14} bytes",
         group(total_params * 4)
