@@ -357,3 +357,32 @@ fn out_of_vocabulary_token_id() {
     ]);
     assert_fails_with(&out, "99999999");
 }
+
+#[test]
+fn tensor_with_an_unsupported_dtype() {
+    use safetensors::tensor::TensorView;
+    let case = image_case();
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&case.model_dir(), tmp.path());
+    let path = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let target = "model.multi_modal_projector.linear_1.bias";
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| (name, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let entry = owned.iter_mut().find(|t| t.0 == target).expect("projector bias");
+    // Same shape, stored as int32 (4 bytes per element, like f32).
+    let n: usize = entry.2.iter().product();
+    entry.1 = safetensors::Dtype::I32;
+    entry.3 = vec![0u8; n * 4];
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(name, dt, shape, data)| (name.clone(), TensorView::new(*dt, shape.clone(), data).unwrap()))
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, "unsupported dtype");
+}
