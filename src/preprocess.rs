@@ -10,6 +10,10 @@ use std::path::Path;
 /// Images larger than this many pixels (before resizing) are refused rather than decoded.
 pub const MAX_INPUT_PIXELS: u64 = 64 * 1024 * 1024;
 
+/// Largest side accepted for an already preprocessed pixel array (4x the 768 maximum the
+/// architecture is built for; larger inputs would need tens of GB of activations).
+pub const MAX_PIXELS_SIDE: usize = 3072;
+
 /// Decodes an image file and preprocesses it to `[3, size, size]` in [0, 1].
 pub fn load_image(path: &Path, size: usize) -> Result<Tensor> {
     let err = |msg: String| Error::Image {
@@ -62,6 +66,20 @@ pub fn load_pixels_npy(path: &Path) -> Result<Tensor> {
             "{}: pixels must be a [3, H, W] float32 array, got shape {:?}",
             path.display(),
             t.shape()
+        )));
+    }
+    if t.dim(1) > MAX_PIXELS_SIDE || t.dim(2) > MAX_PIXELS_SIDE {
+        return Err(Error::input(format!(
+            "{}: {}x{} pixels exceed the {MAX_PIXELS_SIDE}x{MAX_PIXELS_SIDE} input limit",
+            path.display(),
+            t.dim(1),
+            t.dim(2)
+        )));
+    }
+    if let Some(bad) = t.data().iter().find(|v| !v.is_finite()) {
+        return Err(Error::input(format!(
+            "{}: pixels contain {bad}",
+            path.display()
         )));
     }
     Ok(t)

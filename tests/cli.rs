@@ -373,16 +373,58 @@ fn tensor_with_an_unsupported_dtype() {
         .into_iter()
         .map(|(name, v)| (name, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
         .collect();
-    let entry = owned.iter_mut().find(|t| t.0 == target).expect("projector bias");
+    let entry = owned
+        .iter_mut()
+        .find(|t| t.0 == target)
+        .expect("projector bias");
     // Same shape, stored as int32 (4 bytes per element, like f32).
     let n: usize = entry.2.iter().product();
     entry.1 = safetensors::Dtype::I32;
     entry.3 = vec![0u8; n * 4];
     let views: Vec<(String, TensorView)> = owned
         .iter()
-        .map(|(name, dt, shape, data)| (name.clone(), TensorView::new(*dt, shape.clone(), data).unwrap()))
+        .map(|(name, dt, shape, data)| {
+            (
+                name.clone(),
+                TensorView::new(*dt, shape.clone(), data).unwrap(),
+            )
+        })
         .collect();
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
     let out = run(&["run", "--model", &s(tmp.path()), "--prompt", "hi"]);
     assert_fails_with(&out, "unsupported dtype");
+}
+
+#[test]
+fn oversized_or_non_finite_pixels() {
+    let case = image_case();
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.npy");
+    autoneural::npy::write_f32(&big, &autoneural::Tensor::zeros(&[3, 4000, 8])).unwrap();
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &s(&big),
+        "--prompt",
+        "hi",
+    ]);
+    assert_fails_with(&out, "input limit");
+    let nan = tmp.path().join("nan.npy");
+    autoneural::npy::write_f32(
+        &nan,
+        &autoneural::Tensor::new(&[3, 1, 1], vec![0.0, f32::NAN, 0.0]).unwrap(),
+    )
+    .unwrap();
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &s(&nan),
+        "--prompt",
+        "hi",
+    ]);
+    assert_fails_with(&out, "NaN");
 }
