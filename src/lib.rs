@@ -12,6 +12,7 @@ pub mod observe;
 pub mod ops;
 pub mod pipeline;
 pub mod preprocess;
+pub mod quant;
 pub mod tensor;
 pub mod weights;
 
