@@ -1,6 +1,9 @@
 //! The integer-only path: quantization arithmetic ([`arith`], runtime, no floats), choosing
-//! quantization parameters ([`params`], conversion time) and error metrics ([`metrics`]).
+//! quantization parameters ([`params`], conversion time), quantized tensors ([`tensor`]), integer
+//! operators ([`ops`]) and error metrics ([`metrics`]).
 
 pub mod arith;
 pub mod metrics;
+pub mod ops;
 pub mod params;
+pub mod tensor;
