@@ -6,4 +6,5 @@ pub mod arith;
 pub mod metrics;
 pub mod ops;
 pub mod params;
+pub mod prepare;
 pub mod tensor;

@@ -1,3 +1,7 @@
 //! Integer operators: one plain scalar reference per operation. Each op is a struct prepared at
-//! conversion time (integer weights, multipliers, tables) with a `forward` that uses integer
-//! arithmetic only. SIMD variants (a later issue) must be bit-exact to these.
+//! conversion time (by `quant::prepare`: integer weights, multipliers, tables) whose `forward`
+//! uses integer arithmetic only. SIMD variants (a later issue) must be bit-exact to these.
+//!
+//! Everything below this module is integer runtime: float arithmetic is a compile error
+//! (`cargo clippy` in CI), except inside `#[cfg(test)]` modules that compare with float references.
+#![deny(clippy::float_arithmetic)]
