@@ -138,6 +138,16 @@ impl WeightStore {
         self.index.values().map(|e| e.end - e.start).sum()
     }
 
+    /// The stored dtype, shape and raw little-endian bytes of a tensor (integer tensors of
+    /// quantized artifacts are read through this).
+    pub fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {
+        let e = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        Ok((e.dtype, &e.shape, &self.maps[e.file][e.start..e.end]))
+    }
+
     /// Loads a tensor as f32, whatever its stored float dtype.
     pub fn load(&self, name: &str) -> Result<Tensor> {
         let e = self

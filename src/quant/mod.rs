@@ -3,6 +3,7 @@
 //! operators ([`ops`]) and error metrics ([`metrics`]).
 
 pub mod arith;
+pub mod artifact;
 pub mod metrics;
 pub mod ops;
 pub mod params;
