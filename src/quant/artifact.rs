@@ -123,7 +123,7 @@ macro_rules! get_fn {
 impl ArtifactReader {
     pub fn open(dir: &Path, stem: &str) -> Result<Self> {
         let path = dir.join(format!("{stem}.safetensors"));
-        let store = WeightStore::open_files(&[path.clone()])?;
+        let store = WeightStore::open_files(std::slice::from_ref(&path))?;
         let meta_path = dir.join(format!("{stem}.json"));
         let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
         let meta = serde_json::from_str(&text)
