@@ -125,7 +125,11 @@ pub fn pack_int4(values: &[i8]) -> Vec<u8> {
 #[inline]
 pub fn unpack_int4(packed: &[u8], i: usize) -> i8 {
     let byte = packed[i / 2];
-    let nib = if i.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 };
+    let nib = if i.is_multiple_of(2) {
+        byte & 0x0f
+    } else {
+        byte >> 4
+    };
     ((nib << 4) as i8) >> 4
 }
 

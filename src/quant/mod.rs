@@ -9,3 +9,6 @@ pub mod ops;
 pub mod params;
 pub mod prepare;
 pub mod tensor;
+pub mod calibrate;
+pub mod calibset;
+pub mod scheme;

@@ -15,8 +15,16 @@ pub struct QTensor {
 
 impl QTensor {
     pub fn new(shape: &[usize], data: Vec<i16>, q: ActQuant) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), data.len(), "QTensor {shape:?}");
-        Self { shape: shape.to_vec(), data, q }
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            data.len(),
+            "QTensor {shape:?}"
+        );
+        Self {
+            shape: shape.to_vec(),
+            data,
+            q,
+        }
     }
 
     pub fn numel(&self) -> usize {
@@ -35,7 +43,11 @@ impl QTensor {
 
     /// The real values these integers stand for (for comparison with the float path).
     pub fn dequantize(&self) -> Tensor {
-        let data = self.data.iter().map(|&v| self.q.dequantize(v as i32)).collect();
+        let data = self
+            .data
+            .iter()
+            .map(|&v| self.q.dequantize(v as i32))
+            .collect();
         Tensor::new(&self.shape, data).expect("shape checked at construction")
     }
 }
