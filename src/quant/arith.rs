@@ -68,11 +68,17 @@ impl Multiplier {
         let y = if right >= 0 {
             rounding_shift_right(prod, right as u32)
         } else {
-            prod.checked_shl((-right) as u32).unwrap_or(if prod < 0 {
-                i128::MIN
+            // Left shift (multipliers >= 2^31 in value): saturate instead of wrapping.
+            let left = (-right) as u32;
+            if left >= 127 || prod.unsigned_abs() > (i128::MAX >> left) as u128 {
+                if prod < 0 {
+                    i128::MIN
+                } else {
+                    i128::MAX
+                }
             } else {
-                i128::MAX
-            })
+                prod << left
+            }
         };
         y.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
@@ -227,6 +233,17 @@ mod tests {
             ),
             8
         );
+    }
+
+    #[test]
+    fn large_multipliers_saturate_instead_of_wrapping() {
+        let big = Multiplier {
+            m: i32::MAX,
+            shift: 60,
+        };
+        assert_eq!(big.apply(i64::MAX / 3), i64::MAX);
+        assert_eq!(big.apply(-(1 << 40)), i64::MIN);
+        assert_eq!(big.apply(0), 0);
     }
 
     #[test]

@@ -12,3 +12,5 @@ pub mod tensor;
 pub mod calibrate;
 pub mod calibset;
 pub mod scheme;
+pub mod models;
+pub mod persist;

@@ -17,7 +17,8 @@
 //!   `o_ic = requantize(sum_j (p_ij - zp_p) (v_jc - zp_v), s_p * s_v / s_o, zp_o)` (i64; the sum
 //!   is bounded by `(32767 + tk) * 65535` whatever `tk`). Each probability carries a rounding
 //!   error of 1/65534, and those add up over the keys: the output error grows like `sqrt(tk)`.
-//! - `Deferred` (normalise after the product): `e_ij` in Q22,
+//! - `Deferred` (normalise after the product; the default of `quant::prepare::attention`):
+//!   `e_ij` in Q22,
 //!   `o_ic = round(sum_j e_ij (v_jc - zp_v) * reciprocal(sum_j e_ij) * s_v / s_o) + zp_o` with the
 //!   three factors multiplied exactly in `i128` and one rounding; the error no longer grows with
 //!   the context (`tk < 2^25` keeps the sum inside i64).
@@ -109,7 +110,10 @@ impl QAttention {
         let mut e = vec![0i64; tk];
         if self.mode == PvMode::Deferred {
             // e <= 2^22, |v - zp| < 2^16: the P.V sum stays inside i64.
-            assert!(tk < 1 << 25, "attention: {tk} keys exceed the deferred mode's 2^25");
+            assert!(
+                tk < 1 << 25,
+                "attention: {tk} keys exceed the deferred mode's 2^25"
+            );
         }
         for h in 0..nh {
             let kvh = h / group;
@@ -140,9 +144,9 @@ impl QAttention {
                         }
                     }
                     PvMode::Deferred => {
-                        let sum =
-                            self.softmax
-                                .exp_row(&scores, visible, &mut e, DEFERRED_EXP_BITS);
+                        let sum = self
+                            .softmax
+                            .exp_row(&scores, visible, &mut e, DEFERRED_EXP_BITS);
                         let r = reciprocal(sum as u64);
                         let m = self.out_mult;
                         for (c, o) in oi.iter_mut().enumerate() {
@@ -350,9 +354,15 @@ mod tests {
             ));
             // Quantized probabilities: the error grows like sqrt(tk) (52 dB at 4096 keys).
             assert!(db16 > 50.0, "{name}: A16 {db16} dB");
-            assert!(db16d > 80.0 && e16d <= 1.0, "{name}: A16 deferred {db16d} dB {e16d}");
+            assert!(
+                db16d > 80.0 && e16d <= 1.0,
+                "{name}: A16 deferred {db16d} dB {e16d}"
+            );
             assert!(db8 > 38.0 && e8 <= 1.0, "{name}: A8 {db8} dB {e8}");
-            assert!(db8d > 38.0 && e8d <= 1.0, "{name}: A8 deferred {db8d} dB {e8d}");
+            assert!(
+                db8d > 38.0 && e8d <= 1.0,
+                "{name}: A8 deferred {db8d} dB {e8d}"
+            );
             assert!(db8p8 > 20.0, "{name}: A8/P8 {db8p8} dB");
         }
         for l in lines {

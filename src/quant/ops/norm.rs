@@ -264,8 +264,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let v = rng.normal() * spread / q.scale as f64 + q.zero_point as f64;
-                v.round()
-                    .clamp(qmin(q.bits) as f64, qmax(q.bits) as f64) as i16
+                v.round().clamp(qmin(q.bits) as f64, qmax(q.bits) as f64) as i16
             })
             .collect()
     }
@@ -302,7 +301,9 @@ mod tests {
             let mut want = x.dequantize().data().to_vec();
             rms_norm_rows(&mut want, d, &w, eps);
             let e = worst(&y, &want);
-            lines.push(format!("rms_norm A{bits} D={d} eps={eps}: max error {e:.4} steps"));
+            lines.push(format!(
+                "rms_norm A{bits} D={d} eps={eps}: max error {e:.4} steps"
+            ));
             assert!(e <= 0.51, "A{bits} D={d}: {e}");
             // The all-zero row maps to the zero point.
             assert!(y.data[d..2 * d].iter().all(|&v| v as i32 == yq.zero_point));
@@ -364,7 +365,9 @@ mod tests {
             zero_point: 0,
             bits: 16,
         };
-        let w: Vec<f32> = (0..d).map(|i| if i % 2 == 0 { 1.0 } else { -0.5 }).collect();
+        let w: Vec<f32> = (0..d)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -0.5 })
+            .collect();
         let op = rms_norm(&w, 0.0, xq, yq).unwrap();
         let x = QTensor::new(&[1, d], vec![-32768; d], xq);
         let y = op.forward(&x);

@@ -288,7 +288,11 @@ mod tests {
     fn position_zero_is_the_identity() {
         let q = ActQuant::from_range(-3.0, 3.0, 16, true);
         let op = rope(32, 1e6, q, q).unwrap();
-        let x = QTensor::new(&[1, 64], (0..64).map(|i| (i * 1000 - 32000) as i16).collect(), q);
+        let x = QTensor::new(
+            &[1, 64],
+            (0..64).map(|i| (i * 1000 - 32000) as i16).collect(),
+            q,
+        );
         assert_eq!(op.forward(&x, 2, 0).data, x.data);
     }
 }

@@ -134,7 +134,12 @@ impl QSoftmax {
             1
         };
         let mut out = vec![0i16; x.numel()];
-        for (r, (xr, or)) in x.data.chunks_exact(n).zip(out.chunks_exact_mut(n)).enumerate() {
+        for (r, (xr, or)) in x
+            .data
+            .chunks_exact(n)
+            .zip(out.chunks_exact_mut(n))
+            .enumerate()
+        {
             let i = r % rows;
             let visible = match mask {
                 Mask::None => n,
@@ -158,7 +163,7 @@ pub fn reciprocal(x: u64) -> Multiplier {
     let n = 63 - x.leading_zeros() as i32; // x in [2^n, 2^(n + 1))
     let y = x << (63 - n); // [2^63, 2^64): z = y / 2^64 in [1/2, 1)
     let z = (y >> 32) as i128; // Q32
-    // 1/z in Q32: r0 = 48/17 - 32/17 z has relative error <= 1/17.
+                               // 1/z in Q32: r0 = 48/17 - 32/17 z has relative error <= 1/17.
     let mut r: i128 = 12_126_836_753 - ((8_084_557_835 * z) >> 32);
     for _ in 0..3 {
         let e = (1i128 << 64) - z * r; // Q64 of 1 - z r
@@ -227,7 +232,10 @@ mod tests {
 
     /// Exact softmax (f64) of `scale * x[..visible]`.
     fn reference(x: &[f64], visible: usize) -> Vec<f64> {
-        let m = x[..visible].iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let m = x[..visible]
+            .iter()
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = x[..visible].iter().map(|v| (v - m).exp()).collect();
         let s: f64 = e.iter().sum();
         let mut p: Vec<f64> = e.iter().map(|v| v / s).collect();
@@ -245,16 +253,23 @@ mod tests {
             crate::quant::arith::qmax(sm.out.bits) as f64,
         );
         let mut worst = 0.0f64;
-        for (r, (xr, yr)) in x.data.chunks_exact(n).zip(y.data.chunks_exact(n)).enumerate() {
+        for (r, (xr, yr)) in x
+            .data
+            .chunks_exact(n)
+            .zip(y.data.chunks_exact(n))
+            .enumerate()
+        {
             let visible = match mask {
                 Mask::None => n,
                 Mask::Causal { offset } => (offset + r % rows + 1).min(n),
             };
-            let xf: Vec<f64> = xr.iter().map(|&v| x.q.dequantize(v as i32) as f64).collect();
+            let xf: Vec<f64> = xr
+                .iter()
+                .map(|&v| x.q.dequantize(v as i32) as f64)
+                .collect();
             let p = reference(&xf, visible);
             for (&q, &pr) in yr.iter().zip(&p) {
-                let want =
-                    (pr * sm.out_one as f64 + sm.out.zero_point as f64).clamp(lo, hi);
+                let want = (pr * sm.out_one as f64 + sm.out.zero_point as f64).clamp(lo, hi);
                 worst = worst.max((q as f64 - want).abs());
             }
         }
@@ -310,7 +325,11 @@ mod tests {
                 let y = sm.forward(&x, Mask::None);
                 let want = ((sm.out_one as f64 / n as f64).round() as i32 + sm.out.zero_point)
                     .min(crate::quant::arith::qmax(out_bits) as i32);
-                assert!(y.data.iter().all(|&v| v as i32 == want), "{n}: {:?}", &y.data[..1]);
+                assert!(
+                    y.data.iter().all(|&v| v as i32 == want),
+                    "{n}: {:?}",
+                    &y.data[..1]
+                );
             }
             // Saturated extremes: one qmax among qmin, and the reverse.
             let (lo, hi) = (
@@ -328,7 +347,10 @@ mod tests {
             assert!(worst_error(&sm, &x, Mask::None) <= 0.52);
         }
         for r in &report {
-            println!("softmax bits {} -> {} scale {} {:?}: max error {:.4} steps", r.0, r.1, r.2, r.3, r.4);
+            println!(
+                "softmax bits {} -> {} scale {} {:?}: max error {:.4} steps",
+                r.0, r.1, r.2, r.3, r.4
+            );
         }
     }
 
@@ -360,7 +382,9 @@ mod tests {
         let sm = softmax(s_in, 16).unwrap();
         let mut worst = 0.0f64;
         for _ in 0..50 {
-            let x: Vec<i64> = (0..500).map(|_| rng.range_i64(-(1 << 36), 1 << 36)).collect();
+            let x: Vec<i64> = (0..500)
+                .map(|_| rng.range_i64(-(1 << 36), 1 << 36))
+                .collect();
             let mut out = vec![0i16; 500];
             sm.forward_row(&x, 500, &mut out);
             let xf: Vec<f64> = x.iter().map(|&v| v as f64 * s_in).collect();

@@ -1,28 +1,17 @@
 //! Building [`QAttention`]: the softmax over raw `Q.K^T` accumulators (scale
 //! `s_q * s_k * attn_scale` folded into its multiplier) and the `P.V` requantization.
 
+use super::lut::check_act_quant;
 use super::softmax::softmax;
 use crate::error::{Error, Result};
 use crate::ops::attention::AttnShape;
-use crate::quant::arith::{check_reduction, qmax, qmin};
+use crate::quant::arith::check_reduction;
 use crate::quant::ops::attention::{PvMode, QAttention};
 use crate::quant::ops::norm::centered_max;
 use crate::quant::params::{quantize_multiplier, ActQuant};
 
 fn check(what: &str, q: &ActQuant) -> Result<()> {
-    if !(2..=16).contains(&q.bits) || !(q.scale.is_finite() && q.scale > 0.0) {
-        return Err(Error::input(format!(
-            "attention: {what} quantization {q:?} not supported (2..=16 bits, positive scale)"
-        )));
-    }
-    let zp = q.zero_point as i64;
-    if zp < qmin(q.bits) || zp > qmax(q.bits) {
-        return Err(Error::input(format!(
-            "attention: {what} zero point {zp} outside the {}-bit range",
-            q.bits
-        )));
-    }
-    Ok(())
+    check_act_quant("attention", what, q)
 }
 
 /// Integer SDPA; `scale` is the attention scale the float path passes (e.g. `d^-0.5`).

@@ -56,27 +56,26 @@ pub const MAX_TABLE_ERROR_STEPS: f64 = 0.75;
 /// Interpolation intervals of the default (TFLite) table: 512, i.e. 513 entries.
 pub const DEFAULT_INTERVAL_BITS: u32 = 9;
 
-fn check(what: &str, q: &ActQuant) -> Result<()> {
-    if !(2..=16).contains(&q.bits) {
+/// Checks an activation quantization the ops of this family support: 2..=16 bits, a finite
+/// positive scale, the zero point inside the integer range.
+pub(crate) fn check_act_quant(op: &str, what: &str, q: &ActQuant) -> Result<()> {
+    if !((2..=16).contains(&q.bits) && q.scale.is_finite() && q.scale > 0.0) {
         return Err(Error::input(format!(
-            "lut: {what} bit width {} not supported (2..=16)",
-            q.bits
-        )));
-    }
-    if !(q.scale.is_finite() && q.scale > 0.0) {
-        return Err(Error::input(format!(
-            "lut: {what} scale {} must be finite and positive",
-            q.scale
+            "{op}: {what} quantization {q:?} not supported (2..=16 bits, finite positive scale)"
         )));
     }
     let zp = q.zero_point as i64;
     if zp < qmin(q.bits) || zp > qmax(q.bits) {
         return Err(Error::input(format!(
-            "lut: {what} zero point {zp} outside the {}-bit range",
+            "{op}: {what} zero point {zp} outside the {}-bit range",
             q.bits
         )));
     }
     Ok(())
+}
+
+fn check(what: &str, q: &ActQuant) -> Result<()> {
+    check_act_quant("lut", what, q)
 }
 
 /// `f` as an integer table from `x` to `y`: a direct table for inputs of up to 9 bits (256
@@ -137,7 +136,7 @@ pub fn lut_with_segments(f: LutFn, x: ActQuant, y: ActQuant, seg_bits: u32) -> R
                 i if i == n => mid_err(n - 1) / 2.0,
                 i => (mid_err(i - 1) + mid_err(i)) / 4.0,
             };
-            let v = node(i) - bias;
+            let v = node(i) - bias + y.zero_point as f64;
             let v = if v.is_nan() { 0.0 } else { v };
             (v * unit).round().clamp(-limit, limit) as i32
         })

@@ -11,3 +11,6 @@ pub mod softmax;
 pub mod pool;
 pub mod embedding;
 pub mod conv1d;
+pub mod mobilenetv5;
+pub mod connector;
+pub mod lfm2;

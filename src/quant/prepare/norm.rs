@@ -1,25 +1,13 @@
 //! Building [`QRmsNorm`] / [`QRmsNorm2d`]: the weight, `sqrt(D)` and the output scale folded into
 //! per-channel multipliers, and `eps` converted to the squared input-integer domain.
 
+use super::lut::check_act_quant;
 use crate::error::{Error, Result};
-use crate::quant::arith::{qmax, qmin};
 use crate::quant::ops::norm::{centered_max, QRmsNorm, QRmsNorm2d};
 use crate::quant::params::{quantize_multiplier, ActQuant};
 
 fn check(what: &str, q: &ActQuant) -> Result<()> {
-    if !(2..=16).contains(&q.bits) || !(q.scale.is_finite() && q.scale > 0.0) {
-        return Err(Error::input(format!(
-            "rms_norm: {what} quantization {q:?} not supported (2..=16 bits, positive scale)"
-        )));
-    }
-    let zp = q.zero_point as i64;
-    if zp < qmin(q.bits) || zp > qmax(q.bits) {
-        return Err(Error::input(format!(
-            "rms_norm: {what} zero point {zp} outside the {}-bit range",
-            q.bits
-        )));
-    }
-    Ok(())
+    check_act_quant("rms_norm", what, q)
 }
 
 /// RMSNorm over the last dimension (`dim = weight.len()`): `y = w x / sqrt(mean(x^2) + eps)`.

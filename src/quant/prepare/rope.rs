@@ -1,26 +1,14 @@
 //! Building [`QRope`]: the f32 inverse frequencies of the float path as integer mantissa/exponent
 //! pairs, the Q30 quarter-wave sine table and the requantization multiplier.
 
+use super::lut::check_act_quant;
 use crate::error::{Error, Result};
 use crate::ops::rope::Rope;
-use crate::quant::arith::{qmax, qmin};
 use crate::quant::ops::rope::{QRope, SIN_TABLE_BITS, TRIG_ONE_BITS};
 use crate::quant::params::{quantize_multiplier, ActQuant};
 
 fn check(what: &str, q: &ActQuant) -> Result<()> {
-    if !(2..=16).contains(&q.bits) || !(q.scale.is_finite() && q.scale > 0.0) {
-        return Err(Error::input(format!(
-            "rope: {what} quantization {q:?} not supported (2..=16 bits, positive scale)"
-        )));
-    }
-    let zp = q.zero_point as i64;
-    if zp < qmin(q.bits) || zp > qmax(q.bits) {
-        return Err(Error::input(format!(
-            "rope: {what} zero point {zp} outside the {}-bit range",
-            q.bits
-        )));
-    }
-    Ok(())
+    check_act_quant("rope", what, q)
 }
 
 /// `sin(j * (pi/2) / 2^SIN_TABLE_BITS)` in Q30, `j = 0..=2^SIN_TABLE_BITS`; the interior entries
@@ -68,7 +56,8 @@ pub fn rope_from_inv_freq(inv_freq: &[f32], x: ActQuant, y: ActQuant) -> Result<
         inv_freq_m.push((bits & 0x007f_ffff) | 0x0080_0000);
         inv_freq_e.push(((bits >> 23) & 0xff) as i32 - 127 - 23);
     }
-    let mult = quantize_multiplier(x.scale as f64 / y.scale as f64 / (1u64 << TRIG_ONE_BITS) as f64);
+    let mult =
+        quantize_multiplier(x.scale as f64 / y.scale as f64 / (1u64 << TRIG_ONE_BITS) as f64);
     Ok(QRope {
         head_dim: 2 * inv_freq.len(),
         x,

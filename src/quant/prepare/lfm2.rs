@@ -1,0 +1,385 @@
+//! Building the integer LFM2 language model ([`QLfm2Model`]) from the float one, calibration
+//! statistics (keyed by the float path's observed op names) and a precision scheme.
+//!
+//! Per op `name` (the float observation name, e.g. `layers.3.conv.in_proj`):
+//! - precision from `scheme.op_policy(Part::Text, name)`: weight bits and granularity (text: int4
+//!   per group of `scheme.group` inputs, int8 per output channel), activation bits and symmetry
+//!   (A16 symmetric, A8 asymmetric). A per-op `float` override is an error: the integer LM has no
+//!   float islands (leaving the whole text part float is the caller's business).
+//! - output quantization from the calibrated range of `name` (`method`), except:
+//!   - `embed_tokens`: the calibrated range (token and image embeddings) widened to cover the
+//!     whole quantized table, so any generated token embeds without saturating;
+//!   - `lm_head`: the min-max range of the calibrated logits widened [`LOGIT_HEADROOM`] times,
+//!     whatever `method`: the largest logits are exactly what greedy decoding reads, so they are
+//!     never clipped;
+//!   - the SiLU table inside `feed_forward.act` (no float counterpart): the exact image of `w1`'s
+//!     quantized range under SiLU, at `act`'s width.
+//! - weights: 4-bit (and narrower) groups take the MSE-optimal clip ([`WeightRange::Mse`]), 8-bit
+//!   rows their min-max.
+//!
+//! Each op's input quantization is its producer's output quantization, so mixed per-op widths
+//! chain without extra requantization (adds and multiplies take any two input quantizations).
+
+use super::attention::attention;
+use super::conv1d::causal_conv1d_from_quantized;
+use super::elementwise::{add, mul};
+use super::embedding::embedding_from_quantized;
+use super::linear::{linear_from_quantized, row_requant};
+use super::lut::{lut, LutFn};
+use super::norm::rms_norm;
+use super::rope::rope_from_inv_freq;
+use crate::error::{Error, Result};
+use crate::models::lfm2::{Lfm2Model, Lfm2Op, Lfm2RmsNorm, LmHead};
+use crate::nn::Linear;
+use crate::ops::attention::AttnShape;
+use crate::quant::arith::{check_reduction, qmax, qmin};
+use crate::quant::calibrate::{CalibrationStats, RangeMethod};
+use crate::quant::models::lfm2::{
+    QLfm2Attention, QLfm2Dims, QLfm2Layer, QLfm2Mlp, QLfm2Model, QLfm2Op, QLfm2ShortConv,
+    QLmHead, QTiedHead,
+};
+use crate::quant::ops::linear::{centered_abs_max, QLinear, QMatrix};
+use crate::quant::ops::norm::QRmsNorm;
+use crate::quant::params::{quantize_weight, ActQuant, Granularity, QuantWeight, WeightRange};
+use crate::quant::scheme::{Part, Precision, Scheme};
+
+/// How many times the calibrated min-max logit range is widened for `lm_head`'s output.
+pub const LOGIT_HEADROOM: f32 = 2.0;
+
+/// Where SiLU is smallest: `x* = -1 - W(1/e) = -1.27846...`, `silu(x*) = x* + 1`.
+const SILU_ARGMIN: f64 = -1.278_464_542_761_074;
+
+/// The integer precision of one text op.
+#[derive(Clone, Copy, Debug)]
+struct Policy {
+    wbits: u32,
+    abits: u32,
+    symmetric: bool,
+    gran: Granularity,
+}
+
+struct Ctx<'a> {
+    stats: &'a CalibrationStats,
+    scheme: &'a Scheme,
+    method: RangeMethod,
+}
+
+/// Prefixes an op's own error with its name.
+fn at(name: &str) -> impl Fn(Error) -> Error + '_ {
+    move |e| Error::input(format!("text op `{name}`: {e}"))
+}
+
+impl Ctx<'_> {
+    fn policy(&self, name: &str) -> Result<Policy> {
+        let p = self.scheme.op_policy(Part::Text, name);
+        match (p.precision, p.weight_granularity, p.act_symmetric) {
+            (Precision::Int { wbits, abits }, Some(gran), Some(symmetric)) => Ok(Policy {
+                wbits,
+                abits,
+                symmetric,
+                gran,
+            }),
+            _ => Err(Error::input(format!(
+                "text op `{name}` is {} under this scheme (a per-op override): the integer \
+                 language model has no float ops; quantize it, or leave the whole text part float",
+                p.precision
+            ))),
+        }
+    }
+
+    /// The calibrated `(lo, hi)` of `name` for `pol`'s activation width.
+    fn range(&self, name: &str, pol: Policy, method: RangeMethod) -> Result<(f32, f32)> {
+        let s = self.stats.get(name).ok_or_else(|| {
+            Error::input(format!(
+                "no calibration statistics for text op `{name}` (run the float language model \
+                 over the calibration set with a CalibrationObserver{})",
+                if name == "lm_head" {
+                    ", including Lfm2Model::lm_head on its hidden states"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        s.range(method, pol.abits, pol.symmetric).ok_or_else(|| {
+            Error::input(format!(
+                "calibration statistics of text op `{name}` hold no finite value"
+            ))
+        })
+    }
+
+    /// Output quantization of `name` from its calibrated range.
+    fn act(&self, name: &str) -> Result<ActQuant> {
+        let pol = self.policy(name)?;
+        let (lo, hi) = self.range(name, pol, self.method)?;
+        Ok(ActQuant::from_range(lo, hi, pol.abits, pol.symmetric))
+    }
+
+    /// `w[out, inp]` quantized with `name`'s weight policy.
+    fn weight(&self, name: &str, w: &[f32], out: usize, inp: usize) -> Result<QuantWeight> {
+        let pol = self.policy(name)?;
+        if !(2..=8).contains(&pol.wbits) {
+            return Err(Error::input(format!(
+                "text op `{name}`: {}-bit weights are not supported by the integer ops (2..=8)",
+                pol.wbits
+            )));
+        }
+        if w.len() != out * inp || inp == 0 {
+            return Err(Error::input(format!(
+                "text op `{name}`: weight of {} values for [{out}, {inp}]",
+                w.len()
+            )));
+        }
+        if w.iter().any(|v| !v.is_finite()) {
+            return Err(Error::input(format!(
+                "text op `{name}`: non-finite weight"
+            )));
+        }
+        let range = if pol.wbits <= 4 {
+            WeightRange::Mse
+        } else {
+            WeightRange::MinMax
+        };
+        Ok(quantize_weight(w, out, inp, pol.wbits, pol.gran, range))
+    }
+
+    fn linear(&self, name: &str, l: &Linear, x: ActQuant) -> Result<QLinear> {
+        let (out, inp) = (l.weight.dim(0), l.weight.dim(1));
+        let qw = self.weight(name, l.weight.data(), out, inp)?;
+        let y = self.act(name)?;
+        linear_from_quantized(&qw, l.bias.as_ref().map(|b| b.data()), x, y).map_err(at(name))
+    }
+
+    fn norm(&self, name: &str, n: &Lfm2RmsNorm, x: ActQuant) -> Result<QRmsNorm> {
+        let y = self.act(name)?;
+        rms_norm(n.weight.data(), n.eps, x, y).map_err(at(name))
+    }
+}
+
+/// The quantization covering `silu` over every value `x` can represent, `bits` wide.
+fn silu_quant(x: &ActQuant, bits: u32, symmetric: bool) -> ActQuant {
+    let silu = |v: f64| v / (1.0 + (-v).exp());
+    let lo = x.scale as f64 * (qmin(x.bits) - x.zero_point as i64) as f64;
+    let hi = x.scale as f64 * (qmax(x.bits) - x.zero_point as i64) as f64;
+    let min = if (lo..=hi).contains(&SILU_ARGMIN) {
+        silu(SILU_ARGMIN)
+    } else {
+        silu(lo).min(silu(hi))
+    };
+    let max = silu(lo).max(silu(hi));
+    ActQuant::from_range(min as f32, max as f32, bits, symmetric)
+}
+
+/// Builds the integer language model; see the module docs for how each op is quantized.
+pub fn lfm2(
+    float: &Lfm2Model,
+    stats: &CalibrationStats,
+    scheme: &Scheme,
+    method: RangeMethod,
+) -> Result<QLfm2Model> {
+    if scheme.part(Part::Text).is_float() {
+        return Err(Error::input(
+            "the scheme leaves the text part in float: there is no integer language model to build",
+        ));
+    }
+    let cfg = &float.config;
+    let c = Ctx {
+        stats,
+        scheme,
+        method,
+    };
+    let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+    let dims = QLfm2Dims {
+        vocab_size: v,
+        hidden_size: h,
+        num_attention_heads: cfg.num_attention_heads,
+        num_key_value_heads: cfg.num_key_value_heads,
+        head_dim: cfg.head_dim,
+        conv_l_cache: cfg.conv_l_cache,
+        max_position_embeddings: cfg.max_position_embeddings,
+    };
+
+    // embed_tokens: the table's own range joins the calibrated one.
+    let name = "embed_tokens";
+    let table_qw = c.weight(name, float.embed_tokens.data(), v, h)?;
+    let embed_y = {
+        let pol = c.policy(name)?;
+        let (lo, hi) = c.range(name, pol, method)?;
+        let deq = table_qw.dequantize();
+        let (tlo, thi) = deq
+            .iter()
+            .fold((0.0f32, 0.0f32), |(a, b), &x| (a.min(x), b.max(x)));
+        ActQuant::from_range(lo.min(tlo), hi.max(thi), pol.abits, pol.symmetric)
+    };
+    let embed_tokens = embedding_from_quantized(&table_qw, embed_y).map_err(at(name))?;
+
+    let mut layers = Vec::with_capacity(float.layers.len());
+    let mut x = embed_y;
+    for (i, layer) in float.layers.iter().enumerate() {
+        let p = format!("layers.{i}");
+        let operator_norm = c.norm(&format!("{p}.operator_norm"), &layer.operator_norm, x)?;
+        let n = operator_norm.y;
+        let op = match &layer.op {
+            Lfm2Op::Conv(conv) => {
+                let pc = format!("{p}.conv");
+                let in_proj = c.linear(&format!("{pc}.in_proj"), &conv.in_proj, n)?;
+                let bcx = in_proj.y;
+                let name = format!("{pc}.bx");
+                let bx = mul(bcx, bcx, c.act(&name)?).map_err(at(&name))?;
+                let name = format!("{pc}.conv");
+                let (ch, l) = (conv.hidden(), conv.kernel_size());
+                let qw = c.weight(&name, conv.weight.data(), ch, l)?;
+                let qconv = causal_conv1d_from_quantized(
+                    &qw,
+                    conv.bias.as_ref().map(|b| b.data()),
+                    bx.y,
+                    c.act(&name)?,
+                )
+                .map_err(at(&name))?;
+                let name = format!("{pc}.y");
+                let y = mul(bcx, qconv.y, c.act(&name)?).map_err(at(&name))?;
+                let out_proj = c.linear(&format!("{pc}.out_proj"), &conv.out_proj, y.y)?;
+                QLfm2Op::Conv(QLfm2ShortConv {
+                    in_proj,
+                    bx,
+                    conv: qconv,
+                    y,
+                    out_proj,
+                })
+            }
+            Lfm2Op::Attention(a) => {
+                let pa = format!("{p}.self_attn");
+                let q_proj = c.linear(&format!("{pa}.q_proj"), &a.q_proj, n)?;
+                let k_proj = c.linear(&format!("{pa}.k_proj"), &a.k_proj, n)?;
+                let v_proj = c.linear(&format!("{pa}.v_proj"), &a.v_proj, n)?;
+                let q_layernorm =
+                    c.norm(&format!("{pa}.q_layernorm"), &a.q_layernorm, q_proj.y)?;
+                let k_layernorm =
+                    c.norm(&format!("{pa}.k_layernorm"), &a.k_layernorm, k_proj.y)?;
+                let inv_freq = float
+                    .rope()
+                    .ok_or_else(|| Error::input("attention layer without rotary embedding"))?
+                    .inv_freq();
+                let name = format!("{pa}.rope_q");
+                let rope_q =
+                    rope_from_inv_freq(inv_freq, q_layernorm.y, c.act(&name)?).map_err(at(&name))?;
+                let name = format!("{pa}.rope_k");
+                let rope_k =
+                    rope_from_inv_freq(inv_freq, k_layernorm.y, c.act(&name)?).map_err(at(&name))?;
+                let name = format!("{pa}.sdpa");
+                let d = a.head_dim;
+                let sdpa = attention(
+                    AttnShape {
+                        n_heads: a.num_heads,
+                        n_kv: a.num_kv_heads,
+                        d,
+                        dv: d,
+                    },
+                    (d as f64).powf(-0.5) as f32,
+                    rope_q.y,
+                    rope_k.y,
+                    v_proj.y,
+                    c.act(&name)?,
+                )
+                .map_err(at(&name))?;
+                let out_proj = c.linear(&format!("{pa}.out_proj"), &a.out_proj, sdpa.out)?;
+                QLfm2Op::Attention(QLfm2Attention {
+                    q_proj,
+                    k_proj,
+                    v_proj,
+                    q_layernorm,
+                    k_layernorm,
+                    rope_q,
+                    rope_k,
+                    sdpa,
+                    out_proj,
+                })
+            }
+        };
+        let mixed = match &op {
+            QLfm2Op::Conv(conv) => conv.out_proj.y,
+            QLfm2Op::Attention(a) => a.out_proj.y,
+        };
+        let name = format!("{p}.residual1");
+        let residual1 = add(x, mixed, c.act(&name)?).map_err(at(&name))?;
+        let ffn_norm = c.norm(&format!("{p}.ffn_norm"), &layer.ffn_norm, residual1.y)?;
+        let pf = format!("{p}.feed_forward");
+        let ff = &layer.feed_forward;
+        let w1 = c.linear(&format!("{pf}.w1"), &ff.w1, ffn_norm.y)?;
+        let w3 = c.linear(&format!("{pf}.w3"), &ff.w3, ffn_norm.y)?;
+        let name = format!("{pf}.act");
+        let act_pol = c.policy(&name)?;
+        let silu_y = silu_quant(&w1.y, act_pol.abits, act_pol.symmetric);
+        let silu = lut(LutFn::Silu, w1.y, silu_y).map_err(at(&name))?;
+        let act = mul(silu_y, w3.y, c.act(&name)?).map_err(at(&name))?;
+        let w2 = c.linear(&format!("{pf}.w2"), &ff.w2, act.y)?;
+        let residual2 = add(residual1.y, w2.y, c.act(&p)?).map_err(at(&p))?;
+        x = residual2.y;
+        layers.push(QLfm2Layer {
+            operator_norm,
+            op,
+            residual1,
+            ffn_norm,
+            feed_forward: QLfm2Mlp {
+                w1,
+                w3,
+                silu,
+                act,
+                w2,
+            },
+            residual2,
+        });
+    }
+    let embedding_norm = c.norm("embedding_norm", &float.embedding_norm, x)?;
+    let hidden = embedding_norm.y;
+
+    // lm_head: min-max logits with headroom.
+    let name = "lm_head";
+    let pol = c.policy(name)?;
+    let (lo, hi) = c.range(name, pol, RangeMethod::MinMax)?;
+    let logits_y = ActQuant::from_range(
+        lo * LOGIT_HEADROOM,
+        hi * LOGIT_HEADROOM,
+        pol.abits,
+        pol.symmetric,
+    );
+    let lm_head = match &float.lm_head {
+        LmHead::Tied => {
+            let emb = c.policy("embed_tokens")?;
+            if (emb.wbits, emb.gran) != (pol.wbits, pol.gran) {
+                return Err(Error::input(format!(
+                    "lm_head is tied to embed_tokens, so both need the same weight precision \
+                     (embed_tokens: {}-bit {:?}, lm_head: {}-bit {:?})",
+                    emb.wbits, emb.gran, pol.wbits, pol.gran
+                )));
+            }
+            let (mult, _) = row_requant(name, &table_qw, None, &hidden, &logits_y)?;
+            let table: &QMatrix = &embed_tokens.table;
+            check_reduction(
+                name,
+                table.inp,
+                centered_abs_max(&hidden),
+                table.effective_abs_max(),
+                0,
+            )?;
+            QLmHead::Tied(QTiedHead {
+                mult,
+                x: hidden,
+                y: logits_y,
+            })
+        }
+        LmHead::Separate(w) => {
+            let qw = c.weight(name, w.data(), v, h)?;
+            QLmHead::Separate(
+                linear_from_quantized(&qw, None, hidden, logits_y).map_err(at(name))?,
+            )
+        }
+    };
+
+    Ok(QLfm2Model {
+        dims,
+        embed_tokens,
+        layers,
+        embedding_norm,
+        lm_head,
+    })
+}

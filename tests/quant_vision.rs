@@ -1,0 +1,391 @@
+//! Integer vision encoder + connector against the float path on every golden case with images.
+//!
+//! Per case: calibrate (float `encode_image` with a `CalibrationObserver`) on the case's own
+//! pixels plus a few deterministic synthetic images, build the integer encoder and connector at
+//! w8a16 and w8a8, run them on the golden pixels and compare with the float path: SQNR of the
+//! vision features and image embeddings, and per-op SQNR (the integer path reports every op
+//! dequantized under the float op's name). Prints a table; asserts w8a16 features >= 35 dB and
+//! w8a8 > 15 dB, identical op names on both paths, and bit-exact determinism (repeat runs, and a
+//! 1-thread rayon pool against the default pool).
+
+mod common;
+
+use autoneural::models::autoneural::AutoNeuralModel;
+use autoneural::observe::{NoObserver, Observer, Recorder};
+use autoneural::quant::calibrate::{CalibrationObserver, CalibrationStats, DEFAULT_BINS};
+use autoneural::quant::metrics::sqnr_db;
+use autoneural::quant::models::connector::QProjector;
+use autoneural::quant::models::mobilenetv5::QMobileNetV5Encoder;
+use autoneural::quant::prepare::{connector, mobilenetv5};
+use autoneural::quant::scheme::{Override, Part, Precision, Scheme};
+use autoneural::quant::tensor::QTensor;
+use autoneural::Tensor;
+use common::*;
+use std::collections::BTreeMap;
+
+/// Deterministic 64-bit LCG.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Synthetic calibration images of `[3, s, s]` in `[0, 1]`: uniform noise, smooth gradients with
+/// ripples, random flat rectangles (sharp edges), and stripes.
+fn extra_images(s: usize) -> Vec<Tensor> {
+    let mut rng = Lcg(0x5eed);
+    let n = 3 * s * s;
+    let noise: Vec<f32> = (0..n).map(|_| rng.next()).collect();
+    let smooth: Vec<f32> = (0..n)
+        .map(|i| {
+            let (c, y, x) = (i / (s * s), (i / s) % s, i % s);
+            let (u, v) = (x as f32 / s as f32, y as f32 / s as f32);
+            let r = 0.5 + 0.3 * ((6.0 + c as f32) * u + 4.0 * v).sin() * (3.0 * v).cos();
+            (r + 0.2 * (u - v)).clamp(0.0, 1.0)
+        })
+        .collect();
+    let mut rects = vec![0.5f32; n];
+    for _ in 0..24 {
+        let (x0, y0) = ((rng.next() * s as f32) as usize, (rng.next() * s as f32) as usize);
+        let (w, h) = (
+            1 + (rng.next() * s as f32 / 2.0) as usize,
+            1 + (rng.next() * s as f32 / 2.0) as usize,
+        );
+        let col = [rng.next(), rng.next(), rng.next()];
+        for (c, &cv) in col.iter().enumerate() {
+            for y in y0..(y0 + h).min(s) {
+                for x in x0..(x0 + w).min(s) {
+                    rects[(c * s + y) * s + x] = cv;
+                }
+            }
+        }
+    }
+    let stripes: Vec<f32> = (0..n)
+        .map(|i| {
+            let (c, y, x) = (i / (s * s), (i / s) % s, i % s);
+            let period = 2 + 3 * c;
+            if ((x + 2 * y) / period) % 2 == 0 {
+                0.9
+            } else {
+                0.1
+            }
+        })
+        .collect();
+    [noise, smooth, rects, stripes]
+        .into_iter()
+        .map(|d| Tensor::new(&[3, s, s], d).unwrap())
+        .collect()
+}
+
+fn calibrate(model: &AutoNeuralModel, images: &[&Tensor]) -> CalibrationStats {
+    let mut obs = CalibrationObserver::new(DEFAULT_BINS).unwrap();
+    obs.set_part(Part::Vision);
+    for px in images {
+        model.encode_image(px, &mut obs).unwrap();
+    }
+    obs.into_stats()
+}
+
+/// Compares each observed tensor with the float path's tensor of the same name.
+struct SqnrObserver<'a> {
+    reference: &'a BTreeMap<String, Tensor>,
+    sqnr: BTreeMap<String, f64>,
+    /// Names in the order the integer path reported them.
+    order: Vec<String>,
+    unknown: Vec<String>,
+}
+
+impl Observer for SqnrObserver<'_> {
+    fn observe(&mut self, name: &str, t: &Tensor) {
+        match self.reference.get(name) {
+            Some(r) => {
+                assert_eq!(r.shape(), t.shape(), "{name}: shapes differ");
+                self.sqnr
+                    .insert(name.to_string(), sqnr_db(r.data(), t.data()));
+                self.order.push(name.to_string());
+            }
+            None => self.unknown.push(name.to_string()),
+        }
+    }
+}
+
+struct Built {
+    enc: QMobileNetV5Encoder,
+    proj: QProjector,
+}
+
+fn build(model: &AutoNeuralModel, stats: &CalibrationStats, scheme: &Scheme) -> Built {
+    let venc = model.vision_tower.as_ref().unwrap();
+    let size = model.config.vision.as_ref().unwrap().image_size;
+    let enc = mobilenetv5::encoder(venc, size, stats, scheme, None).unwrap();
+    let proj = connector::projector(
+        model.multi_modal_projector.as_ref().unwrap(),
+        enc.output_quant(),
+        stats,
+        scheme,
+        None,
+    )
+    .unwrap();
+    Built { enc, proj }
+}
+
+/// Integer features map, token rows and embeddings of one image.
+fn run_int(b: &Built, px: &Tensor, obs: &mut dyn Observer) -> (QTensor, QTensor) {
+    let q = b.enc.quantize_pixels(px).unwrap();
+    let map = b.enc.forward(&q, obs).unwrap();
+    let tokens = b.enc.feature_tokens(&map).unwrap();
+    let emb = b.proj.forward(&tokens, obs).unwrap();
+    (tokens, emb)
+}
+
+fn cat(ts: &[Tensor]) -> Vec<f32> {
+    ts.iter().flat_map(|t| t.data().iter().copied()).collect()
+}
+
+#[test]
+fn integer_vision_sqnr_and_determinism() {
+    let mut table = Vec::new();
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for name in cases() {
+        let case = Case::load(&name);
+        if case.num_images() == 0 {
+            continue;
+        }
+        let model = AutoNeuralModel::load(&case.model_dir()).unwrap();
+        let s = model.config.vision.as_ref().unwrap().image_size;
+        let pixels = case.pixels();
+        let extra = extra_images(s);
+        let stats = calibrate(&model, &pixels.iter().chain(&extra).collect::<Vec<_>>());
+
+        // Float reference: every op of every golden image.
+        let mut refs = Vec::new();
+        for px in &pixels {
+            let mut rec = Recorder::new(|_: &str| true);
+            let enc = model.encode_image(px, &mut rec).unwrap();
+            refs.push((rec.tensors, enc));
+        }
+
+        for prec in ["w8a16", "w8a8"] {
+            let scheme = Scheme::uniform(Precision::parse(prec).unwrap());
+            let b = build(&model, &stats, &scheme);
+            let mut feats = Vec::new();
+            let mut embs = Vec::new();
+            let mut worst_ops: BTreeMap<String, f64> = BTreeMap::new();
+            for (px, (rec, _)) in pixels.iter().zip(&refs) {
+                let mut obs = SqnrObserver {
+                    reference: rec,
+                    sqnr: BTreeMap::new(),
+                    order: Vec::new(),
+                    unknown: Vec::new(),
+                };
+                let (tokens, emb) = run_int(&b, px, &mut obs);
+                if std::env::var_os("QUANT_VISION_VERBOSE").is_some() {
+                    for k in &obs.order {
+                        println!("{name} {prec} {k:40} {:8.2}", obs.sqnr[k]);
+                    }
+                }
+                assert!(
+                    obs.unknown.is_empty(),
+                    "{name} {prec}: integer ops the float path does not have: {:?}",
+                    obs.unknown
+                );
+                let missing: Vec<&String> =
+                    rec.keys().filter(|k| !obs.sqnr.contains_key(*k)).collect();
+                assert!(
+                    missing.is_empty(),
+                    "{name} {prec}: float ops without an integer twin: {missing:?}"
+                );
+                for (k, v) in obs.sqnr {
+                    let e = worst_ops.entry(k).or_insert(f64::INFINITY);
+                    *e = e.min(v);
+                }
+                feats.push(tokens.dequantize());
+                embs.push(emb.dequantize());
+            }
+            let f_ref: Vec<Tensor> = refs.iter().map(|r| r.1.features.clone()).collect();
+            let e_ref: Vec<Tensor> = refs.iter().map(|r| r.1.embeddings.clone()).collect();
+            let f_db = sqnr_db(&cat(&f_ref), &cat(&feats));
+            let e_db = sqnr_db(&cat(&e_ref), &cat(&embs));
+            let mut ops: Vec<(String, f64)> = worst_ops.into_iter().collect();
+            ops.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let worst: Vec<String> = ops
+                .iter()
+                .take(5)
+                .map(|(k, v)| format!("{k} {v:.1}"))
+                .collect();
+            table.push(format!(
+                "{name:24} {prec:6} {f_db:8.2} {e_db:8.2}   {}",
+                worst.join(", ")
+            ));
+
+            // Determinism: repeat runs and a 1-thread pool give the same bits.
+            let px = &pixels[0];
+            let (t1, e1) = run_int(&b, px, &mut NoObserver);
+            let (t2, e2) = run_int(&b, px, &mut NoObserver);
+            assert_eq!(t1, t2, "{name} {prec}: features differ between runs");
+            assert_eq!(e1, e2, "{name} {prec}: embeddings differ between runs");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let (t3, e3) = pool.install(|| run_int(&b, px, &mut NoObserver));
+            assert_eq!(t1, t3, "{name} {prec}: 1-thread features differ");
+            assert_eq!(e1, e3, "{name} {prec}: 1-thread embeddings differ");
+
+            let bar = if prec == "w8a16" { 35.0 } else { 15.0 };
+            if f_db < bar {
+                failures.push(format!("{name} {prec} features SQNR {f_db:.2} dB < {bar}"));
+            }
+        }
+        ran += 1;
+    }
+    println!(
+        "\n{:24} {:6} {:>8} {:>8}   5 worst ops (dB)",
+        "case", "scheme", "feat dB", "emb dB"
+    );
+    for l in &table {
+        println!("{l}");
+    }
+    assert!(ran >= 3, "expected at least 3 golden cases with images");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn conversion_and_input_errors_are_clear() {
+    let case = Case::load("vision_all_blocks_256");
+    let model = AutoNeuralModel::load(&case.model_dir()).unwrap();
+    let venc = model.vision_tower.as_ref().unwrap();
+    let px = &case.pixels()[0];
+    let stats = calibrate(&model, &[px]);
+    let scheme = Scheme::default();
+    let b = build(&model, &stats, &scheme);
+    assert_eq!(b.enc.image_size, 256);
+    assert_eq!(b.enc.input_quant().zero_point, 0);
+    assert_eq!(b.enc.input_quant().bits, 16);
+
+    // Static shapes: another input size is rejected.
+    let e = b
+        .enc
+        .quantize_pixels(&Tensor::zeros(&[3, 128, 128]))
+        .unwrap_err();
+    assert!(e.to_string().contains("built for [3, 256, 256]"), "{e}");
+    let q = QTensor::quantize(&Tensor::zeros(&[3, 64, 64]), b.enc.input_quant());
+    assert!(b.enc.forward(&q, &mut NoObserver).is_err());
+    // Wrong input quantization.
+    let q8 = QTensor::quantize(px, mobilenetv5::pixel_quant(8));
+    assert!(b.enc.forward(&q8, &mut NoObserver).is_err());
+
+    // A missing statistic names the op.
+    let mut partial = stats.clone();
+    partial.tensors.remove("blocks.1.0.pw_exp.bn");
+    let e = mobilenetv5::encoder(venc, 256, &partial, &scheme, None).unwrap_err();
+    assert!(e.to_string().contains("`blocks.1.0.pw_exp.bn`"), "{e}");
+
+    // Per-op float overrides inside an integer part are not supported.
+    let mut over = scheme.clone();
+    over.overrides.push(Override {
+        pattern: "blocks.2.*.attn.sdpa".into(),
+        precision: Precision::Float,
+        part: None,
+    });
+    let e = mobilenetv5::encoder(venc, 256, &stats, &over, None).unwrap_err();
+    assert!(e.to_string().contains("float override"), "{e}");
+    // A float vision part has nothing to build.
+    let mut fv = scheme.clone();
+    fv.vision = Precision::Float;
+    assert!(mobilenetv5::encoder(venc, 256, &stats, &fv, None).is_err());
+    // 16-bit weights have no integer op.
+    let w16 = Scheme::uniform(Precision::parse("w16a16").unwrap());
+    let e = mobilenetv5::encoder(venc, 256, &stats, &w16, None).unwrap_err();
+    assert!(e.to_string().contains("16-bit weights"), "{e}");
+
+    // Mixed precision per op (an A8 override inside the A16 part) builds and runs.
+    let mut mixed = scheme.clone();
+    mixed.overrides.push(Override {
+        pattern: "blocks.1.*".into(),
+        precision: Precision::parse("w8a8").unwrap(),
+        part: Some(Part::Vision),
+    });
+    let m = build(&model, &stats, &mixed);
+    let (t, _) = run_int(&m, px, &mut NoObserver);
+    let f = model.encode_image(px, &mut NoObserver).unwrap().features;
+    let db = sqnr_db(f.data(), t.dequantize().data());
+    println!("mixed w8a16 + blocks.1.* w8a8: features {db:.2} dB");
+    assert!(db > 15.0, "{db}");
+}
+
+mod experiment {
+    use super::*;
+    use autoneural::models::mobilenetv5::{Block, Conv2d, ConvNormAct, MobileNetV5Encoder};
+    use autoneural::quant::params::{quantize_weight, Granularity, WeightRange};
+
+    fn fq(t: &mut Tensor, bits: u32, r: WeightRange) {
+        let out = t.dim(0);
+        let inp = t.numel() / out;
+        let q = quantize_weight(t.data(), out, inp, bits, Granularity::PerChannel, r);
+        t.data_mut().copy_from_slice(&q.dequantize());
+    }
+    fn conv(c: &mut Conv2d, b: u32, r: WeightRange) {
+        fq(&mut c.weight, b, r);
+    }
+    fn cna(c: &mut ConvNormAct, b: u32, r: WeightRange) {
+        conv(&mut c.conv, b, r);
+    }
+    fn all(e: &mut MobileNetV5Encoder, b: u32, r: WeightRange) {
+        cna(&mut e.conv_stem, b, r);
+        for blk in e.blocks.iter_mut().flatten() {
+            match blk {
+                Block::EdgeResidual(x) => {
+                    conv(&mut x.conv_exp, b, r);
+                    conv(&mut x.conv_pwl, b, r);
+                }
+                Block::UniversalInvertedResidual(x) => {
+                    for m in [&mut x.dw_start, &mut x.dw_mid, &mut x.dw_end].into_iter().flatten() {
+                        cna(m, b, r);
+                    }
+                    cna(&mut x.pw_exp, b, r);
+                    cna(&mut x.pw_proj, b, r);
+                }
+                Block::MobileAttention(x) => {
+                    fq(&mut x.attn.query_proj, b, r);
+                    fq(&mut x.attn.output_proj, b, r);
+                    for kv in [&mut x.attn.key, &mut x.attn.value] {
+                        fq(&mut kv.proj, b, r);
+                        if let Some(c) = &mut kv.down_conv {
+                            conv(c, b, r);
+                        }
+                    }
+                }
+            }
+        }
+        cna(&mut e.msfa.ffn.pw_exp, b, r);
+        cna(&mut e.msfa.ffn.pw_proj, b, r);
+    }
+
+    #[test]
+    #[ignore]
+    fn weight_only_floor() {
+        for name in cases() {
+            let case = Case::load(&name);
+            if case.num_images() == 0 {
+                continue;
+            }
+            let px = &case.pixels()[0];
+            let model = AutoNeuralModel::load(&case.model_dir()).unwrap();
+            let f = model.encode_image(px, &mut NoObserver).unwrap().features;
+            for (bits, r) in [(8, WeightRange::MinMax), (8, WeightRange::Mse)] {
+                let mut m = AutoNeuralModel::load(&case.model_dir()).unwrap();
+                all(m.vision_tower.as_mut().unwrap(), bits, r);
+                let g = m.encode_image(px, &mut NoObserver).unwrap().features;
+                println!("{name} w{bits} {r:?}: {:.2} dB", sqnr_db(f.data(), g.data()));
+            }
+        }
+    }
+}
