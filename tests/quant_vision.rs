@@ -52,7 +52,10 @@ fn extra_images(s: usize) -> Vec<Tensor> {
         .collect();
     let mut rects = vec![0.5f32; n];
     for _ in 0..24 {
-        let (x0, y0) = ((rng.next() * s as f32) as usize, (rng.next() * s as f32) as usize);
+        let (x0, y0) = (
+            (rng.next() * s as f32) as usize,
+            (rng.next() * s as f32) as usize,
+        );
         let (w, h) = (
             1 + (rng.next() * s as f32 / 2.0) as usize,
             1 + (rng.next() * s as f32 / 2.0) as usize,
@@ -347,7 +350,10 @@ mod experiment {
                     conv(&mut x.conv_pwl, b, r);
                 }
                 Block::UniversalInvertedResidual(x) => {
-                    for m in [&mut x.dw_start, &mut x.dw_mid, &mut x.dw_end].into_iter().flatten() {
+                    for m in [&mut x.dw_start, &mut x.dw_mid, &mut x.dw_end]
+                        .into_iter()
+                        .flatten()
+                    {
                         cna(m, b, r);
                     }
                     cna(&mut x.pw_exp, b, r);
@@ -384,7 +390,10 @@ mod experiment {
                 let mut m = AutoNeuralModel::load(&case.model_dir()).unwrap();
                 all(m.vision_tower.as_mut().unwrap(), bits, r);
                 let g = m.encode_image(px, &mut NoObserver).unwrap().features;
-                println!("{name} w{bits} {r:?}: {:.2} dB", sqnr_db(f.data(), g.data()));
+                println!(
+                    "{name} w{bits} {r:?}: {:.2} dB",
+                    sqnr_db(f.data(), g.data())
+                );
             }
         }
     }

@@ -4,13 +4,13 @@
 
 pub mod arith;
 pub mod artifact;
-pub mod metrics;
-pub mod ops;
-pub mod params;
-pub mod prepare;
-pub mod tensor;
 pub mod calibrate;
 pub mod calibset;
-pub mod scheme;
+pub mod metrics;
 pub mod models;
+pub mod ops;
+pub mod params;
 pub mod persist;
+pub mod prepare;
+pub mod scheme;
+pub mod tensor;

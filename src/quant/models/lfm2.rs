@@ -111,10 +111,9 @@ impl QLfm2ShortConv {
             xx.extend_from_slice(&r[2 * h..]);
         }
         let q = bcx.q;
-        let bx = self.bx.forward(
-            &QTensor::new(&[t, h], b, q),
-            &QTensor::new(&[t, h], xx, q),
-        );
+        let bx = self
+            .bx
+            .forward(&QTensor::new(&[t, h], b, q), &QTensor::new(&[t, h], xx, q));
         emit(obs, p, "bx", &bx);
         let conv = self.conv.forward(&bx, state);
         emit(obs, p, "conv", &conv);

@@ -11,5 +11,5 @@
 //! (`cargo clippy`), except inside `#[cfg(test)]` modules.
 #![deny(clippy::float_arithmetic)]
 pub mod connector;
-pub mod mobilenetv5;
 pub mod lfm2;
+pub mod mobilenetv5;

@@ -5,14 +5,14 @@
 //! Everything below this module is integer runtime: float arithmetic is a compile error
 //! (`cargo clippy` in CI), except inside `#[cfg(test)]` modules that compare with float references.
 #![deny(clippy::float_arithmetic)]
-pub mod linear;
-pub mod conv;
-pub mod elementwise;
 pub mod attention;
+pub mod conv;
+pub mod conv1d;
+pub mod elementwise;
+pub mod embedding;
+pub mod linear;
 pub mod lut;
 pub mod norm;
+pub mod pool;
 pub mod rope;
 pub mod softmax;
-pub mod pool;
-pub mod embedding;
-pub mod conv1d;

@@ -35,8 +35,8 @@ use crate::ops::attention::AttnShape;
 use crate::quant::arith::{check_reduction, qmax, qmin};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
 use crate::quant::models::lfm2::{
-    QLfm2Attention, QLfm2Dims, QLfm2Layer, QLfm2Mlp, QLfm2Model, QLfm2Op, QLfm2ShortConv,
-    QLmHead, QTiedHead,
+    QLfm2Attention, QLfm2Dims, QLfm2Layer, QLfm2Mlp, QLfm2Model, QLfm2Op, QLfm2ShortConv, QLmHead,
+    QTiedHead,
 };
 use crate::quant::ops::linear::{centered_abs_max, QLinear, QMatrix};
 use crate::quant::ops::norm::QRmsNorm;
@@ -130,9 +130,7 @@ impl Ctx<'_> {
             )));
         }
         if w.iter().any(|v| !v.is_finite()) {
-            return Err(Error::input(format!(
-                "text op `{name}`: non-finite weight"
-            )));
+            return Err(Error::input(format!("text op `{name}`: non-finite weight")));
         }
         let range = if pol.wbits <= 4 {
             WeightRange::Mse
@@ -251,20 +249,18 @@ pub fn lfm2(
                 let q_proj = c.linear(&format!("{pa}.q_proj"), &a.q_proj, n)?;
                 let k_proj = c.linear(&format!("{pa}.k_proj"), &a.k_proj, n)?;
                 let v_proj = c.linear(&format!("{pa}.v_proj"), &a.v_proj, n)?;
-                let q_layernorm =
-                    c.norm(&format!("{pa}.q_layernorm"), &a.q_layernorm, q_proj.y)?;
-                let k_layernorm =
-                    c.norm(&format!("{pa}.k_layernorm"), &a.k_layernorm, k_proj.y)?;
+                let q_layernorm = c.norm(&format!("{pa}.q_layernorm"), &a.q_layernorm, q_proj.y)?;
+                let k_layernorm = c.norm(&format!("{pa}.k_layernorm"), &a.k_layernorm, k_proj.y)?;
                 let inv_freq = float
                     .rope()
                     .ok_or_else(|| Error::input("attention layer without rotary embedding"))?
                     .inv_freq();
                 let name = format!("{pa}.rope_q");
-                let rope_q =
-                    rope_from_inv_freq(inv_freq, q_layernorm.y, c.act(&name)?).map_err(at(&name))?;
+                let rope_q = rope_from_inv_freq(inv_freq, q_layernorm.y, c.act(&name)?)
+                    .map_err(at(&name))?;
                 let name = format!("{pa}.rope_k");
-                let rope_k =
-                    rope_from_inv_freq(inv_freq, k_layernorm.y, c.act(&name)?).map_err(at(&name))?;
+                let rope_k = rope_from_inv_freq(inv_freq, k_layernorm.y, c.act(&name)?)
+                    .map_err(at(&name))?;
                 let name = format!("{pa}.sdpa");
                 let d = a.head_dim;
                 let sdpa = attention(
@@ -369,9 +365,7 @@ pub fn lfm2(
         }
         LmHead::Separate(w) => {
             let qw = c.weight(name, w.data(), v, h)?;
-            QLmHead::Separate(
-                linear_from_quantized(&qw, None, hidden, logits_y).map_err(at(name))?,
-            )
+            QLmHead::Separate(linear_from_quantized(&qw, None, hidden, logits_y).map_err(at(name))?)
         }
     };
 

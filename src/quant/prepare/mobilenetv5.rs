@@ -177,17 +177,8 @@ impl Builder<'_> {
             )));
         }
         let spec = Conv2dSpec::new(c.stride, c.dilation, c.groups, pad);
-        let qc = prep_conv2d(
-            &c.weight,
-            c.bias.as_deref(),
-            spec,
-            wbits,
-            gran,
-            range,
-            x,
-            y,
-        )
-        .map_err(|e| ctx(op, e))?;
+        let qc = prep_conv2d(&c.weight, c.bias.as_deref(), spec, wbits, gran, range, x, y)
+            .map_err(|e| ctx(op, e))?;
         let size = qc.out_size(h, w);
         Ok((qc, size))
     }
@@ -220,11 +211,15 @@ impl Builder<'_> {
                 w.shape()
             )));
         }
-        self.q
-            .linear(op, w.data(), None, (w.dim(0), w.dim(1)), x)
+        self.q.linear(op, w.data(), None, (w.dim(0), w.dim(1)), x)
     }
 
-    fn conv_norm_act(&self, m: &ConvNormAct, x: ActQuant, hw: Size) -> Result<(QConvNormAct, Size)> {
+    fn conv_norm_act(
+        &self,
+        m: &ConvNormAct,
+        x: ActQuant,
+        hw: Size,
+    ) -> Result<(QConvNormAct, Size)> {
         let n = &m.name;
         let (conv, hw) = self.conv(&format!("{n}.conv"), &m.conv, x, hw)?;
         let bn = self.norm(&format!("{n}.bn"), &m.bn, conv.y)?;
@@ -244,7 +239,12 @@ impl Builder<'_> {
         ))
     }
 
-    fn edge_residual(&self, b: &EdgeResidual, x: ActQuant, hw: Size) -> Result<(QEdgeResidual, Size)> {
+    fn edge_residual(
+        &self,
+        b: &EdgeResidual,
+        x: ActQuant,
+        hw: Size,
+    ) -> Result<(QEdgeResidual, Size)> {
         let n = &b.name;
         let (conv_exp, hw) = self.conv(&format!("{n}.conv_exp"), &b.conv_exp, x, hw)?;
         let bn1 = self.norm(&format!("{n}.bn1"), &b.bn1, conv_exp.y)?;
