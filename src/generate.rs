@@ -157,6 +157,43 @@ pub struct Generation {
     pub timings: Timings,
 }
 
+/// A language model seen by the generation loop: it consumes the prompt once, then one token per
+/// step, and hands back the last position's logits. The float and the integer LMs implement it.
+pub trait Decoder {
+    /// Positions already in the cache.
+    fn cache_len(&self) -> usize;
+    /// Runs the whole prompt; returns the logits of its last position.
+    fn prefill(&mut self) -> Result<Vec<f32>>;
+    /// Runs one generated token; returns its logits.
+    fn step(&mut self, token: u32) -> Result<Vec<f32>>;
+}
+
+/// The float LFM2 with its cache and the prompt embeddings (`[T, hidden]`) still to prefill.
+pub struct FloatDecoder<'a> {
+    pub lm: &'a Lfm2Model,
+    pub cache: &'a mut Lfm2Cache,
+    pub prompt: Option<Tensor>,
+}
+
+impl Decoder for FloatDecoder<'_> {
+    fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+    fn prefill(&mut self) -> Result<Vec<f32>> {
+        let prompt = self
+            .prompt
+            .take()
+            .ok_or_else(|| Error::input("the prompt was already consumed"))?;
+        let hidden = self.lm.forward(prompt, self.cache, &mut NoObserver)?;
+        Ok(self.lm.logits(&last_row(&hidden)).into_data())
+    }
+    fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        let x = self.lm.embed(&[token])?;
+        let hidden = self.lm.forward(x, self.cache, &mut NoObserver)?;
+        Ok(self.lm.logits(&hidden).into_data())
+    }
+}
+
 /// Prefills `prompt` (`[T, hidden]` input embeddings) into `cache` and generates. `on_token` sees
 /// every new token as soon as it is chosen (for streaming).
 pub fn generate(
@@ -167,12 +204,27 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
     let prompt_len = prompt.dim(0);
+    let mut dec = FloatDecoder {
+        lm,
+        cache,
+        prompt: Some(prompt),
+    };
+    generate_with(&mut dec, prompt_len, opts, on_token)
+}
+
+/// The generation loop over any [`Decoder`] whose prompt holds `prompt_len` positions.
+pub fn generate_with(
+    dec: &mut dyn Decoder,
+    prompt_len: usize,
+    opts: &GenerateOptions,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<Generation> {
     if prompt_len == 0 {
         return Err(Error::input("the prompt is empty"));
     }
-    if prompt_len + cache.len() >= opts.context {
+    if prompt_len + dec.cache_len() >= opts.context {
         return Err(Error::ContextOverflow {
-            tokens: prompt_len + cache.len(),
+            tokens: prompt_len + dec.cache_len(),
             max_new: opts.max_new_tokens,
             context: opts.context,
         });
@@ -192,12 +244,11 @@ pub fn generate(
     }
 
     let start = Instant::now();
-    let hidden = lm.forward(prompt, cache, &mut NoObserver)?;
+    let mut logits = dec.prefill()?;
     timings.prefill_s = start.elapsed().as_secs_f64();
-    let mut logits = lm.logits(&last_row(&hidden));
     let mut decode_start = Instant::now();
     let stop_reason = loop {
-        let next = sampler.sample(logits.data());
+        let next = sampler.sample(&logits);
         tokens.push(next);
         if tokens.len() == 1 {
             timings.first_token_s = start.elapsed().as_secs_f64();
@@ -210,12 +261,10 @@ pub fn generate(
         if tokens.len() >= opts.max_new_tokens {
             break StopReason::MaxTokens;
         }
-        if cache.len() + 1 >= opts.context {
+        if dec.cache_len() + 1 >= opts.context {
             break StopReason::Context;
         }
-        let x = lm.embed(&[next])?;
-        let hidden = lm.forward(x, cache, &mut NoObserver)?;
-        logits = lm.logits(&hidden);
+        logits = dec.step(next)?;
     };
     timings.decode_s = if tokens.len() > 1 {
         decode_start.elapsed().as_secs_f64()

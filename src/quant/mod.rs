@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod calibrate;
 pub mod calibset;
 pub mod metrics;
+pub mod model;
 pub mod models;
 pub mod ops;
 pub mod params;
