@@ -3,7 +3,7 @@
 
 use crate::chat::{render_prompt, ChatTokens, TextTokenizer};
 use crate::error::{Error, Result};
-use crate::models::autoneural::{AutoNeuralModel, ImageEncoding};
+use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel, ImageEncoding};
 use crate::observe::Observer;
 use crate::preprocess;
 use crate::tensor::Tensor;
@@ -45,21 +45,7 @@ impl Pipeline {
 
     /// Loads and preprocesses the images.
     pub fn load_pixels(&self, images: &[ImageInput]) -> Result<Vec<Tensor>> {
-        if images.is_empty() {
-            return Ok(Vec::new());
-        }
-        let Some(vcfg) = &self.model.config.vision else {
-            return Err(Error::input(
-                "this is a text-only model: it cannot take images",
-            ));
-        };
-        images
-            .iter()
-            .map(|img| match img {
-                ImageInput::File(p) => preprocess::load_image(p, vcfg.image_size),
-                ImageInput::Pixels(p) => preprocess::load_pixels_npy(p),
-            })
-            .collect()
+        load_pixels(&self.model.config, images)
     }
 
     pub fn encode_images(
@@ -75,40 +61,79 @@ impl Pipeline {
 
     /// Token ids of the prompt, with `num_images` image slots.
     pub fn prompt_ids(&self, prompt: &PromptInput, num_images: usize) -> Result<Vec<u32>> {
-        match prompt {
-            PromptInput::Tokens(ids) => Ok(ids.clone()),
-            PromptInput::Chat { user, system } => {
-                let text = render_prompt(
-                    user,
-                    system.as_deref(),
-                    num_images,
-                    self.model.tokens_per_image(),
-                    &ChatTokens::default(),
-                )?;
-                let ids = self.tokenizer.encode(&text)?;
-                let slots = ids
-                    .iter()
-                    .filter(|&&i| i == self.model.config.image_token_id)
-                    .count();
-                if num_images > 0 && slots != num_images * self.model.tokens_per_image() {
-                    return Err(Error::input(format!(
-                        "the tokenizer does not map `<image>` to image_token_id {} (found {slots} image tokens)",
-                        self.model.config.image_token_id
-                    )));
-                }
-                Ok(ids)
-            }
-        }
+        prompt_ids(
+            &self.model.config,
+            &self.tokenizer,
+            prompt,
+            num_images,
+            self.model.tokens_per_image(),
+        )
     }
 
     /// Tokens that end generation: the config's EOS plus `<|im_end|>` if the tokenizer has it.
     pub fn stop_tokens(&self) -> Vec<u32> {
-        let mut stops = vec![self.model.config.text.eos_token_id];
-        if let Some(id) = self.tokenizer.token_to_id("<|im_end|>") {
-            if !stops.contains(&id) {
-                stops.push(id);
-            }
-        }
-        stops
+        stop_tokens(&self.model.config, &self.tokenizer)
     }
+}
+
+/// Loads and preprocesses images for a model with this config (shared by the float and the
+/// integer pipelines).
+pub fn load_pixels(config: &AutoNeuralConfig, images: &[ImageInput]) -> Result<Vec<Tensor>> {
+    if images.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(vcfg) = &config.vision else {
+        return Err(Error::input(
+            "this is a text-only model: it cannot take images",
+        ));
+    };
+    images
+        .iter()
+        .map(|img| match img {
+            ImageInput::File(p) => preprocess::load_image(p, vcfg.image_size),
+            ImageInput::Pixels(p) => preprocess::load_pixels_npy(p),
+        })
+        .collect()
+}
+
+/// Token ids of a prompt with `num_images` image slots of `tokens_per_image` tokens each.
+pub fn prompt_ids(
+    config: &AutoNeuralConfig,
+    tokenizer: &TextTokenizer,
+    prompt: &PromptInput,
+    num_images: usize,
+    tokens_per_image: usize,
+) -> Result<Vec<u32>> {
+    match prompt {
+        PromptInput::Tokens(ids) => Ok(ids.clone()),
+        PromptInput::Chat { user, system } => {
+            let text = render_prompt(
+                user,
+                system.as_deref(),
+                num_images,
+                tokens_per_image,
+                &ChatTokens::default(),
+            )?;
+            let ids = tokenizer.encode(&text)?;
+            let slots = ids.iter().filter(|&&i| i == config.image_token_id).count();
+            if num_images > 0 && slots != num_images * tokens_per_image {
+                return Err(Error::input(format!(
+                    "the tokenizer does not map `<image>` to image_token_id {} (found {slots} image tokens)",
+                    config.image_token_id
+                )));
+            }
+            Ok(ids)
+        }
+    }
+}
+
+/// The config's EOS plus `<|im_end|>` if the tokenizer has it.
+pub fn stop_tokens(config: &AutoNeuralConfig, tokenizer: &TextTokenizer) -> Vec<u32> {
+    let mut stops = vec![config.text.eos_token_id];
+    if let Some(id) = tokenizer.token_to_id("<|im_end|>") {
+        if !stops.contains(&id) {
+            stops.push(id);
+        }
+    }
+    stops
 }

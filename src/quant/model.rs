@@ -169,3 +169,4 @@ pub fn generate(
     };
     generate_with(&mut dec, prompt_len, opts, on_token)
 }
+

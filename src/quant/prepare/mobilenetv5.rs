@@ -568,3 +568,60 @@ pub fn encoder(
         output_resolution: r,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixel_quantization_and_defaults() {
+        let a16 = pixel_quant(16);
+        assert_eq!((a16.zero_point, a16.bits), (0, 16));
+        assert_eq!(a16.quantize(1.0), 32767);
+        assert_eq!(a16.quantize(0.0), 0);
+        let a8 = pixel_quant(8);
+        assert_eq!((a8.zero_point, a8.bits), (-128, 8));
+        assert_eq!((a8.quantize(0.0), a8.quantize(1.0)), (-128, 127));
+        assert_eq!(default_range_method(16), RangeMethod::MinMax);
+        assert_eq!(default_range_method(8), RangeMethod::Mse);
+        assert_eq!(weight_range(8), WeightRange::MinMax);
+        assert_eq!(weight_range(4), WeightRange::Mse);
+    }
+
+    #[test]
+    fn op_quantizer_errors_name_the_op() {
+        let stats = CalibrationStats::new(64).unwrap();
+        let scheme = Scheme::default();
+        let q = OpQuantizer {
+            stats: &stats,
+            scheme: &scheme,
+            part: Part::Vision,
+            method: None,
+        };
+        let e = q.act("blocks.0.0.conv_exp").unwrap_err().to_string();
+        assert!(
+            e.contains("no calibration statistics for op `blocks.0.0.conv_exp`"),
+            "{e}"
+        );
+        let mut s = stats.clone();
+        s.observe(Part::Vision, "x", &[f32::NAN]);
+        let q = OpQuantizer {
+            stats: &s,
+            scheme: &scheme,
+            part: Part::Vision,
+            method: None,
+        };
+        let e = q.act("x").unwrap_err().to_string();
+        assert!(e.contains("no finite value"), "{e}");
+        let mut s = stats.clone();
+        s.observe(Part::Vision, "x", &[-1.0, 3.0]);
+        let q = OpQuantizer {
+            stats: &s,
+            scheme: &scheme,
+            part: Part::Vision,
+            method: None,
+        };
+        let a = q.act("x").unwrap();
+        assert_eq!(a, ActQuant::from_range(-1.0, 3.0, 16, true));
+    }
+}
