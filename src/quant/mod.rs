@@ -13,5 +13,6 @@ pub mod ops;
 pub mod params;
 pub mod persist;
 pub mod prepare;
+pub mod report;
 pub mod scheme;
 pub mod tensor;
