@@ -3,9 +3,8 @@
 
 use super::InputArgs;
 use anyhow::{Context, Result};
+use autoneural::engine::Engine;
 use autoneural::npy::write_f32;
-use autoneural::observe::NoObserver;
-use autoneural::pipeline::Pipeline;
 use autoneural::Tensor;
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -21,13 +20,14 @@ pub struct DumpArgs {
 
 pub fn dump(args: DumpArgs) -> Result<()> {
     let dir = args.input.model_dir()?;
-    let pipe = Pipeline::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let engine = Engine::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output directory {}", args.out.display()))?;
 
-    let pixels = pipe.load_pixels(&args.input.image_inputs())?;
-    let prompt_ids = pipe.prompt_ids(&args.input.prompt_input(), pixels.len())?;
-    let context = pipe.model.config.text.max_position_embeddings;
+    let pixels = engine.load_pixels(&args.input.image_inputs())?;
+    let prompt_ids = engine.prompt_ids(&args.input.prompt_input(), pixels.len())?;
+    let engine = args.input.apply_precision(engine, &pixels, &prompt_ids)?;
+    let context = engine.config().text.max_position_embeddings;
     if prompt_ids.len() > context {
         anyhow::bail!(autoneural::Error::ContextOverflow {
             tokens: prompt_ids.len(),
@@ -35,31 +35,25 @@ pub fn dump(args: DumpArgs) -> Result<()> {
             context
         });
     }
-    let encodings = pipe.encode_images(&pixels, &mut NoObserver)?;
+    // On the integer path these are the dequantized views of the integer tensors.
+    let t = engine.intermediates(&pixels, &prompt_ids)?;
     let mut written = Vec::new();
     if !pixels.is_empty() {
         write(&args.out, "pixels.npy", &stack(&pixels)?, &mut written)?;
-        let features: Vec<Tensor> = encodings.iter().map(|e| e.features.clone()).collect();
         write(
             &args.out,
             "vision_features.npy",
-            &concat_rows(&features)?,
+            &concat_rows(&t.features)?,
             &mut written,
         )?;
-        let embeds: Vec<Tensor> = encodings.iter().map(|e| e.embeddings.clone()).collect();
         write(
             &args.out,
             "image_embeddings.npy",
-            &concat_rows(&embeds)?,
+            &concat_rows(&t.embeddings)?,
             &mut written,
         )?;
     }
-    let image_embeddings: Vec<Tensor> = encodings.into_iter().map(|e| e.embeddings).collect();
-    let x = pipe.model.embed_prompt(&prompt_ids, &image_embeddings)?;
-    let lm = &pipe.model.language_model;
-    let mut cache = lm.new_cache();
-    let hidden = lm.forward(x, &mut cache, &mut NoObserver)?;
-    write(&args.out, "logits.npy", &lm.logits(&hidden), &mut written)?;
+    write(&args.out, "logits.npy", &t.logits, &mut written)?;
     std::fs::write(
         args.out.join("prompt_ids.json"),
         serde_json::to_string(&prompt_ids)?,

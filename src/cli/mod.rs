@@ -2,10 +2,14 @@
 
 mod dump;
 mod inspect;
+mod quantize;
+mod report;
 mod run;
 
 use anyhow::{bail, Context, Result};
+use autoneural::engine::Engine;
 use autoneural::pipeline::{ImageInput, PromptInput};
+use autoneural::quant::scheme::Scheme;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -34,6 +38,10 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Print the architecture, parameter counts and memory needs of a model.
     Inspect(inspect::InspectArgs),
+    /// Calibrate and write an integer-only quantized model directory.
+    Quantize(quantize::QuantizeArgs),
+    /// Quantization error of an integer model vs its float model: per-op SQNR, perplexity, chart.
+    Report(report::ReportArgs),
 }
 
 /// Arguments shared by `run` and `dump`: model, images, prompt.
@@ -57,6 +65,10 @@ pub struct InputArgs {
     /// Raw comma-separated token ids, taken literally (no chat template).
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
+    /// Run a float model on the integer path with this scheme (e.g. `default`, `w8a8`),
+    /// calibrated on this request's own inputs. Quantized model directories need no flag.
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 impl InputArgs {
@@ -80,6 +92,22 @@ impl InputArgs {
                 system: self.system.clone(),
             },
             (None, None) => unreachable!("clap requires --prompt or --tokens"),
+        }
+    }
+
+    /// Applies `--precision` (a no-op without it, or for an already quantized model).
+    pub fn apply_precision(
+        &self,
+        engine: Engine,
+        pixels: &[autoneural::Tensor],
+        ids: &[u32],
+    ) -> Result<Engine> {
+        match &self.precision {
+            None => Ok(engine),
+            Some(s) => {
+                let scheme = Scheme::parse(s)?;
+                Ok(engine.quantize_for(&scheme, pixels, ids)?)
+            }
         }
     }
 
@@ -117,5 +145,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a),
         Command::Dump(a) => dump::dump(a),
         Command::Inspect(a) => inspect::inspect(a),
+        Command::Quantize(a) => quantize::quantize(a),
+        Command::Report(a) => report::report(a),
     }
 }

@@ -1,11 +1,11 @@
-//! `autoneural run`: stream an answer, or print ids and timings with `--json`.
+//! `autoneural run`: stream an answer, or print ids and timings with `--json`. A quantized model
+//! directory, or `--precision`, runs the integer path.
 
 use super::InputArgs;
 use anyhow::{Context, Result};
 use autoneural::chat::StreamDecoder;
-use autoneural::generate::{generate, GenerateOptions, SamplingParams};
-use autoneural::observe::NoObserver;
-use autoneural::pipeline::Pipeline;
+use autoneural::engine::Engine;
+use autoneural::generate::{GenerateOptions, SamplingParams};
 use clap::Args;
 use std::io::Write;
 use std::time::Instant;
@@ -37,15 +37,16 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     let dir = args.input.model_dir()?;
     let t_load = Instant::now();
-    let pipe = Pipeline::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
+    let engine = Engine::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
     let load_s = t_load.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let pixels = pipe.load_pixels(&args.input.image_inputs())?;
-    let prompt_ids = pipe.prompt_ids(&args.input.prompt_input(), pixels.len())?;
+    let pixels = engine.load_pixels(&args.input.image_inputs())?;
+    let prompt_ids = engine.prompt_ids(&args.input.prompt_input(), pixels.len())?;
+    let engine = args.input.apply_precision(engine, &pixels, &prompt_ids)?;
     let context = args
         .context
-        .unwrap_or(pipe.model.config.text.max_position_embeddings);
+        .unwrap_or(engine.config().text.max_position_embeddings);
     if prompt_ids.len() >= context {
         anyhow::bail!(autoneural::Error::ContextOverflow {
             tokens: prompt_ids.len(),
@@ -53,15 +54,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             context
         });
     }
-    let t_vision = Instant::now();
-    let encodings = pipe.encode_images(&pixels, &mut NoObserver)?;
-    let vision_s = t_vision.elapsed().as_secs_f64();
-    let image_embeddings: Vec<_> = encodings.into_iter().map(|e| e.embeddings).collect();
-    let embeds = pipe.model.embed_prompt(&prompt_ids, &image_embeddings)?;
-
     let opts = GenerateOptions {
         max_new_tokens: args.max_tokens,
-        stop_tokens: pipe.stop_tokens(),
+        stop_tokens: engine.stop_tokens(),
         sampling: SamplingParams {
             temperature: args.temperature,
             top_p: args.top_p,
@@ -69,31 +64,25 @@ pub fn run(args: RunArgs) -> Result<()> {
         },
         context,
     };
-    let mut cache = pipe.model.new_cache();
-    let mut stream = StreamDecoder::new(&pipe.tokenizer);
+    let mut stream = StreamDecoder::new(engine.tokenizer());
     let stdout = std::io::stdout();
     let json = args.json;
-    let gen = generate(
-        &pipe.model.language_model,
-        &mut cache,
-        embeds,
-        &opts,
-        &mut |id| {
-            if !json {
-                if let Some(text) = stream.push(id)? {
-                    let mut out = stdout.lock();
-                    let _ = out.write_all(text.as_bytes());
-                    let _ = out.flush();
-                }
+    let (gen, vision_s) = engine.generate(&pixels, &prompt_ids, &opts, &mut |id| {
+        if !json {
+            if let Some(text) = stream.push(id)? {
+                let mut out = stdout.lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
             }
-            Ok(())
-        },
-    )?;
+        }
+        Ok(())
+    })?;
     let ttft_s = start.elapsed().as_secs_f64() - gen.timings.decode_s;
     if json {
-        let text = pipe.tokenizer.decode(&gen.tokens)?;
+        let text = engine.tokenizer().decode(&gen.tokens)?;
         let report = serde_json::json!({
             "model": dir.display().to_string(),
+            "path": if engine.is_integer() { "integer" } else { "float" },
             "prompt_tokens": prompt_ids.len(),
             "images": pixels.len(),
             "tokens": gen.tokens,

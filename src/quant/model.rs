@@ -169,4 +169,3 @@ pub fn generate(
     };
     generate_with(&mut dec, prompt_len, opts, on_token)
 }
-

@@ -1,0 +1,206 @@
+//! One interface over the float pipeline and the integer pipeline, so `run` and `dump` have a
+//! single code path: the engine turns images and prompt ids into generated tokens or into the
+//! intermediate tensors `dump` writes (dequantized views for the integer path).
+
+use crate::chat::TextTokenizer;
+use crate::error::Result;
+use crate::generate::{generate_with, FloatDecoder, GenerateOptions, Generation};
+use crate::models::autoneural::AutoNeuralConfig;
+use crate::observe::NoObserver;
+use crate::pipeline::{self, ImageInput, Pipeline, PromptInput};
+use crate::quant::calibrate::{CalibrationObserver, RangeMethod, DEFAULT_BINS};
+use crate::quant::model::{QAutoNeural, QDecoder};
+use crate::quant::scheme::{Part, Scheme};
+use crate::tensor::Tensor;
+use std::path::Path;
+use std::time::Instant;
+
+pub enum Engine {
+    Float(Pipeline),
+    Integer {
+        model: QAutoNeural,
+        config: AutoNeuralConfig,
+        tokenizer: TextTokenizer,
+    },
+}
+
+/// Tensors of one forward pass, as `dump` writes them.
+pub struct Intermediates {
+    pub features: Vec<Tensor>,
+    pub embeddings: Vec<Tensor>,
+    pub logits: Tensor,
+}
+
+impl Engine {
+    /// A float model directory, or a quantized one (written by `autoneural quantize`).
+    pub fn load(dir: &Path) -> Result<Self> {
+        if QAutoNeural::is_quantized_dir(dir) {
+            let (model, config) = QAutoNeural::load(dir)?;
+            let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+            Ok(Engine::Integer {
+                model,
+                config,
+                tokenizer,
+            })
+        } else {
+            Ok(Engine::Float(Pipeline::load(dir)?))
+        }
+    }
+
+    /// Switches a float engine to the integer path for `scheme`, calibrating on this request's
+    /// own inputs (quick experiments; `autoneural quantize` calibrates on a proper set).
+    pub fn quantize_for(self, scheme: &Scheme, pixels: &[Tensor], ids: &[u32]) -> Result<Self> {
+        let Engine::Float(pipe) = self else {
+            return Ok(self);
+        };
+        let mut obs = CalibrationObserver::new(DEFAULT_BINS)?;
+        obs.set_part(Part::Vision);
+        let mut embeds = Vec::new();
+        for p in pixels {
+            embeds.push(pipe.model.encode_image(p, &mut obs)?.embeddings);
+        }
+        obs.set_part(Part::Text);
+        let x = pipe.model.embed_prompt(ids, &embeds)?;
+        let mut cache = pipe.model.new_cache();
+        let lm = &pipe.model.language_model;
+        let hidden = lm.forward(x, &mut cache, &mut obs)?;
+        lm.lm_head(&hidden, &mut obs);
+        let stats = obs.into_stats();
+        let model = QAutoNeural::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
+        Ok(Engine::Integer {
+            model,
+            config: pipe.model.config.clone(),
+            tokenizer: pipe.tokenizer,
+        })
+    }
+
+    pub fn config(&self) -> &AutoNeuralConfig {
+        match self {
+            Engine::Float(p) => &p.model.config,
+            Engine::Integer { config, .. } => config,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        match self {
+            Engine::Float(p) => &p.tokenizer,
+            Engine::Integer { tokenizer, .. } => tokenizer,
+        }
+    }
+
+    pub fn is_integer(&self) -> bool {
+        matches!(self, Engine::Integer { .. })
+    }
+
+    pub fn tokens_per_image(&self) -> usize {
+        self.config()
+            .vision
+            .as_ref()
+            .map_or(0, |v| v.msfa_output_resolution * v.msfa_output_resolution)
+    }
+
+    pub fn load_pixels(&self, images: &[ImageInput]) -> Result<Vec<Tensor>> {
+        pipeline::load_pixels(self.config(), images)
+    }
+
+    pub fn prompt_ids(&self, prompt: &PromptInput, num_images: usize) -> Result<Vec<u32>> {
+        pipeline::prompt_ids(
+            self.config(),
+            self.tokenizer(),
+            prompt,
+            num_images,
+            self.tokens_per_image(),
+        )
+    }
+
+    pub fn stop_tokens(&self) -> Vec<u32> {
+        pipeline::stop_tokens(self.config(), self.tokenizer())
+    }
+
+    /// Encodes the images and generates from the prompt. Returns the generation and the seconds
+    /// spent on the vision side.
+    pub fn generate(
+        &self,
+        pixels: &[Tensor],
+        ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> Result<()>,
+    ) -> Result<(Generation, f64)> {
+        let t = Instant::now();
+        match self {
+            Engine::Float(pipe) => {
+                let enc = pipe.encode_images(pixels, &mut NoObserver)?;
+                let vision_s = t.elapsed().as_secs_f64();
+                let embeds: Vec<Tensor> = enc.into_iter().map(|e| e.embeddings).collect();
+                let x = pipe.model.embed_prompt(ids, &embeds)?;
+                let lm = &pipe.model.language_model;
+                let mut cache = lm.new_cache();
+                let mut dec = FloatDecoder {
+                    lm,
+                    cache: &mut cache,
+                    prompt: Some(x),
+                };
+                Ok((
+                    generate_with(&mut dec, ids.len(), opts, on_token)?,
+                    vision_s,
+                ))
+            }
+            Engine::Integer { model, .. } => {
+                let mut embeds = Vec::new();
+                for p in pixels {
+                    embeds.push(model.encode_image(p, &mut NoObserver)?.embeddings);
+                }
+                let vision_s = t.elapsed().as_secs_f64();
+                let x = model.embed_prompt(ids, &embeds)?;
+                let mut cache = model.new_cache();
+                let mut dec = QDecoder {
+                    lm: &model.text,
+                    cache: &mut cache,
+                    prompt: Some(x),
+                };
+                Ok((
+                    generate_with(&mut dec, ids.len(), opts, on_token)?,
+                    vision_s,
+                ))
+            }
+        }
+    }
+
+    /// Vision features, image embeddings and prompt logits (dequantized on the integer path).
+    pub fn intermediates(&self, pixels: &[Tensor], ids: &[u32]) -> Result<Intermediates> {
+        match self {
+            Engine::Float(pipe) => {
+                let enc = pipe.encode_images(pixels, &mut NoObserver)?;
+                let features = enc.iter().map(|e| e.features.clone()).collect();
+                let embeddings: Vec<Tensor> = enc.into_iter().map(|e| e.embeddings).collect();
+                let x = pipe.model.embed_prompt(ids, &embeddings)?;
+                let lm = &pipe.model.language_model;
+                let mut cache = lm.new_cache();
+                let hidden = lm.forward(x, &mut cache, &mut NoObserver)?;
+                Ok(Intermediates {
+                    features,
+                    embeddings,
+                    logits: lm.logits(&hidden),
+                })
+            }
+            Engine::Integer { model, .. } => {
+                let mut qe = Vec::new();
+                let mut features = Vec::new();
+                for p in pixels {
+                    let e = model.encode_image(p, &mut NoObserver)?;
+                    features.push(e.features.dequantize());
+                    qe.push(e.embeddings);
+                }
+                let embeddings = qe.iter().map(|e| e.dequantize()).collect();
+                let x = model.embed_prompt(ids, &qe)?;
+                let mut cache = model.new_cache();
+                let hidden = model.text.forward(&x, &mut cache, &mut NoObserver)?;
+                Ok(Intermediates {
+                    features,
+                    embeddings,
+                    logits: model.text.logits(&hidden).dequantize(),
+                })
+            }
+        }
+    }
+}
