@@ -18,7 +18,7 @@ use std::time::Instant;
 pub enum Engine {
     Float(Pipeline),
     Integer {
-        model: QAutoNeural,
+        model: Box<QAutoNeural>,
         config: AutoNeuralConfig,
         tokenizer: TextTokenizer,
     },
@@ -68,7 +68,7 @@ impl Engine {
         let stats = obs.into_stats();
         let model = QAutoNeural::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
         Ok(Engine::Integer {
-            model,
+            model: Box::new(model),
             config: pipe.model.config.clone(),
             tokenizer: pipe.tokenizer,
         })
