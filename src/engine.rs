@@ -38,7 +38,7 @@ impl Engine {
             let (model, config) = QAutoNeural::load(dir)?;
             let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
             Ok(Engine::Integer {
-                model,
+                model: Box::new(model),
                 config,
                 tokenizer,
             })
