@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 pub enum Engine {
-    Float(Pipeline),
+    Float(Box<Pipeline>),
     Integer {
         model: Box<QAutoNeural>,
         config: AutoNeuralConfig,
@@ -43,7 +43,7 @@ impl Engine {
                 tokenizer,
             })
         } else {
-            Ok(Engine::Float(Pipeline::load(dir)?))
+            Ok(Engine::Float(Box::new(Pipeline::load(dir)?)))
         }
     }
 
