@@ -17,11 +17,14 @@ use std::time::Instant;
 
 pub enum Engine {
     Float(Box<Pipeline>),
-    Integer {
-        model: Box<QAutoNeural>,
-        config: AutoNeuralConfig,
-        tokenizer: TextTokenizer,
-    },
+    Integer(Box<IntegerPipeline>),
+}
+
+/// The integer model with what it needs around it (no float weights).
+pub struct IntegerPipeline {
+    pub model: QAutoNeural,
+    pub config: AutoNeuralConfig,
+    pub tokenizer: TextTokenizer,
 }
 
 /// Tensors of one forward pass, as `dump` writes them.
@@ -37,11 +40,11 @@ impl Engine {
         if QAutoNeural::is_quantized_dir(dir) {
             let (model, config) = QAutoNeural::load(dir)?;
             let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-            Ok(Engine::Integer {
-                model: Box::new(model),
+            Ok(Engine::Integer(Box::new(IntegerPipeline {
+                model,
                 config,
                 tokenizer,
-            })
+            })))
         } else {
             Ok(Engine::Float(Box::new(Pipeline::load(dir)?)))
         }
@@ -67,29 +70,29 @@ impl Engine {
         lm.lm_head(&hidden, &mut obs);
         let stats = obs.into_stats();
         let model = QAutoNeural::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
-        Ok(Engine::Integer {
-            model: Box::new(model),
+        Ok(Engine::Integer(Box::new(IntegerPipeline {
+            model,
             config: pipe.model.config.clone(),
             tokenizer: pipe.tokenizer,
-        })
+        })))
     }
 
     pub fn config(&self) -> &AutoNeuralConfig {
         match self {
             Engine::Float(p) => &p.model.config,
-            Engine::Integer { config, .. } => config,
+            Engine::Integer(q) => &q.config,
         }
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
         match self {
             Engine::Float(p) => &p.tokenizer,
-            Engine::Integer { tokenizer, .. } => tokenizer,
+            Engine::Integer(q) => &q.tokenizer,
         }
     }
 
     pub fn is_integer(&self) -> bool {
-        matches!(self, Engine::Integer { .. })
+        matches!(self, Engine::Integer(_))
     }
 
     pub fn tokens_per_image(&self) -> usize {
@@ -145,7 +148,8 @@ impl Engine {
                     vision_s,
                 ))
             }
-            Engine::Integer { model, .. } => {
+            Engine::Integer(q) => {
+                let model = &q.model;
                 let mut embeds = Vec::new();
                 for p in pixels {
                     embeds.push(model.encode_image(p, &mut NoObserver)?.embeddings);
@@ -183,7 +187,8 @@ impl Engine {
                     logits: lm.logits(&hidden),
                 })
             }
-            Engine::Integer { model, .. } => {
+            Engine::Integer(q) => {
+                let model = &q.model;
                 let mut qe = Vec::new();
                 let mut features = Vec::new();
                 for p in pixels {
