@@ -1,0 +1,244 @@
+//! The integer path through the binary: `quantize`, `run`/`dump` on a quantized directory,
+//! `--precision`, `report`, and clear errors for bad schemes, calibration sets and artifacts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoneural"))
+        .args(args)
+        .output()
+        .expect("spawn autoneural")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Non-zero exit, no panic, one error line mentioning `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains(needle),
+        "`{}` does not mention `{needle}`",
+        lines[0]
+    );
+}
+
+fn calibration_dir(dir: &Path) -> PathBuf {
+    let c = dir.join("calib");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::copy(root().join("assets/sample_dashboard.png"), c.join("a.png")).unwrap();
+    std::fs::write(
+        c.join("prompts.txt"),
+        "What speed is shown?\nWhich warning lights are on?\n",
+    )
+    .unwrap();
+    c
+}
+
+fn quantize(tmp: &Path, scheme: &str) -> PathBuf {
+    let q = tmp.join(format!("q-{scheme}"));
+    let out = run(&[
+        "quantize",
+        "--calibration",
+        &s(&calibration_dir(tmp)),
+        "--scheme",
+        scheme,
+        "--out",
+        &s(&q),
+    ]);
+    let text = ok(&out);
+    assert!(text.contains("bytes on disk"), "{text}");
+    q
+}
+
+fn tokens(json: &str) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["path"], "integer");
+    v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn quantize_then_run_dump_and_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = quantize(tmp.path(), "default");
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "quantized.safetensors",
+        "quantized.json",
+    ] {
+        assert!(q.join(f).is_file(), "{f}");
+    }
+    let img = s(&root().join("assets/sample_dashboard.png"));
+    let args = [
+        "run",
+        "--model",
+        &s(&q),
+        "--image",
+        &img,
+        "--prompt",
+        "What speed is shown?",
+        "--max-tokens",
+        "6",
+        "--json",
+    ];
+    let a = tokens(&ok(&run(&args)));
+    let b = tokens(&ok(&run(&args)));
+    let mut one_thread = vec!["--threads", "1"];
+    one_thread.extend_from_slice(&args);
+    let c = tokens(&ok(&run(&one_thread)));
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+
+    let dump = tmp.path().join("dump");
+    ok(&run(&[
+        "dump",
+        "--model",
+        &s(&q),
+        "--image",
+        &img,
+        "--prompt",
+        "Hi",
+        "--out",
+        &s(&dump),
+    ]));
+    for f in [
+        "pixels.npy",
+        "vision_features.npy",
+        "image_embeddings.npy",
+        "logits.npy",
+    ] {
+        assert!(dump.join(f).is_file(), "{f}");
+    }
+
+    let svg = tmp.path().join("r.svg");
+    let text = ok(&run(&[
+        "report",
+        "--quantized",
+        &s(&q),
+        "--images",
+        &img,
+        "--prompts",
+        "What speed is shown?",
+        "--svg",
+        &s(&svg),
+    ]));
+    assert!(
+        text.contains("vision features (msfa.norm)") && text.contains("LM logits"),
+        "{text}"
+    );
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn precision_flag_switches_a_float_model_to_the_integer_path() {
+    let img = s(&root().join("assets/sample_dashboard.png"));
+    let out = ok(&run(&[
+        "run",
+        "--image",
+        &img,
+        "--prompt",
+        "Hi",
+        "--max-tokens",
+        "3",
+        "--precision",
+        "w8a8",
+        "--json",
+    ]));
+    assert_eq!(tokens(&out).len(), 3);
+    fails_with(
+        &run(&["run", "--prompt", "Hi", "--precision", "w3a5"]),
+        "w3a5",
+    );
+}
+
+#[test]
+fn bad_schemes_calibration_sets_and_artifacts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = calibration_dir(tmp.path());
+    let out_dir = s(&tmp.path().join("never"));
+    fails_with(
+        &run(&[
+            "quantize",
+            "--calibration",
+            &s(&calib),
+            "--scheme",
+            "vision=w9a16",
+            "--out",
+            &out_dir,
+        ]),
+        "w9a16",
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails_with(
+        &run(&["quantize", "--calibration", &s(&empty), "--out", &out_dir]),
+        "empty",
+    );
+    fails_with(
+        &run(&[
+            "quantize",
+            "--calibration",
+            "/nonexistent/calib",
+            "--out",
+            &out_dir,
+        ]),
+        "/nonexistent/calib",
+    );
+
+    // A quantized directory missing one integer array.
+    let q = quantize(tmp.path(), "default");
+    let st = q.join("quantized.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let victim = t
+        .names()
+        .into_iter()
+        .find(|n| n.starts_with("text.layers.0"))
+        .unwrap()
+        .to_string();
+    let kept: Vec<(String, safetensors::tensor::TensorView)> = t
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| *n != victim)
+        .collect();
+    std::fs::write(&st, safetensors::serialize(kept, None).unwrap()).unwrap();
+    fails_with(&run(&["run", "--model", &s(&q), "--prompt", "Hi"]), &victim);
+
+    // Metadata of one op removed.
+    let q = quantize(tmp.path(), "w8a8");
+    let meta_path = q.join("quantized.json");
+    let text = std::fs::read_to_string(&meta_path).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    meta.as_object_mut().unwrap().remove("text.embed_tokens");
+    std::fs::write(&meta_path, serde_json::to_string(&meta).unwrap()).unwrap();
+    fails_with(
+        &run(&["run", "--model", &s(&q), "--prompt", "Hi"]),
+        "text.embed_tokens",
+    );
+}
