@@ -7,6 +7,8 @@ use autoneural::models::autoneural::AutoNeuralConfig;
 use autoneural::models::lfm2::{LayerType, Lfm2Cache, Lfm2Config};
 use autoneural::models::mobilenetv5::VisionConfig;
 use autoneural::ops::activation::Activation;
+use autoneural::quant::model::QAutoNeural;
+use autoneural::quant::model_io::QUANT_STEM;
 use autoneural::weights::WeightStore;
 use clap::Args;
 use std::path::PathBuf;
@@ -61,6 +63,22 @@ fn preset(name: &str) -> Result<(AutoNeuralConfig, [usize; 4])> {
     Ok((cfg, params))
 }
 
+/// Parameters per part computed from a config alone (vision, connector, language, other).
+fn config_params(cfg: &AutoNeuralConfig) -> Result<[usize; 4]> {
+    let (v, c) = match &cfg.vision {
+        Some(v) => {
+            let (f, p, h) = (
+                v.num_features,
+                cfg.projector_hidden_size,
+                cfg.text.hidden_size,
+            );
+            (v.arch()?.param_count(), f * p + p + p * h + h)
+        }
+        None => (0, 0),
+    };
+    Ok([v, c, cfg.text.param_count(), 0])
+}
+
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let (label, cfg, parts, weight_bytes) = match &args.preset {
         Some(name) => {
@@ -71,6 +89,23 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             let dir = super::resolve_model_dir(&args.model)?;
             let cfg = AutoNeuralConfig::from_file(&dir.join("config.json"))
                 .with_context(|| format!("reading {}", dir.display()))?;
+            if QAutoNeural::is_quantized_dir(&dir) {
+                // Integer artifact: no float checkpoint; parameters from the config, bytes from
+                // the integer arrays actually stored.
+                let (q, _) = QAutoNeural::load(&dir)?;
+                let stored = std::fs::metadata(dir.join(format!("{QUANT_STEM}.safetensors")))
+                    .with_context(|| format!("reading {}", dir.display()))?
+                    .len() as usize;
+                let label = format!("{} (integer-only, scheme {})", dir.display(), q.scheme);
+                return report(
+                    &args,
+                    &label,
+                    &cfg,
+                    config_params(&cfg)?,
+                    Some(stored),
+                    true,
+                );
+            }
             let store = WeightStore::open_dir(&dir)?;
             let parts = checkpoint_params(&store);
             (
@@ -81,7 +116,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             )
         }
     };
-    report(&args, &label, &cfg, parts, weight_bytes)
+    report(&args, &label, &cfg, parts, weight_bytes, false)
 }
 
 /// Parameters per part (vision, connector, language, other) from the checkpoint's tensor shapes.
@@ -112,6 +147,7 @@ fn report(
     cfg: &AutoNeuralConfig,
     parts: [usize; 4],
     weight_bytes: Option<usize>,
+    integer: bool,
 ) -> Result<()> {
     let text = &cfg.text;
     let attn_layers = text
@@ -202,6 +238,15 @@ fn report(
         group(kv_bytes),
         group(kv_per_token)
     );
+    if integer {
+        // The integer path keeps its conv state and K/V as int16.
+        println!(
+            "  integer path (int16): conv state {} bytes, KV cache @ {} {} bytes",
+            group(conv_state / 2),
+            args.context,
+            group(kv_bytes / 2)
+        );
+    }
     Ok(())
 }
 
