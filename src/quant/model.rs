@@ -2,6 +2,8 @@
 //! calibration statistics and a scheme. Everything between quantizing the input pixels and
 //! choosing a token from the integer logits runs in integer arithmetic.
 
+#![deny(clippy::float_arithmetic)]
+
 use crate::error::{Error, Result};
 use crate::generate::{generate_with, Decoder, GenerateOptions, Generation};
 use crate::models::autoneural::AutoNeuralModel;
