@@ -248,6 +248,9 @@ fn inspect_reads_a_quantized_directory_without_float_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let q = quantize(tmp.path(), "default");
     let text = ok(&run(&["inspect", "--model", &s(&q)]));
-    assert!(text.contains("integer-only, scheme vision=w8a16,connector=w8a16,text=w4a16"), "{text}");
+    assert!(
+        text.contains("integer-only, scheme vision=w8a16,connector=w8a16,text=w4a16"),
+        "{text}"
+    );
     assert!(text.contains("integer path (int16)"), "{text}");
 }
