@@ -47,7 +47,7 @@ fn save_load_run_is_bit_identical() {
             1,
         )
         .unwrap();
-    for scheme in ["default", "w8a8", "vision=w8a16,text=w8a16"] {
+    for scheme in ["default", "w8a8", "vision=w8a16,text=w8a16", "w16a16"] {
         let scheme = Scheme::parse(scheme).unwrap();
         let q = QAutoNeural::build(&pipe.model, &stats, &scheme, None).unwrap();
         let dir = tempfile::tempdir().unwrap();

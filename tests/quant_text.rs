@@ -1,5 +1,5 @@
 //! The integer LFM2 language model (`quant::models::lfm2`) against the float one on every golden
-//! case, at W4A16 and W8A16.
+//! case, at W4A16, W8A16 and W16A16.
 //!
 //! Per case, the float language model is loaded on its own (as `tests/lfm2_golden.rs` does) and
 //! calibrated on four deterministic prompts:
@@ -9,8 +9,8 @@
 //!   SplitMix64 stream seeded with the case's index (the first id is `<|startoftext|>` = 1).
 //!
 //! Each calibration prompt runs through `Lfm2Model::forward` and `Lfm2Model::lm_head` with a
-//! `CalibrationObserver` (min-max ranges). The integer model is then built at `text=w4a16` and
-//! `text=w8a16` and run on the case's prompt (image rows requantized into `embed_params()`).
+//! `CalibrationObserver` (min-max ranges). The integer model is then built at `text=w4a16`,
+//! `text=w8a16` and `text=w16a16` and run on the case's prompt (image rows requantized into `embed_params()`).
 //!
 //! Two references:
 //! - **float**: the float model itself (what the brief's targets are stated against);
@@ -34,7 +34,10 @@
 //! - against **wq**, every case and scheme: logits SQNR > 40 dB, and the greedy sequence identical
 //!   on at least half of the cases (per scheme);
 //! - against **float**: logits SQNR within 1 dB of `wq-only` (the integer path loses nothing
-//!   beyond its weights), and > 20 dB at W8A16;
+//!   beyond its weights), and > 20 dB at W8A16; at W16A16 the weights cost almost nothing
+//!   (`wq-only` 70-85 dB), so there the runtime's own error dominates: the logits SQNR must be
+//!   within 1 dB of the two errors combined (`wq-only` and `wq dB` as independent noise powers)
+//!   and at least 35 dB;
 //! - prefill in one call and token by token give bit-identical integer logits; two runs, and a
 //!   run in a 1-thread rayon pool, give bit-identical logits, tokens and decode logits.
 
@@ -277,14 +280,18 @@ fn per_op_sqnr(m: &Lfm2Model, q: &QLfm2Model, x: &Tensor, qx: &QTensor) -> Vec<(
 
 #[test]
 fn integer_lfm2_against_float_on_every_golden_case() {
-    let schemes = [("w4a16", "text=w4a16"), ("w8a16", "text=w8a16")];
+    let schemes = [
+        ("w4a16", "text=w4a16"),
+        ("w8a16", "text=w8a16"),
+        ("w16a16", "text=w16a16"),
+    ];
     let mut table = vec![format!(
         "{:<22} {:<6} {:>6} | {:>9} {:>14} | {:>9} | {:>9} {:>14}",
         "case", "scheme", "prompt", "float dB", "greedy/float", "wq-only", "wq dB", "greedy/wq"
     )];
     let mut failures = Vec::new();
     let all = cases();
-    let mut identical = [[0usize; 2]; 2]; // [scheme][vs float, vs wq]
+    let mut identical = [[0usize; 2]; 3]; // [scheme][vs float, vs wq]
     for (ci, name) in all.iter().enumerate() {
         let case = Case::load(name);
         let l = load(&case);
@@ -346,7 +353,16 @@ fn integer_lfm2_against_float_on_every_golden_case() {
                     "{name} {label}: logits SQNR {wq_db:.2} dB against the weight-quantized float model <= {MIN_RUNTIME_DB} dB"
                 ));
             }
-            if (db - wq_only).abs() > 1.0 {
+            if label == "w16a16" {
+                // Weight and runtime errors as independent noise powers.
+                let combined =
+                    -10.0 * (10f64.powf(-wq_only / 10.0) + 10f64.powf(-wq_db / 10.0)).log10();
+                if db.is_nan() || (db - combined).abs() > 1.0 || db < 35.0 {
+                    failures.push(format!(
+                        "{name} {label}: logits SQNR {db:.2} dB: below 35 dB or more than 1 dB from the combined weight ({wq_only:.2} dB) and runtime ({wq_db:.2} dB) error {combined:.2} dB"
+                    ));
+                }
+            } else if (db - wq_only).abs() > 1.0 {
                 failures.push(format!(
                     "{name} {label}: logits SQNR {db:.2} dB differs from the weight quantization's own {wq_only:.2} dB by more than 1 dB"
                 ));

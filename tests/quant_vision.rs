@@ -2,7 +2,7 @@
 //!
 //! Per case: calibrate (float `encode_image` with a `CalibrationObserver`) on the case's own
 //! pixels plus a few deterministic synthetic images, build the integer encoder and connector at
-//! w8a16 and w8a8, run them on the golden pixels and compare with the float path: SQNR of the
+//! w8a16, w8a8 and w16a16, run them on the golden pixels and compare with the float path: SQNR of the
 //! vision features and image embeddings, and per-op SQNR (the integer path reports every op
 //! dequantized under the float op's name). Prints a table, including the "W8 floor": the float
 //! path with the same int8 weights and float activations, i.e. what int8 weights alone cost.
@@ -10,7 +10,8 @@
 //! Asserts: w8a16 within 1 dB of the W8 floor (integer arithmetic and A16 activations add no
 //! visible error) and at least 35 dB (the bar) wherever int8 weights alone allow it (a
 //! floor of 36 dB or more; on these random-weight golden models the floor is 24-36 dB, see the
-//! table); w8a8 above 15 dB; identical op names on both paths; bit-exact determinism (repeat
+//! table); w8a8 above 15 dB; w16a16 (16-bit weights, so no int8 weight floor) at least 35 dB on
+//! every case; identical op names on both paths; bit-exact determinism (repeat
 //! runs, and a 1-thread rayon pool against the default pool). `QUANT_VISION_VERBOSE=1` prints
 //! every op's SQNR in forward order.
 
@@ -270,7 +271,7 @@ fn integer_vision_sqnr_and_determinism() {
             "W8 flr"
         ));
 
-        for prec in ["w8a16", "w8a8"] {
+        for prec in ["w8a16", "w8a8", "w16a16"] {
             let scheme = Scheme::uniform(Precision::parse(prec).unwrap());
             let b = build(&model, &stats, &scheme);
             let mut feats = Vec::new();
@@ -355,6 +356,11 @@ fn integer_vision_sqnr_and_determinism() {
                         "{name} w8a16 features SQNR {f_db:.2} dB < 35 (W8 floor {floor_f:.2} dB)"
                     ));
                 }
+            } else if prec == "w16a16" {
+                // 16-bit weights remove the int8 weight floor: the 35 dB everywhere.
+                if f_db < 35.0 {
+                    failures.push(format!("{name} w16a16 features SQNR {f_db:.2} dB < 35"));
+                }
             } else if f_db <= 15.0 {
                 failures.push(format!("{name} {prec} features SQNR {f_db:.2} dB <= 15"));
             }
@@ -416,10 +422,11 @@ fn conversion_and_input_errors_are_clear() {
     let mut fv = scheme.clone();
     fv.vision = Precision::Float;
     assert!(mobilenetv5::encoder(venc, 256, &stats, &fv, None).is_err());
-    // 16-bit weights have no integer op.
+    // 16-bit weights build (stored as i16) and run.
     let w16 = Scheme::uniform(Precision::parse("w16a16").unwrap());
-    let e = mobilenetv5::encoder(venc, 256, &stats, &w16, None).unwrap_err();
-    assert!(e.to_string().contains("16-bit weights"), "{e}");
+    let enc16 = mobilenetv5::encoder(venc, 256, &stats, &w16, None).unwrap();
+    let q16 = enc16.quantize_pixels(px).unwrap();
+    assert!(enc16.forward(&q16, &mut NoObserver).is_ok());
 
     // Mixed precision per op (an A8 override inside the A16 part) builds and runs.
     let mut mixed = scheme.clone();

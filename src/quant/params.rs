@@ -116,8 +116,8 @@ pub struct QuantWeight {
     pub bits: u32,
     /// Inputs per scale group (`inp` for per-channel / per-tensor).
     pub group: usize,
-    /// Integer values, row-major, each in `[-qmax, qmax]`.
-    pub q: Vec<i8>,
+    /// Integer values, row-major, each in `[-qmax, qmax]` (`i16` holds every width up to 16).
+    pub q: Vec<i16>,
     /// Real scale of each row: `w ~ row_scale[o] * group_mult[o, g] / 2^GROUP_SCALE_BITS * q`.
     pub row_scale: Vec<f32>,
     /// Integer per-group multipliers in `(0, 2^GROUP_SCALE_BITS]` (all `2^GROUP_SCALE_BITS` unless
@@ -175,7 +175,7 @@ pub fn quantize_weight(
     let unit = 1u32 << GROUP_SCALE_BITS;
     let mut row_scale = vec![0.0f32; out];
     let mut group_mult = vec![unit as u16; out * gpr];
-    let mut q = vec![0i8; out * inp];
+    let mut q = vec![0i16; out * inp];
     for o in 0..out {
         let row_max = scales[o * gpr..(o + 1) * gpr]
             .iter()
@@ -198,7 +198,7 @@ pub fn quantize_weight(
                 } else {
                     0.0
                 };
-                q[o * inp + c] = v.clamp(-qm, qm) as i8;
+                q[o * inp + c] = v.clamp(-qm, qm) as i16;
             }
         }
     }
@@ -297,6 +297,7 @@ mod tests {
             (8, Granularity::PerChannel),
             (4, Granularity::PerGroup(16)),
             (8, Granularity::PerTensor),
+            (16, Granularity::PerChannel),
         ] {
             let qw = quantize_weight(&w, out, inp, bits, gran, WeightRange::MinMax);
             let deq = qw.dequantize();

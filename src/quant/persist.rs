@@ -6,7 +6,8 @@
 //!   scalars: activation quantizations as `{"scale", "zero_point", "bits"}`, single multipliers as
 //!   `{"m", "shift"}`, shapes, strides, padding, flags;
 //! - its big integer arrays under `"{key}.{field}"` in their natural dtype:
-//!   int8 weights `I8 [out, inp]`, int4 (and 2/3-bit) weights PACKED `U8 [out, ceil(inp / 2)]`
+//!   int8 (5..=8-bit) weights `I8 [out, inp]`, int16 (9..=16-bit) weights `I16 [out, inp]`,
+//!   int4 (and 2/3-bit) weights PACKED `U8 [out, ceil(inp / 2)]`
 //!   (rows packed separately, as [`QMatrix`] holds them), group multipliers `U16 [out, groups]`,
 //!   biases `I64 [out]`, multiplier vectors as two `I32 [n]` arrays `{key}.{field}_m` and
 //!   `{key}.{field}_shift`, sign flags `U8 [n]` (0/1), tables `I32`.
@@ -131,6 +132,7 @@ fn put_matrix(w: &mut ArtifactWriter, key: &str, field: &str, m: &QMatrix) -> Re
     match &m.data {
         PackedWeights::I8(v) => w.put_i8(&name, &[m.out, m.inp], v)?,
         PackedWeights::I4(p) => w.put_u8(&name, &[m.out, m.inp.div_ceil(2)], p)?,
+        PackedWeights::I16(v) => w.put_i16(&name, &[m.out, m.inp], v)?,
     }
     w.put_u16(
         &arr(key, "group_mult"),
@@ -390,7 +392,8 @@ fn get_bias(r: &ArtifactReader, f: &mut Fields, key: &str, n: usize) -> Result<O
 }
 
 /// A weight matrix: dimensions from the metadata object `field`, values from `{key}.{field}`
-/// (I8 `[out, inp]`, or packed U8 `[out, ceil(inp / 2)]` for `bits <= 4`), group multipliers from
+/// (packed U8 `[out, ceil(inp / 2)]` for `bits <= 4`, I8 `[out, inp]` for 5..=8 bits, I16
+/// `[out, inp]` for 9..=16 bits), group multipliers from
 /// `{key}.group_mult`, validated by [`QMatrix::new`].
 fn get_matrix(
     r: &ArtifactReader,
@@ -406,8 +409,8 @@ fn get_matrix(
             s.usize("group")?,
         );
         let (_, inp, bits, group) = dims;
-        if !(2..=8).contains(&bits) {
-            return Err(s.bad("bits", format!("weight bit width {bits} not in 2..=8")));
+        if !(2..=16).contains(&bits) {
+            return Err(s.bad("bits", format!("weight bit width {bits} not in 2..=16")));
         }
         if inp == 0 || group == 0 || group > inp {
             return Err(s.bad(
@@ -418,7 +421,7 @@ fn get_matrix(
         Ok(dims)
     })?;
     let name = arr(key, field);
-    let q: Vec<i8> = if bits <= 4 {
+    let q: Vec<i16> = if bits <= 4 {
         let rb = inp.div_ceil(2);
         let packed = r.get_u8(&name, &[out, rb])?;
         let mut q = Vec::with_capacity(packed.len() * 2);
@@ -429,11 +432,16 @@ fn get_matrix(
                     format!("`{name}` row {o}: the padding nibble of an odd-length row is not 0"),
                 ));
             }
-            q.extend((0..inp).map(|i| unpack_int4(row, i)));
+            q.extend((0..inp).map(|i| unpack_int4(row, i) as i16));
         }
         q
-    } else {
+    } else if bits <= 8 {
         r.get_i8(&name, &[out, inp])?
+            .into_iter()
+            .map(i16::from)
+            .collect()
+    } else {
+        r.get_i16(&name, &[out, inp])?
     };
     let gm = r.get_u16(&arr(key, "group_mult"), &[out, inp.div_ceil(group)])?;
     ctx(key, QMatrix::new(out, inp, bits, group, &q, gm))
@@ -1174,7 +1182,7 @@ mod tests {
         let (y8, y16) = (aq(-5.0, 4.0, 8), aq(-6.0, 6.0, 16));
         let mm = WeightRange::MinMax;
 
-        // Weighted ops: int8 / int4 / int3, per channel / per group, odd widths, with and without
+        // Weighted ops: int16 / int12 / int8 / int4 / int3, per channel / per group, odd widths, with and without
         // bias.
         let lin8 = {
             let (w, b) = (gauss(&mut rng, 6 * 20, 0.3), gauss(&mut rng, 6, 0.5));
@@ -1192,8 +1200,23 @@ mod tests {
             let g = Granularity::PerChannel;
             prepare::linear::linear(&w, Some(&b), 4, 9, 3, g, mm, x16, y16).unwrap()
         };
+        // 16-bit (and 12-bit) weights are stored one I16 per value.
+        let lin16 = {
+            let (w, b) = (gauss(&mut rng, 7 * 19, 0.3), gauss(&mut rng, 7, 0.5));
+            let g = Granularity::PerChannel;
+            prepare::linear::linear(&w, Some(&b), 7, 19, 16, g, mm, x16, y16).unwrap()
+        };
+        let lin12 = {
+            let w = gauss(&mut rng, 3 * 11, 0.3);
+            let g = Granularity::PerGroup(4);
+            prepare::linear::linear(&w, None, 3, 11, 12, g, mm, x8, y8).unwrap()
+        };
         assert!(matches!(lin4.weight.data, PackedWeights::I4(_)));
         assert!(matches!(lin3.weight.data, PackedWeights::I4(_)));
+        assert!(matches!(lin8.weight.data, PackedWeights::I8(_)));
+        assert!(matches!(lin16.weight.data, PackedWeights::I16(_)));
+        assert!(matches!(lin12.weight.data, PackedWeights::I16(_)));
+        assert!(lin16.weight.values().iter().any(|v| v.abs() > 127));
         let conv = {
             let w = Tensor::new(&[4, 3, 3, 3], gauss(&mut rng, 4 * 27, 0.2)).unwrap();
             let b = gauss(&mut rng, 4, 0.3);
@@ -1284,6 +1307,8 @@ mod tests {
         lin8.save(&mut w, "lin8").unwrap();
         lin4.save(&mut w, "lin4").unwrap();
         lin3.save(&mut w, "lin3").unwrap();
+        lin16.save(&mut w, "lin16").unwrap();
+        lin12.save(&mut w, "lin12").unwrap();
         conv.save(&mut w, "conv").unwrap();
         dw.save(&mut w, "dw").unwrap();
         cconv.save(&mut w, "cconv").unwrap();
@@ -1316,8 +1341,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         w.write(dir.path(), STEM).unwrap();
         let r = ArtifactReader::open(dir.path(), STEM).unwrap();
+        // Array dtypes: I8 up to 8 bits, packed U8 up to 4, I16 above 8.
+        assert_eq!(
+            r.get_i16("lin16.weight", &[7, 19]).unwrap(),
+            lin16.weight.values()
+        );
+        assert!(r.get_i8("lin16.weight", &[7, 19]).is_err());
+        assert!(r.get_i8("lin8.weight", &[6, 20]).is_ok());
 
-        for (key, op) in [("lin8", &lin8), ("lin4", &lin4), ("lin3", &lin3)] {
+        for (key, op) in [
+            ("lin8", &lin8),
+            ("lin4", &lin4),
+            ("lin3", &lin3),
+            ("lin16", &lin16),
+            ("lin12", &lin12),
+        ] {
             let b = back(&r, key, op);
             let x = input(&mut rng, &[3, op.in_features()], op.x);
             assert_eq!(b.forward(&x), op.forward(&x), "{key}");
@@ -1594,9 +1632,9 @@ mod tests {
         assert_mentions(&e, &["`lin8`", "is a `linear`, expected a `conv2d`"]);
         // Values out of range.
         let e = f.load_err::<QLinear>("lin8", |_, m| {
-            m["lin8"]["weight"]["bits"] = json!(9);
+            m["lin8"]["weight"]["bits"] = json!(17);
         });
-        assert_mentions(&e, &["`lin8`", "`weight.bits`", "9"]);
+        assert_mentions(&e, &["`lin8`", "`weight.bits`", "17"]);
         let e = f.load_err::<QLinear>("lin8", |_, m| {
             m["lin8"]["x"]["zero_point"] = json!(300);
         });
@@ -1622,6 +1660,11 @@ mod tests {
             m["lin8"]["weight"]["bits"] = json!(4);
         });
         assert_mentions(&e, &["lin8.weight", "expected U8"]);
+        // 9..=16-bit weights are I16 arrays.
+        let e = f.load_err::<QLinear>("lin8", |_, m| {
+            m["lin8"]["weight"]["bits"] = json!(9);
+        });
+        assert_mentions(&e, &["lin8.weight", "expected I16"]);
         let e = f.load_err::<QLinear>("lin8", |_, m| {
             m["lin8"]["weight"]["out"] = json!(7);
         });

@@ -685,6 +685,17 @@ mod tests {
             s.weight_granularity(Part::Connector, 4),
             Granularity::PerGroup(32)
         );
+        // 16-bit weights are per output channel in every part (no group expansion needed).
+        for part in [Part::Vision, Part::Connector, Part::Text] {
+            assert_eq!(s.weight_granularity(part, 16), Granularity::PerChannel);
+        }
+        let p = Scheme::parse("w16a16")
+            .unwrap()
+            .op_policy(Part::Text, "layers.0.conv.in_proj");
+        assert_eq!(
+            (p.weight_granularity, p.act_symmetric),
+            (Some(Granularity::PerChannel), Some(true))
+        );
         assert_eq!(
             s.op_policy(Part::Vision, "conv_stem").act_symmetric,
             Some(false)

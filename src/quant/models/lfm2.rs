@@ -263,7 +263,7 @@ impl QTiedHead {
         let cols: Vec<Vec<i16>> = (0..out)
             .into_par_iter()
             .map_init(
-                || vec![0i8; inp],
+                || vec![0i16; inp],
                 |buf, o| {
                     table.row_into(o, buf);
                     let gm = table.row_group_mult(o);

@@ -2,8 +2,8 @@
 //! padding), pointwise (1x1) and depthwise, with the semantics of [`crate::ops::conv::conv2d`].
 //!
 //! Weights are a [`QMatrix`] `[C_out, K]` with `K = C_in * kH * kW` (regular; flattened in PyTorch
-//! order `(ci, ky, kx)`) or `K = kH * kW` (depthwise): symmetric int8 / int4, per output channel
-//! or per group of `K`. Per output channel `o`:
+//! order `(ci, ky, kx)`) or `K = kH * kW` (depthwise): symmetric int16 / int8 / int4, per output
+//! channel or per group of `K`. Per output channel `o`:
 //!
 //! ```text
 //! acc = sum_g group_mult[o, g] * sum_{taps in g} (x - zp_x) * q  (+ bias_o)               (i64)
@@ -233,7 +233,7 @@ impl QConv2d {
                 let src = &xc[c * h * w..(c + 1) * h * w];
                 let wr = &wv[c * kh * kw..(c + 1) * kh * kw];
                 let gm = self.weight.row_group_mult(c);
-                // Effective per-tap weights q * group_mult (|.| <= 127 * 256).
+                // Effective per-tap weights q * group_mult (|.| <= 32767 * 256).
                 let eff: Vec<i64> = wr
                     .iter()
                     .enumerate()
@@ -330,11 +330,12 @@ mod tests {
         }
     }
 
-    const WEIGHTS: [(u32, Granularity); 4] = [
+    const WEIGHTS: [(u32, Granularity); 5] = [
         (8, Granularity::PerChannel),
         (4, Granularity::PerChannel),
         (8, Granularity::PerGroup(4)),
         (4, Granularity::PerGroup(5)),
+        (16, Granularity::PerChannel),
     ];
 
     #[test]
@@ -426,35 +427,39 @@ mod tests {
 
     #[test]
     fn conv_worst_case_long_reduction_is_exact() {
-        // 3x3 over 8192 channels: K = 73728 terms of (-32768) x (-127) x 256 ~ 2^46.
+        // 3x3 over 8192 channels: K = 73728 terms of (-32768) x (-127) x 256 ~ 2^46, and with
+        // 16-bit weights (-32768) x (-32767) x 256 ~ 2^54 (still inside i64).
         let (c_in, k) = (8192, 3);
         let kk = c_in * k * k;
-        let qw = QuantWeight {
-            out: 1,
-            inp: kk,
-            bits: 8,
-            group: kk,
-            q: vec![-127; kk],
-            row_scale: vec![0.01],
-            group_mult: vec![256],
-        };
-        let xq = ActQuant {
-            scale: 1e-3,
-            zero_point: 0,
-            bits: 16,
-        };
-        let real = 32768.0 * 127.0 * kk as f64 * 1e-3 * 0.01;
-        let yq = ActQuant::from_range(0.0, 1.1 * real as f32, 16, true);
-        let spec = Conv2dSpec::new(1, 1, 1, Pad2d::ZERO);
-        let op = conv2d_from_quantized(&qw, c_in, (k, k), Some(&[0.5]), spec, xq, yq).unwrap();
-        let x = QTensor::new(&[c_in, k, k], vec![qmin(16) as i16; kk], xq);
-        let y = op.forward(&x);
-        assert_eq!(y.shape, vec![1, 1, 1]);
-        let acc = kk as i128 * 32768 * 127 * 256 + op.bias.as_ref().unwrap()[0] as i128;
-        assert!(acc > 1i128 << 45);
-        let expect = apply_i128(acc, op.mult[0]).clamp(qmin(16) as i128, qmax(16) as i128);
-        assert_eq!(y.data[0] as i128, expect);
-        assert!(expect < qmax(16) as i128);
+        for (wbits, wval) in [(8u32, -127i16), (16, -32767)] {
+            let qw = QuantWeight {
+                out: 1,
+                inp: kk,
+                bits: wbits,
+                group: kk,
+                q: vec![wval; kk],
+                row_scale: vec![0.01],
+                group_mult: vec![256],
+            };
+            let xq = ActQuant {
+                scale: 1e-3,
+                zero_point: 0,
+                bits: 16,
+            };
+            let w_abs = -(wval as i128);
+            let real = 32768.0 * w_abs as f64 * kk as f64 * 1e-3 * 0.01;
+            let yq = ActQuant::from_range(0.0, 1.1 * real as f32, 16, true);
+            let spec = Conv2dSpec::new(1, 1, 1, Pad2d::ZERO);
+            let op = conv2d_from_quantized(&qw, c_in, (k, k), Some(&[0.5]), spec, xq, yq).unwrap();
+            let x = QTensor::new(&[c_in, k, k], vec![qmin(16) as i16; kk], xq);
+            let y = op.forward(&x);
+            assert_eq!(y.shape, vec![1, 1, 1]);
+            let acc = kk as i128 * 32768 * w_abs * 256 + op.bias.as_ref().unwrap()[0] as i128;
+            assert!(acc > 1i128 << 45);
+            let expect = apply_i128(acc, op.mult[0]).clamp(qmin(16) as i128, qmax(16) as i128);
+            assert_eq!(y.data[0] as i128, expect, "w{wbits}");
+            assert!(expect < qmax(16) as i128);
+        }
     }
 
     #[test]

@@ -191,6 +191,7 @@ mod tests {
                 (8, Granularity::PerChannel),
                 (4, Granularity::PerChannel),
                 (8, Granularity::PerGroup(2)),
+                (16, Granularity::PerChannel),
             ] {
                 for with_bias in [false, true] {
                     let w = rng.floats(c * l, -1.0, 1.0);
@@ -270,30 +271,34 @@ mod tests {
 
     #[test]
     fn causal_conv1d_worst_case_is_exact() {
-        // 16-bit inputs at qmin against -127 taps: every accumulator term at its extreme.
+        // 16-bit inputs at qmin against -127 (8-bit) or -32767 (16-bit) taps: every accumulator
+        // term at its extreme.
         let (c, l) = (2, 4);
         let xq = act(16);
-        let qw = QuantWeight {
-            out: c,
-            inp: l,
-            bits: 8,
-            group: l,
-            q: vec![-127; c * l],
-            row_scale: vec![0.01, 0.02],
-            group_mult: vec![256; c],
-        };
-        let real = 32768.0 * 127.0 * l as f64 * xq.scale as f64 * 0.02;
-        let yq = ActQuant::from_range(0.0, 1.1 * real as f32, 16, true);
-        let op = causal_conv1d_from_quantized(&qw, Some(&[0.25, -0.25]), xq, yq).unwrap();
-        let mut state = vec![qmin(16) as i16; (l - 1) * c];
-        let y = op.forward(
-            &QTensor::new(&[1, c], vec![qmin(16) as i16; c], xq),
-            &mut state,
-        );
-        for ch in 0..c {
-            let acc = l as i128 * 32768 * 127 * 256 + op.bias.as_ref().unwrap()[ch] as i128;
-            let expect = apply_i128(acc, op.mult[ch]).clamp(qmin(16) as i128, qmax(16) as i128);
-            assert_eq!(y.data[ch] as i128, expect);
+        for (wbits, wval) in [(8u32, -127i16), (16, -32767)] {
+            let qw = QuantWeight {
+                out: c,
+                inp: l,
+                bits: wbits,
+                group: l,
+                q: vec![wval; c * l],
+                row_scale: vec![0.01, 0.02],
+                group_mult: vec![256; c],
+            };
+            let real = 32768.0 * -(wval as f64) * l as f64 * xq.scale as f64 * 0.02;
+            let yq = ActQuant::from_range(0.0, 1.1 * real as f32, 16, true);
+            let op = causal_conv1d_from_quantized(&qw, Some(&[0.25, -0.25]), xq, yq).unwrap();
+            let mut state = vec![qmin(16) as i16; (l - 1) * c];
+            let y = op.forward(
+                &QTensor::new(&[1, c], vec![qmin(16) as i16; c], xq),
+                &mut state,
+            );
+            for ch in 0..c {
+                let acc = l as i128 * 32768 * -(wval as i128) * 256
+                    + op.bias.as_ref().unwrap()[ch] as i128;
+                let expect = apply_i128(acc, op.mult[ch]).clamp(qmin(16) as i128, qmax(16) as i128);
+                assert_eq!(y.data[ch] as i128, expect, "w{wbits} channel {ch}");
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Integer token embedding: a `[vocab, dim]` table quantized per row (symmetric int8 / int4,
+//! Integer token embedding: a `[vocab, dim]` table quantized per row (symmetric int16 / int8 / int4,
 //! optionally per group), looked up into `[T, dim]` activations:
 //! `y[t, d] = requantize(q[id, d] * group_mult[id, g(d)], mult[id], z_y)` with
 //! `mult[id] = row_scale[id] / 2^GROUP_SCALE_BITS / s_y`.
@@ -51,7 +51,7 @@ impl QEmbedding {
             )));
         }
         let mut data = vec![0i16; ids.len() * dim];
-        let mut row = vec![0i8; dim];
+        let mut row = vec![0i16; dim];
         let group = self.table.group;
         for (out, &id) in data.chunks_exact_mut(dim.max(1)).zip(ids) {
             let id = id as usize;
@@ -89,6 +89,7 @@ mod tests {
             (4, Granularity::PerChannel),
             (4, Granularity::PerGroup(8)),
             (8, Granularity::PerGroup(5)),
+            (16, Granularity::PerChannel),
         ] {
             let qw = quantize_weight(&table, vocab, dim, wbits, gran, WeightRange::MinMax);
             let deq = deq_weight(&qw);

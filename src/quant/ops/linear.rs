@@ -1,5 +1,5 @@
 //! Integer fully connected layer `y[T, out] = x[T, in] W[out, in]^T (+ b)`, and the integer weight
-//! matrix ([`QMatrix`]: int8 or packed int4, per-channel or per-group) shared by the other
+//! matrix ([`QMatrix`]: int16, int8 or packed int4, per-channel or per-group) shared by the other
 //! weighted integer ops (convolutions, embeddings, causal conv).
 //!
 //! Per output row `o`, with `x` in `(s_x, zp_x)` and the weight row quantized as
@@ -23,13 +23,16 @@ use crate::quant::tensor::QTensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Integer weight storage: one `i8` per value (up to 8 bits), or two 4-bit values per byte.
+/// Integer weight storage: one `i16` per value (9 to 16 bits), one `i8` per value (5 to 8 bits),
+/// or two 4-bit values per byte (up to 4 bits).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PackedWeights {
     /// Row-major values.
     I8(Vec<i8>),
     /// Each row packed separately with [`pack_int4`] (`row_bytes = inp.div_ceil(2)` per row).
     I4(Vec<u8>),
+    /// Row-major values wider than 8 bits.
+    I16(Vec<i16>),
 }
 
 /// A symmetric integer weight matrix `[out, inp]` with integer per-group multipliers: the integer
@@ -38,7 +41,8 @@ pub enum PackedWeights {
 pub struct QMatrix {
     pub out: usize,
     pub inp: usize,
-    /// Weight bit width (values in `[-qmax(bits), qmax(bits)]`); `<= 4` is stored packed.
+    /// Weight bit width (values in `[-qmax(bits), qmax(bits)]`); `<= 4` is stored packed, `> 8`
+    /// as `i16`.
     pub bits: u32,
     /// Inputs per group (`inp` for per-channel).
     pub group: usize,
@@ -60,18 +64,19 @@ impl QMatrix {
         )
     }
 
-    /// Validates the values (`|q| <= qmax(bits)`) and shapes, packing to 4 bits when `bits <= 4`.
+    /// Validates the values (`|q| <= qmax(bits)`) and shapes, packing to 4 bits when `bits <= 4`,
+    /// storing `i8` up to 8 bits and `i16` above.
     pub fn new(
         out: usize,
         inp: usize,
         bits: u32,
         group: usize,
-        q: &[i8],
+        q: &[i16],
         group_mult: Vec<u16>,
     ) -> Result<Self> {
-        if !(2..=8).contains(&bits) {
+        if !(2..=16).contains(&bits) {
             return Err(Error::input(format!(
-                "weight bit width {bits} not supported (2..=8)"
+                "weight bit width {bits} not supported (2..=16)"
             )));
         }
         if inp == 0 || group == 0 || group > inp {
@@ -105,14 +110,18 @@ impl QMatrix {
                 "weight value {v} outside the symmetric {bits}-bit range [-{qm}, {qm}]"
             )));
         }
+        // Every value is within qmax(bits), so the narrowing casts below are exact.
         let data = if bits <= 4 {
             let mut packed = Vec::with_capacity(out * inp.div_ceil(2));
             for row in q.chunks(inp) {
-                packed.extend(pack_int4(row));
+                let row8: Vec<i8> = row.iter().map(|&v| v as i8).collect();
+                packed.extend(pack_int4(&row8));
             }
             PackedWeights::I4(packed)
+        } else if bits <= 8 {
+            PackedWeights::I8(q.iter().map(|&v| v as i8).collect())
         } else {
-            PackedWeights::I8(q.to_vec())
+            PackedWeights::I16(q.to_vec())
         };
         Ok(Self {
             out,
@@ -129,18 +138,23 @@ impl QMatrix {
     }
 
     /// Unpacks row `o` into `buf` (`len == inp`).
-    pub fn row_into(&self, o: usize, buf: &mut [i8]) {
+    pub fn row_into(&self, o: usize, buf: &mut [i16]) {
         let n = self.inp;
         assert_eq!(buf.len(), n);
         match &self.data {
-            PackedWeights::I8(v) => buf.copy_from_slice(&v[o * n..(o + 1) * n]),
+            PackedWeights::I8(v) => {
+                for (b, &x) in buf.iter_mut().zip(&v[o * n..(o + 1) * n]) {
+                    *b = x as i16;
+                }
+            }
             PackedWeights::I4(p) => {
                 let rb = n.div_ceil(2);
                 let row = &p[o * rb..(o + 1) * rb];
                 for (i, b) in buf.iter_mut().enumerate() {
-                    *b = unpack_int4(row, i);
+                    *b = unpack_int4(row, i) as i16;
                 }
             }
+            PackedWeights::I16(v) => buf.copy_from_slice(&v[o * n..(o + 1) * n]),
         }
     }
 
@@ -151,8 +165,8 @@ impl QMatrix {
     }
 
     /// All values, unpacked, row-major.
-    pub fn values(&self) -> Vec<i8> {
-        let mut v = vec![0i8; self.out * self.inp];
+    pub fn values(&self) -> Vec<i16> {
+        let mut v = vec![0i16; self.out * self.inp];
         if self.inp > 0 {
             for (o, row) in v.chunks_mut(self.inp).enumerate() {
                 self.row_into(o, row);
@@ -170,7 +184,7 @@ impl QMatrix {
 
 /// `sum_g gm[g] * sum_{i in g} x_i * w_i` over consecutive groups of `group` inputs, in `i64`.
 #[inline]
-pub fn dot_grouped(x: &[i32], w: &[i8], gm: &[u16], group: usize) -> i64 {
+pub fn dot_grouped(x: &[i32], w: &[i16], gm: &[u16], group: usize) -> i64 {
     debug_assert_eq!(x.len(), w.len());
     let mut acc = 0i64;
     for ((xs, ws), &g) in x.chunks(group).zip(w.chunks(group)).zip(gm) {
@@ -303,7 +317,7 @@ impl QLinear {
         let cols: Vec<Vec<i16>> = (0..out)
             .into_par_iter()
             .map_init(
-                || vec![0i8; inp],
+                || vec![0i16; inp],
                 |buf, o| {
                     self.weight.row_into(o, buf);
                     let gm = self.weight.row_group_mult(o);
@@ -488,6 +502,8 @@ mod tests {
                 (8, Granularity::PerGroup(16)),
                 (4, Granularity::PerGroup(16)),
                 (8, Granularity::PerTensor),
+                (16, Granularity::PerChannel),
+                (16, Granularity::PerGroup(16)),
             ] {
                 for with_bias in [false, true] {
                     let w: Vec<f32> = (0..out * inp)
@@ -531,7 +547,8 @@ mod tests {
     fn linear_worst_case_long_reduction_is_exact() {
         // 16-bit x 8-bit over K = 65536: |acc| = 65536 * 32768 * 127 * 256 ~ 2^46, far beyond i32
         // (a naive i32 accumulator would overflow after 516 terms). Then 8-bit asymmetric input
-        // at qmin with zero point 127 (|x - zp| = 255) against int4 -7, per group.
+        // at qmin with zero point 127 (|x - zp| = 255) against int4 -7, per group. Then the widest
+        // case, 16-bit x 16-bit: 65536 * 32768 * 32767 * 256 ~ 2^54, still inside i64.
         let k = 65536;
         for (xq, wbits, wval, gran) in [
             (
@@ -541,7 +558,17 @@ mod tests {
                     bits: 16,
                 },
                 8u32,
-                -127i8,
+                -127i16,
+                Granularity::PerChannel,
+            ),
+            (
+                ActQuant {
+                    scale: 1e-3,
+                    zero_point: 0,
+                    bits: 16,
+                },
+                16,
+                -32767,
                 Granularity::PerChannel,
             ),
             (
@@ -593,7 +620,10 @@ mod tests {
                     "the accumulator must exceed i32"
                 );
                 let naive_i32 = (0..k).try_fold(0i32, |a, i| {
-                    a.checked_add(xc as i32 * wval as i32 * gm[i / op.weight.group] as i32)
+                    (xc as i32)
+                        .checked_mul(wval as i32)
+                        .and_then(|p| p.checked_mul(gm[i / op.weight.group] as i32))
+                        .and_then(|p| a.checked_add(p))
                 });
                 assert!(naive_i32.is_none(), "a naive i32 accumulator overflows");
                 let expect = (apply_i128(acc, op.mult[o]) + yq.zero_point as i128)
@@ -634,13 +664,23 @@ mod tests {
     fn int4_rows_pack_and_unpack() {
         // Odd row length: every row is packed on its own.
         let (out, inp) = (3, 7);
-        let q: Vec<i8> = (0..out * inp).map(|i| (i as i8 % 15) - 7).collect();
+        let q: Vec<i16> = (0..out * inp).map(|i| (i as i16 % 15) - 7).collect();
         let m = QMatrix::new(out, inp, 4, inp, &q, vec![256; out]).unwrap();
         assert!(matches!(&m.data, PackedWeights::I4(p) if p.len() == out * 4));
         assert_eq!(m.values(), q);
         assert!(QMatrix::new(out, inp, 4, inp, &[8; 21], vec![256; out]).is_err());
         assert!(QMatrix::new(out, inp, 8, inp, &[-128; 21], vec![256; out]).is_err());
         assert!(QMatrix::new(out, inp, 8, 2, &q, vec![256; out]).is_err());
+        // 5..=8 bits stay one byte per value; 9..=16 bits take an i16 each.
+        let m8 = QMatrix::new(out, inp, 8, inp, &q, vec![256; out]).unwrap();
+        assert!(matches!(&m8.data, PackedWeights::I8(v) if v.len() == out * inp));
+        let q16: Vec<i16> = (0..out * inp).map(|i| (i as i16 - 10) * 3000).collect();
+        let m16 = QMatrix::new(out, inp, 16, inp, &q16, vec![256; out]).unwrap();
+        assert!(matches!(&m16.data, PackedWeights::I16(v) if v.len() == out * inp));
+        assert_eq!(m16.values(), q16);
+        assert!(QMatrix::new(out, inp, 16, inp, &[-32768; 21], vec![256; out]).is_err());
+        assert!(QMatrix::new(out, inp, 12, inp, &q16, vec![256; out]).is_err());
+        assert!(QMatrix::new(out, inp, 17, inp, &q16, vec![256; out]).is_err());
     }
 
     #[test]

@@ -28,9 +28,9 @@ pub fn conv2d(
             weight.shape()
         )));
     }
-    if !(2..=8).contains(&wbits) {
+    if !(2..=16).contains(&wbits) {
         return Err(Error::input(format!(
-            "conv2d: weight bit width {wbits} not supported (2..=8)"
+            "conv2d: weight bit width {wbits} not supported (2..=16)"
         )));
     }
     if weight.data().iter().any(|v| !v.is_finite()) {

@@ -26,9 +26,9 @@ pub fn causal_conv1d(
             weight.len()
         )));
     }
-    if !(2..=8).contains(&wbits) {
+    if !(2..=16).contains(&wbits) {
         return Err(Error::input(format!(
-            "causal_conv1d: weight bit width {wbits} not supported (2..=8)"
+            "causal_conv1d: weight bit width {wbits} not supported (2..=16)"
         )));
     }
     if weight.iter().any(|v| !v.is_finite()) {

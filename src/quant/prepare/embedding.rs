@@ -25,9 +25,9 @@ pub fn embedding(
             table.len()
         )));
     }
-    if !(2..=8).contains(&wbits) {
+    if !(2..=16).contains(&wbits) {
         return Err(Error::input(format!(
-            "embedding: bit width {wbits} not supported (2..=8)"
+            "embedding: bit width {wbits} not supported (2..=16)"
         )));
     }
     if gran == Granularity::PerTensor {

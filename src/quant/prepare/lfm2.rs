@@ -155,9 +155,9 @@ impl Ctx<'_> {
     /// `w[out, inp]` quantized with `name`'s weight policy.
     fn weight(&self, name: &str, w: &[f32], out: usize, inp: usize) -> Result<QuantWeight> {
         let pol = self.policy(name)?;
-        if !(2..=8).contains(&pol.wbits) {
+        if !(2..=16).contains(&pol.wbits) {
             return Err(Error::input(format!(
-                "text op `{name}`: {}-bit weights are not supported by the integer ops (2..=8)",
+                "text op `{name}`: {}-bit weights are not supported by the integer ops (2..=16)",
                 pol.wbits
             )));
         }
@@ -555,7 +555,7 @@ mod tests {
     fn prefill_chunks_and_decode_are_bit_identical() {
         let m = Lfm2Model::random(&tiny(false), 5).unwrap();
         let stats = calibrated(&m);
-        for scheme in ["text=w4a16", "text=w8a16", "text=w8a8"] {
+        for scheme in ["text=w4a16", "text=w8a16", "text=w8a8", "text=w16a16"] {
             let q = lfm2(
                 &m,
                 &stats,
@@ -597,7 +597,8 @@ mod tests {
             assert!(e.contains(&format!("`{name}`")), "{e}");
             assert_eq!(e.contains("Lfm2Model::lm_head"), name == "lm_head", "{e}");
         }
-        // Per-op float override, float text part, unsupported widths, tied precision mismatch.
+        // Per-op float override, float text part, tied precision mismatch (16-bit weights are
+        // supported: see `prefill_chunks_and_decode_are_bit_identical`).
         let mut s = w4.clone();
         s.overrides.push(Override {
             pattern: "layers.2.feed_forward.*".into(),
@@ -610,7 +611,6 @@ mod tests {
             "{e}"
         );
         assert!(err(&Scheme::parse("text=float").unwrap(), &stats).contains("text part"));
-        assert!(err(&Scheme::parse("text=w16a16").unwrap(), &stats).contains("16-bit weights"));
         let mut s = w4.clone();
         s.overrides.push(Override {
             pattern: "lm_head".into(),

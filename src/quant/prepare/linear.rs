@@ -112,9 +112,9 @@ pub fn linear(
             w.len()
         )));
     }
-    if !(2..=8).contains(&wbits) {
+    if !(2..=16).contains(&wbits) {
         return Err(Error::input(format!(
-            "linear: weight bit width {wbits} not supported (2..=8)"
+            "linear: weight bit width {wbits} not supported (2..=16)"
         )));
     }
     if w.iter().any(|v| !v.is_finite()) {

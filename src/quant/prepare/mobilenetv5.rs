@@ -58,8 +58,8 @@ pub fn default_range_method(act_bits: u32) -> RangeMethod {
     }
 }
 
-/// How weight ranges are chosen: min-max at 8 bits (per-channel int8 rarely benefits from
-/// clipping), MSE below.
+/// How weight ranges are chosen: min-max at 8 bits and above (per-channel int8 / int16 rarely
+/// benefits from clipping), MSE below.
 pub fn weight_range(wbits: u32) -> WeightRange {
     if wbits >= 8 {
         WeightRange::MinMax
@@ -120,9 +120,9 @@ impl OpQuantizer<'_> {
     /// Weight width, granularity and range method of weighted op `op`.
     pub fn weights(&self, op: &str) -> Result<(u32, Granularity, WeightRange)> {
         let (wbits, _) = self.precision(op)?;
-        if !(2..=8).contains(&wbits) {
+        if !(2..=16).contains(&wbits) {
             return Err(Error::input(format!(
-                "op `{op}`: {wbits}-bit weights are not supported by the integer ops (2..=8 bits)"
+                "op `{op}`: {wbits}-bit weights are not supported by the integer ops (2..=16 bits)"
             )));
         }
         Ok((
