@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    // The io::Error is part of the message, not a `source`: a chain printer (anyhow `{:#}`)
+    // would otherwise print it twice.
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{}: {msg}", path.display())]
     CorruptFile { path: PathBuf, msg: String },
     #[error("missing tensor `{0}` in the checkpoint")]
@@ -43,10 +42,10 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
     pub fn corrupt(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -1,5 +1,6 @@
 //! Command definitions (clap) and dispatch. Each subcommand lives in its own file.
 
+mod dataset;
 mod dump;
 mod inspect;
 mod quantize;
@@ -42,6 +43,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Quantization error of an integer model vs its float model: per-op SQNR, perplexity, chart.
     Report(report::ReportArgs),
+    /// Render or check procedural VQA datasets (`dataset cockpit`, `dataset validate`).
+    Dataset(dataset::DatasetArgs),
 }
 
 /// Arguments shared by `run` and `dump`: model, images, prompt.
@@ -147,5 +150,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Report(a) => report::report(a),
+        Command::Dataset(a) => dataset::dataset(a),
     }
 }
