@@ -76,7 +76,7 @@ const MIN_SHIFT: i32 = -96;
 const MAX_SHIFT: i32 = 127;
 
 /// An error about the artifact entry `key`.
-fn err(key: &str, msg: impl Display) -> Error {
+pub(crate) fn err(key: &str, msg: impl Display) -> Error {
     Error::input(format!("quantized artifact `{key}`: {msg}"))
 }
 
@@ -85,7 +85,8 @@ fn ctx<T>(key: &str, r: Result<T>) -> Result<T> {
     r.map_err(|e| err(key, e))
 }
 
-fn arr(key: &str, field: &str) -> String {
+/// The array key of `field` under `key`.
+pub(crate) fn arr(key: &str, field: &str) -> String {
     format!("{key}.{field}")
 }
 
@@ -93,7 +94,7 @@ fn arr(key: &str, field: &str) -> String {
 // Writing helpers.
 
 /// Stores `fields` (a JSON object) plus `"kind"` as the metadata of `key`.
-fn put_meta(w: &mut ArtifactWriter, key: &str, kind: &str, fields: Value) -> Result<()> {
+pub(crate) fn put_meta(w: &mut ArtifactWriter, key: &str, kind: &str, fields: Value) -> Result<()> {
     let Value::Object(mut obj) = fields else {
         return Err(err(key, "metadata must be a JSON object"));
     };

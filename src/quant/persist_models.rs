@@ -70,27 +70,7 @@ use std::fmt::Display;
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-/// An error about the artifact entry `key`.
-fn err(key: &str, msg: impl Display) -> Error {
-    Error::input(format!("quantized artifact `{key}`: {msg}"))
-}
-
-fn sub(key: &str, field: &str) -> String {
-    format!("{key}.{field}")
-}
-
-/// Stores `fields` (a JSON object) plus `"kind"` as the metadata of `key`.
-fn put_meta(w: &mut ArtifactWriter, key: &str, kind: &str, fields: Value) -> Result<()> {
-    let Value::Object(mut obj) = fields else {
-        return Err(err(key, "metadata must be a JSON object"));
-    };
-    if w.meta.contains_key(key) {
-        return Err(err(key, "metadata written twice"));
-    }
-    obj.insert("kind".into(), kind.into());
-    w.meta.insert(key.to_string(), Value::Object(obj));
-    Ok(())
-}
+use super::persist::{arr as sub, err, put_meta};
 
 /// A metadata object being read: every field read is recorded, [`Meta::finish`] rejects the
 /// others.
