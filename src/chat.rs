@@ -11,6 +11,7 @@ use std::path::Path;
 /// What the user writes where an image goes.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
 }

@@ -3,7 +3,7 @@
 //! intermediate tensors `dump` writes (dequantized views for the integer path).
 
 use crate::chat::TextTokenizer;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::generate::{generate_with, FloatDecoder, GenerateOptions, Generation};
 use crate::models::autoneural::AutoNeuralConfig;
 use crate::observe::NoObserver;
@@ -11,6 +11,7 @@ use crate::pipeline::{self, ImageInput, Pipeline, PromptInput};
 use crate::quant::calibrate::{CalibrationObserver, RangeMethod, DEFAULT_BINS};
 use crate::quant::model::{QAutoNeural, QDecoder};
 use crate::quant::scheme::{Part, Scheme};
+use crate::quant::tensor::QTensor;
 use crate::tensor::Tensor;
 use std::path::Path;
 use std::time::Instant;
@@ -25,6 +26,13 @@ pub struct IntegerPipeline {
     pub model: QAutoNeural,
     pub config: AutoNeuralConfig,
     pub tokenizer: TextTokenizer,
+}
+
+/// Image embeddings ready for the language model, one `[tokens, hidden]` tensor per image.
+pub enum ImageEmbeddings {
+    Float(Vec<Tensor>),
+    /// In the connector's output quantization.
+    Integer(Vec<QTensor>),
 }
 
 /// Tensors of one forward pass, as `dump` writes them.
@@ -130,12 +138,43 @@ impl Engine {
         on_token: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<(Generation, f64)> {
         let t = Instant::now();
+        let images = self.encode_images(pixels)?;
+        let vision_s = t.elapsed().as_secs_f64();
+        Ok((self.generate_from(&images, ids, opts, on_token)?, vision_s))
+    }
+
+    /// Runs the vision encoder and connector on each image (once; the result can serve several
+    /// prompts, as `eval` does for the questions about one image).
+    pub fn encode_images(&self, pixels: &[Tensor]) -> Result<ImageEmbeddings> {
         match self {
             Engine::Float(pipe) => {
                 let enc = pipe.encode_images(pixels, &mut NoObserver)?;
-                let vision_s = t.elapsed().as_secs_f64();
-                let embeds: Vec<Tensor> = enc.into_iter().map(|e| e.embeddings).collect();
-                let x = pipe.model.embed_prompt(ids, &embeds)?;
+                Ok(ImageEmbeddings::Float(
+                    enc.into_iter().map(|e| e.embeddings).collect(),
+                ))
+            }
+            Engine::Integer(q) => {
+                let mut embeds = Vec::with_capacity(pixels.len());
+                for p in pixels {
+                    embeds.push(q.model.encode_image(p, &mut NoObserver)?.embeddings);
+                }
+                Ok(ImageEmbeddings::Integer(embeds))
+            }
+        }
+    }
+
+    /// Generates from a prompt whose image slots take `images` (from [`Engine::encode_images`]
+    /// of this engine).
+    pub fn generate_from(
+        &self,
+        images: &ImageEmbeddings,
+        ids: &[u32],
+        opts: &GenerateOptions,
+        on_token: &mut dyn FnMut(u32) -> Result<()>,
+    ) -> Result<Generation> {
+        match (self, images) {
+            (Engine::Float(pipe), ImageEmbeddings::Float(embeds)) => {
+                let x = pipe.model.embed_prompt(ids, embeds)?;
                 let lm = &pipe.model.language_model;
                 let mut cache = lm.new_cache();
                 let mut dec = FloatDecoder {
@@ -143,30 +182,22 @@ impl Engine {
                     cache: &mut cache,
                     prompt: Some(x),
                 };
-                Ok((
-                    generate_with(&mut dec, ids.len(), opts, on_token)?,
-                    vision_s,
-                ))
+                generate_with(&mut dec, ids.len(), opts, on_token)
             }
-            Engine::Integer(q) => {
+            (Engine::Integer(q), ImageEmbeddings::Integer(embeds)) => {
                 let model = &q.model;
-                let mut embeds = Vec::new();
-                for p in pixels {
-                    embeds.push(model.encode_image(p, &mut NoObserver)?.embeddings);
-                }
-                let vision_s = t.elapsed().as_secs_f64();
-                let x = model.embed_prompt(ids, &embeds)?;
+                let x = model.embed_prompt(ids, embeds)?;
                 let mut cache = model.new_cache();
                 let mut dec = QDecoder {
                     lm: &model.text,
                     cache: &mut cache,
                     prompt: Some(x),
                 };
-                Ok((
-                    generate_with(&mut dec, ids.len(), opts, on_token)?,
-                    vision_s,
-                ))
+                generate_with(&mut dec, ids.len(), opts, on_token)
             }
+            _ => Err(Error::input(
+                "image embeddings from a float engine cannot feed an integer one (or the reverse)",
+            )),
         }
     }
 

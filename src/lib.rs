@@ -6,6 +6,7 @@ pub mod chat;
 pub mod dataset;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod models;
 pub mod nn;

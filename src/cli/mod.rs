@@ -2,6 +2,7 @@
 
 mod dataset;
 mod dump;
+mod eval;
 mod inspect;
 mod quantize;
 mod report;
@@ -43,6 +44,8 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     /// Quantization error of an integer model vs its float model: per-op SQNR, perplexity, chart.
     Report(report::ReportArgs),
+    /// Exact-match accuracy per question type on a dataset split, float vs integer schemes.
+    Eval(eval::EvalArgs),
     /// Render or check procedural VQA datasets (`dataset cockpit`, `dataset validate`).
     Dataset(dataset::DatasetArgs),
 }
@@ -150,6 +153,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::inspect(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Report(a) => report::report(a),
+        Command::Eval(a) => eval::eval(a),
         Command::Dataset(a) => dataset::dataset(a),
     }
 }

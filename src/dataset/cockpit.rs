@@ -6,7 +6,7 @@
 
 use super::raster::{mix, regular_polygon, Canvas, Colour, SEGMENTS_P};
 use image::RgbImage;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 use std::f32::consts::PI;
 
@@ -445,12 +445,16 @@ impl CabinSpec {
             seats[1] = belted(rng);
         }
         let child = rng.random_bool(0.3).then(|| rng.random_range(2..5));
-        for (k, seat) in seats.iter_mut().enumerate().skip(2) {
-            if child == Some(k) {
-                *seat = Seat::ChildSeat;
-            } else if rng.random_bool(0.4) {
-                *seat = belted(rng);
-            }
+        // The number of rear passengers is drawn uniformly (independent coin flips per seat made
+        // "Three." rare), then placed on random free rear seats.
+        let mut free: Vec<usize> = (2..5).filter(|&k| child != Some(k)).collect();
+        free.shuffle(rng);
+        let rear = rng.random_range(0..=free.len());
+        for &k in &free[..rear] {
+            seats[k] = belted(rng);
+        }
+        if let Some(k) = child {
+            seats[k] = Seat::ChildSeat;
         }
         let clothes_palette: [Colour; 8] = [
             [200, 40, 40],

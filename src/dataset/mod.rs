@@ -29,7 +29,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Component, Path};
 
 /// Written to `dataset.json`; bump when the rendering or the templates change.
-pub const GENERATOR_VERSION: &str = "cockpit-1";
+pub const GENERATOR_VERSION: &str = "cockpit-2";
 pub const MIN_SIZE: u32 = 64;
 pub const MAX_SIZE: u32 = 2048;
 /// Image ids are six digits.
@@ -292,6 +292,49 @@ pub fn generate_cockpit_with_progress(
     json.push('\n');
     fs::write(&p, json).map_err(|e| io_error("writing", &p, e))?;
     Ok(summary)
+}
+
+/// Reads `{split}.jsonl` of a dataset directory (the layout [`generate_cockpit`] writes): every
+/// line a [`Record`] with a non-empty question and answer and a relative image path inside
+/// `dir` that exists. Images are not decoded here (see [`validate`]).
+pub fn read_split(dir: &Path, split: &str) -> Result<Vec<Record>> {
+    if !SPLITS.contains(&split) {
+        return Err(Error::input(format!(
+            "unknown split `{split}` (expected one of {})",
+            SPLITS.join(", ")
+        )));
+    }
+    let path = dir.join(format!("{split}.jsonl"));
+    let text = fs::read_to_string(&path).map_err(|e| io_error("reading", &path, e))?;
+    let mut records = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |msg: String| Error::corrupt(&path, format!("line {}: {msg}", n + 1));
+        let r: Record = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        if r.question.trim().is_empty() || r.answer.trim().is_empty() {
+            return Err(bad("empty question or answer".into()));
+        }
+        let rel = Path::new(&r.image);
+        if r.image.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(bad(format!(
+                "image path `{}` must be relative and inside the dataset",
+                r.image
+            )));
+        }
+        if !dir.join(rel).is_file() {
+            return Err(bad(format!("image {} not found", dir.join(rel).display())));
+        }
+        records.push(r);
+    }
+    if records.is_empty() {
+        return Err(Error::input(format!(
+            "{}: the split has no questions",
+            path.display()
+        )));
+    }
+    Ok(records)
 }
 
 /// Checks a dataset directory: every `{split}.jsonl` line parses as a [`Record`] with a
