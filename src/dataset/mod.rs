@@ -294,6 +294,33 @@ pub fn generate_cockpit_with_progress(
     Ok(summary)
 }
 
+/// One JSONL line as a [`Record`] (`None` for a blank line): question, answer and type
+/// non-empty, image path relative and inside the dataset.
+fn parse_line(path: &Path, n: usize, line: &str) -> Result<Option<Record>> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let bad = |msg: String| Error::corrupt(path, format!("line {}: {msg}", n + 1));
+    let r: Record = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+    if r.answer.trim().is_empty() {
+        return Err(bad("empty answer".into()));
+    }
+    if r.question.trim().is_empty() {
+        return Err(bad("empty question".into()));
+    }
+    if r.kind.trim().is_empty() {
+        return Err(bad("empty type".into()));
+    }
+    let rel = Path::new(&r.image);
+    if r.image.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(bad(format!(
+            "image path `{}` must be relative and inside the dataset",
+            r.image
+        )));
+    }
+    Ok(Some(r))
+}
+
 /// Reads `{split}.jsonl` of a dataset directory (the layout [`generate_cockpit`] writes): every
 /// line a [`Record`] with a non-empty question and answer and a relative image path inside
 /// `dir` that exists. Images are not decoded here (see [`validate`]).
@@ -308,23 +335,18 @@ pub fn read_split(dir: &Path, split: &str) -> Result<Vec<Record>> {
     let text = fs::read_to_string(&path).map_err(|e| io_error("reading", &path, e))?;
     let mut records = Vec::new();
     for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+        let Some(r) = parse_line(&path, n, line)? else {
             continue;
-        }
-        let bad = |msg: String| Error::corrupt(&path, format!("line {}: {msg}", n + 1));
-        let r: Record = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-        if r.question.trim().is_empty() || r.answer.trim().is_empty() {
-            return Err(bad("empty question or answer".into()));
-        }
-        let rel = Path::new(&r.image);
-        if r.image.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(bad(format!(
-                "image path `{}` must be relative and inside the dataset",
-                r.image
-            )));
-        }
-        if !dir.join(rel).is_file() {
-            return Err(bad(format!("image {} not found", dir.join(rel).display())));
+        };
+        if !dir.join(&r.image).is_file() {
+            return Err(Error::corrupt(
+                &path,
+                format!(
+                    "line {}: image {} not found",
+                    n + 1,
+                    dir.join(&r.image).display()
+                ),
+            ));
         }
         records.push(r);
     }
@@ -357,26 +379,9 @@ pub fn validate(dir: &Path) -> Result<DatasetSummary> {
         summary.questions.insert(split.into(), 0);
         for (n, line) in text.lines().enumerate() {
             let bad = |msg: String| Error::corrupt(&path, format!("line {}: {msg}", n + 1));
-            if line.trim().is_empty() {
+            let Some(r) = parse_line(&path, n, line)? else {
                 continue;
-            }
-            let r: Record = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
-            if r.answer.trim().is_empty() {
-                return Err(bad("empty answer".into()));
-            }
-            if r.question.trim().is_empty() {
-                return Err(bad("empty question".into()));
-            }
-            if r.kind.trim().is_empty() {
-                return Err(bad("empty type".into()));
-            }
-            let rel = Path::new(&r.image);
-            if r.image.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-                return Err(bad(format!(
-                    "image path `{}` must be relative and inside the dataset",
-                    r.image
-                )));
-            }
+            };
             match owner.get(&r.image) {
                 Some(&other) if other != split => {
                     return Err(bad(format!(
