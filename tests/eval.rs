@@ -2,7 +2,10 @@
 //! gives, the majority baseline is the train split's most common answer per type, and bad input
 //! fails with one clear error line.
 
+mod common;
+
 use autoneural::dataset::{self, GenerateOptions, Record};
+use common::assert_fails_with;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,19 +40,6 @@ fn make_dataset(dir: &Path) {
         ..GenerateOptions::default()
     };
     dataset::generate_cockpit(dir, &opts).unwrap();
-}
-
-fn assert_fails_with(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(
-        lines[0].to_lowercase().contains(&needle.to_lowercase()),
-        "error `{}` does not mention `{needle}`",
-        lines[0]
-    );
 }
 
 #[test]

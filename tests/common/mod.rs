@@ -96,3 +96,22 @@ pub fn exists(p: &Path) -> bool {
 
 /// The float32 parity bound required against the PyTorch references.
 pub const TOL: f32 = 1e-4;
+
+/// Asserts a clean failure: non-zero exit, no panic, one `error:` line containing `needle`.
+pub fn assert_fails_with(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(
+        lines[0].to_lowercase().contains(&needle.to_lowercase()),
+        "error `{}` does not mention `{needle}`",
+        lines[0]
+    );
+}
