@@ -3,8 +3,8 @@
 
 The model is a small AutoNeural (MobileNetV5 encoder with every block type, MSFA to 16x16 = 256
 visual tokens at 256 px, LFM2 with a conv/attention layout like LFM2-1.2B) built from the real
-reference modules with RANDOM weights. It exists so the README's main command runs end to end on a
-fresh clone; its answers are meaningless until a trained demo model replaces it.
+reference modules with RANDOM weights; its answers are meaningless. It is a test fixture (the trained
+embedded default is `models/autoneural-cockpit-tiny`, from `python/train_cockpit.py`).
 
 Usage (from the repository root): /work/.venv/bin/python python/make_default_model.py
 """
@@ -26,9 +26,9 @@ SAMPLE = g.REPO_ROOT / "assets" / "sample_dashboard.png"
 
 CARD = """# autoneural-tiny-random
 
-**Random weights. This model answers nonsense.** It is the project's embedded default so that
-`autoneural run` works end to end on a fresh clone, offline, in well under a second; it is not
-trained. It will be replaced by a trained demo model.
+**Random weights. This model answers nonsense.** It was the embedded default until the trained
+`models/autoneural-cockpit-tiny` replaced it; it stays as a test fixture: every block type, 256
+visual tokens, and a language model that never stops early (so token budgets are exact).
 
 - Vision: MobileNetV5-style encoder, 4 stages, every block type (EdgeResidual, UIR variants, MQA
   with and without K/V stride), MSFA to 16x16x64 (256 visual tokens) at 256x256 input.

@@ -155,7 +155,7 @@ impl WarningLight {
 pub struct ClusterSpec {
     /// Which lights are on, indexed like [`WarningLight::ALL`].
     pub lights_on: [bool; 6],
-    /// km/h, 0..=240.
+    /// km/h, a multiple of 5 in 0..=200.
     pub speed: u32,
     /// Fuel gauge level in 0..=1 when a fuel gauge is shown.
     pub fuel: Option<f32>,
@@ -213,7 +213,9 @@ impl ClusterSpec {
         let digit_colours: [Colour; 3] = [[235, 235, 235], [120, 230, 255], [160, 255, 160]];
         ClusterSpec {
             lights_on,
-            speed: rng.random_range(0..=200),
+            // Multiples of 5 km/h: the needle then resolves every value (5.6 degrees apart) and the
+            // digits stay the primary cue.
+            speed: rng.random_range(0..=40) * 5,
             fuel,
             gauge: (
                 rng.random_range(0.4..0.55),
@@ -286,7 +288,8 @@ impl ClusterSpec {
             );
         }
         // Digital readout under the hub, then the needle on top.
-        let dh = gr * 0.3;
+        // Large enough (about a visual token high at 256 px) for a small encoder to read.
+        let dh = gr * 0.45;
         let dw = dh * 0.55;
         let gap = dh * 0.15;
         let x0 = gx - (3.0 * dw + 2.0 * gap) / 2.0;
@@ -846,7 +849,7 @@ impl RoadSpec {
         if let Some(sign) = self.sign {
             let k = self.sign_scale * s;
             let (x, y) = (self.sign_x * s, self.sign_y * s);
-            let r = 0.075 * k;
+            let r = 0.095 * k;
             c.rect(x - 0.007 * k, y, x + 0.007 * k, h + 0.08 * s, pole);
             match sign {
                 Sign::Stop => {
