@@ -143,6 +143,18 @@ impl<'a> StreamDecoder<'a> {
         self.emitted = text.len();
         Ok(Some(new))
     }
+
+    /// Call once generation has ended: the text still held back (an incomplete character at the
+    /// end, decoded lossily as U+FFFD), so the streamed pieces add up to the full decode.
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        let text = self.tokenizer.decode(&self.ids)?;
+        if text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+            return Ok(None);
+        }
+        let rest = text[self.emitted..].to_string();
+        self.emitted = text.len();
+        Ok(Some(rest))
+    }
 }
 
 #[cfg(test)]

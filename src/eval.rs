@@ -120,6 +120,29 @@ impl Default for EvalOptions {
     }
 }
 
+/// How often two runs over the same questions gave the same answer (right or wrong): for an
+/// integer scheme against float, the share of greedy answers quantization leaves unchanged.
+pub fn agreement(a: &[Outcome], b: &[Outcome]) -> Result<Tally> {
+    if a.len() != b.len() {
+        return Err(Error::input(format!(
+            "cannot compare runs over {} and {} questions",
+            a.len(),
+            b.len()
+        )));
+    }
+    let mut t = Tally::default();
+    for (x, y) in a.iter().zip(b) {
+        if x.image != y.image || x.question != y.question {
+            return Err(Error::input(format!(
+                "runs differ in their questions ({} {:?} vs {} {:?})",
+                x.image, x.question, y.image, y.question
+            )));
+        }
+        t.add(x.got == y.got);
+    }
+    Ok(t)
+}
+
 /// Asks every question in `questions` (image paths relative to `dataset_dir`). Each image is
 /// encoded once for all its questions; images are processed in parallel. Outcomes keep the
 /// order of `questions`.
@@ -225,6 +248,45 @@ mod tests {
             answer: answer.into(),
             kind: kind.into(),
         }
+    }
+
+    fn outcome(question: &str, got: &str) -> Outcome {
+        Outcome {
+            image: "images/test/000001.png".into(),
+            kind: "a".into(),
+            question: question.into(),
+            expected: "Yes.".into(),
+            got: got.into(),
+            correct: got == "Yes.",
+        }
+    }
+
+    #[test]
+    fn agreement_counts_identical_answers_right_or_wrong() {
+        let a = [
+            outcome("q1", "Yes."),
+            outcome("q2", "No."),
+            outcome("q3", "Two."),
+        ];
+        let b = [
+            outcome("q1", "Yes."),
+            outcome("q2", "No."),
+            outcome("q3", "One."),
+        ];
+        assert_eq!(
+            agreement(&a, &b).unwrap(),
+            Tally {
+                correct: 2,
+                total: 3
+            }
+        );
+        assert!(agreement(&a, &b[..2]).is_err());
+        let c = [
+            outcome("q1", "Yes."),
+            outcome("qx", "No."),
+            outcome("q3", "Two."),
+        ];
+        assert!(agreement(&a, &c).is_err());
     }
 
     #[test]

@@ -15,6 +15,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The random-weight model: it never stops early, so token counts are the budget.
+fn random_model() -> String {
+    s(&root().join("models/autoneural-tiny-random"))
+}
+
 fn s(p: &Path) -> String {
     p.display().to_string()
 }
@@ -58,6 +63,8 @@ fn quantize(tmp: &Path, scheme: &str) -> PathBuf {
     let q = tmp.join(format!("q-{scheme}"));
     let out = run(&[
         "quantize",
+        "--model",
+        &random_model(),
         "--calibration",
         &s(&calibration_dir(tmp)),
         "--scheme",
@@ -139,6 +146,8 @@ fn quantize_then_run_dump_and_report() {
     let svg = tmp.path().join("r.svg");
     let text = ok(&run(&[
         "report",
+        "--model",
+        &random_model(),
         "--quantized",
         &s(&q),
         "--images",
@@ -160,6 +169,8 @@ fn precision_flag_switches_a_float_model_to_the_integer_path() {
     let img = s(&root().join("assets/sample_dashboard.png"));
     let out = ok(&run(&[
         "run",
+        "--model",
+        &random_model(),
         "--image",
         &img,
         "--prompt",

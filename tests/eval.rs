@@ -109,6 +109,28 @@ fn json_report_matches_run_and_the_majority_baseline() {
     assert_eq!(total, 6);
     assert!((v["majority_baseline"].as_f64().unwrap() - hits as f64 / 6.0).abs() < 1e-12);
 
+    // Agreement with float: the random-weight model gets all six wrong at both precisions, so
+    // both error lists hold every answer and the share of identical answers follows from them.
+    let (fw, dw) = (
+        v["errors"]["float"].as_array().unwrap(),
+        v["errors"]["default"].as_array().unwrap(),
+    );
+    assert_eq!((fw.len(), dw.len()), (6, 6));
+    let same = fw
+        .iter()
+        .zip(dw)
+        .filter(|(a, b)| {
+            assert_eq!(a["question"], b["question"]);
+            a["got"] == b["got"]
+        })
+        .count();
+    let agreement = v["agreement_with_float"]["default"].as_f64().unwrap();
+    assert!(
+        (agreement - same as f64 / 6.0).abs() < 1e-12,
+        "{agreement} vs {same}/6"
+    );
+    assert!(v["agreement_with_float"].get("float").is_none());
+
     // Every wrong answer is exactly what `run` prints for that image and question.
     let wrong = v["errors"]["float"].as_array().unwrap();
     let acc = v["accuracy"]["float"].as_f64().unwrap();

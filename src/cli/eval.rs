@@ -237,6 +237,10 @@ fn to_json(
         accuracy.insert(r.precision.clone(), json!(r.scores.overall().accuracy()));
         seconds.insert(r.precision.clone(), json!(r.seconds));
     }
+    let agreement: Map<String, Value> = agreement_with_float(runs)
+        .into_iter()
+        .map(|(p, t)| (p, json!(t.accuracy())))
+        .collect();
     let mut per_type = Map::new();
     for (kind, base) in &baseline.per_type {
         let mut entry = Map::new();
@@ -271,10 +275,29 @@ fn to_json(
         "per_type": per_type,
         "seconds": seconds,
     });
+    if !agreement.is_empty() {
+        out["agreement_with_float"] = Value::Object(agreement);
+    }
     if args.show_errors > 0 {
         out["errors"] = Value::Object(errors);
     }
     out
+}
+
+/// For every non-float run, how many of its answers equal the float run's (empty without a
+/// float run).
+fn agreement_with_float(runs: &[Run]) -> Vec<(String, eval::Tally)> {
+    let Some(float) = runs.iter().find(|r| r.precision == "float") else {
+        return Vec::new();
+    };
+    runs.iter()
+        .filter(|r| r.precision != "float")
+        .filter_map(|r| {
+            eval::agreement(&float.outcomes, &r.outcomes)
+                .ok()
+                .map(|t| (r.precision.clone(), t))
+        })
+        .collect()
 }
 
 fn print_table(args: &EvalArgs, dir: &Path, questions: &[Record], baseline: &Scores, runs: &[Run]) {
@@ -315,6 +338,14 @@ fn print_table(args: &EvalArgs, dir: &Path, questions: &[Record], baseline: &Sco
         line += &format!(" {:>width$}", pct(r.scores.overall().accuracy()));
     }
     println!("{line}");
+    for (p, t) in agreement_with_float(runs) {
+        println!(
+            "{p}: same answer as float on {}/{} questions ({})",
+            t.correct,
+            t.total,
+            pct(t.accuracy())
+        );
+    }
     for r in runs {
         println!(
             "{}: {:.1} s ({:.1} questions/s)",

@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// The embedded default model, relative to the working directory or to the source tree.
-pub const DEFAULT_MODEL: &str = "models/autoneural-tiny-random";
+pub const DEFAULT_MODEL: &str = "models/autoneural-cockpit-tiny";
 
 #[derive(Parser, Debug)]
 #[command(

@@ -77,6 +77,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    if !json {
+        if let Some(rest) = stream.finish()? {
+            let mut out = stdout.lock();
+            let _ = out.write_all(rest.as_bytes());
+            let _ = out.flush();
+        }
+    }
     let ttft_s = start.elapsed().as_secs_f64() - gen.timings.decode_s;
     if json {
         let text = engine.tokenizer().decode(&gen.tokens)?;

@@ -1,0 +1,238 @@
+//! The shipped trained model (`models/autoneural-cockpit-tiny`, trained by
+//! `python/train_cockpit.py`) still answers: on a freshly generated cockpit set (a seed the model
+//! never saw) its exact-match accuracy in float and in the paper's default integer scheme (vision
+//! w8a16, text w4a16) stays well above always giving each question type's most common answer, and
+//! the README's sample images get their correct answers.
+
+use autoneural::dataset::{self, GenerateOptions};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model() -> String {
+    root()
+        .join("models/autoneural-cockpit-tiny")
+        .display()
+        .to_string()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_autoneural"))
+        .args(args)
+        .output()
+        .expect("spawn autoneural")
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Accuracy the shipped model must keep on the held-out questions, per precision. Measured when
+/// the model was trained (see the model card); the bars sit below the measurement so a rebuild
+/// with different float rounding does not flip them, and far above the majority baseline.
+const BARS: [(&str, f64); 2] = [("float", FLOAT_BAR), ("default", DEFAULT_BAR)];
+const FLOAT_BAR: f64 = 0.70;
+const DEFAULT_BAR: f64 = 0.65;
+
+#[test]
+fn answers_held_out_questions_in_float_and_default_integer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("heldout");
+    let opts = GenerateOptions {
+        count: 300,
+        seed: 20261125,
+        ..GenerateOptions::default()
+    };
+    dataset::generate_cockpit(&ds, &opts).unwrap();
+    let out = run(&[
+        "eval",
+        "--model",
+        &model(),
+        "--dataset",
+        &s(&ds),
+        "--precision",
+        "float",
+        "--precision",
+        "default",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let majority = v["majority_baseline"].as_f64().unwrap();
+    let questions = v["questions"].as_u64().unwrap();
+    assert!(questions >= 60, "only {questions} held-out questions");
+    if let Some(a) = v["agreement_with_float"]["default"].as_f64() {
+        println!(
+            "default: same answer as float on {:.1} % of the questions",
+            100.0 * a
+        );
+    }
+    for (p, bar) in BARS {
+        let acc = v["accuracy"][p].as_f64().unwrap();
+        println!(
+            "{p}: {acc:.3} on {questions} held-out questions (majority baseline {majority:.3})"
+        );
+        assert!(
+            acc >= bar && acc >= majority + 0.25,
+            "{p}: accuracy {acc:.3} below the bar {bar} or not clearly above the majority baseline {majority:.3}"
+        );
+    }
+}
+
+#[test]
+fn readme_sample_images_get_their_answers() {
+    let model_dir = model();
+    for (image, question, answer) in SAMPLES {
+        // Float (no flag) and the paper's integer scheme, calibrated on the request.
+        for precision in [None, Some("default")] {
+            let image = s(&root().join(image));
+            let mut args = vec![
+                "run", "--model", &model_dir, "--image", &image, "--prompt", question,
+            ];
+            if let Some(p) = precision {
+                args.extend(["--precision", p]);
+            }
+            let out = run(&args);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                *answer,
+                "{image} / {question} at {precision:?}"
+            );
+        }
+    }
+}
+
+/// The sample images in `assets/` (test-split images of `dataset cockpit --count 30 --seed 4242`,
+/// a seed outside the training set), questions of the types the model reads reliably, and the
+/// generator's answers. The README's first command is the first line.
+const SAMPLES: &[(&str, &str, &str)] = &[
+    (
+        "assets/cockpit_road.png",
+        "What colour is the traffic light?",
+        "Green.",
+    ),
+    (
+        "assets/cockpit_road.png",
+        "What sign is shown?",
+        "A speed limit sign.",
+    ),
+    (
+        "assets/cockpit_cluster.png",
+        "Which warning lights are on?",
+        "Engine and battery.",
+    ),
+    (
+        "assets/cockpit_cabin.png",
+        "How many passengers are in the back?",
+        "Two.",
+    ),
+    (
+        "assets/cockpit_cabin.png",
+        "Is the driver using a phone?",
+        "No.",
+    ),
+];
+
+/// Vision quantization error on trained weights, measured by `autoneural report` on `quantize`d
+/// directories over held-out images: the integer runtime itself costs nothing measurable (16-bit
+/// weights and activations keep the visual tokens at ~60 dB), int8 weights (the default scheme's
+/// vision W8A16) bring them to ~31 dB on this 277k-parameter encoder. The paper's 45 dB is for the
+/// 300M-parameter encoder; the bars sit just under the measurements so a regression shows.
+#[test]
+fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("set");
+    let opts = GenerateOptions {
+        count: 60,
+        seed: 20261201,
+        ..GenerateOptions::default()
+    };
+    dataset::generate_cockpit(&ds, &opts).unwrap();
+    // Calibrate on the set's training images and questions, compare on its test images.
+    let train = dataset::read_split(&ds, "train").unwrap();
+    let calib = tmp.path().join("calib.jsonl");
+    let lines: Vec<String> = train
+        .iter()
+        .take(48)
+        .map(|r| {
+            serde_json::json!({"image": s(&ds.join(&r.image)), "prompt": r.question}).to_string()
+        })
+        .collect();
+    std::fs::write(&calib, lines.join("\n")).unwrap();
+    let test = dataset::read_split(&ds, "test").unwrap();
+    let mut images: Vec<String> = test.iter().map(|r| s(&ds.join(&r.image))).collect();
+    images.dedup();
+    for (scheme, bar) in [
+        ("default", 30.0),
+        ("vision=w16a16,connector=w16a16,text=w4a16", 55.0),
+    ] {
+        let q = tmp.path().join(format!("q-{}", scheme.len()));
+        let out = run(&[
+            "quantize",
+            "--model",
+            &model(),
+            "--calibration",
+            &s(&calib),
+            "--scheme",
+            scheme,
+            "--out",
+            &s(&q),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut args = vec![
+            "report".to_string(),
+            "--model".into(),
+            model(),
+            "--quantized".into(),
+            s(&q),
+            "--svg".into(),
+            s(&tmp.path().join("r.svg")),
+            "--json".into(),
+            "--images".into(),
+        ];
+        args.extend(images.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sqnr = |key: &str| {
+            let op = &v["ops"][key];
+            let (sig, err) = (
+                op["signal"].as_f64().unwrap(),
+                op["error"].as_f64().unwrap(),
+            );
+            10.0 * (sig / err).log10()
+        };
+        let vision = sqnr("vision:msfa.norm");
+        let embeddings = sqnr("vision:multi_modal_projector.linear_2");
+        println!(
+            "{scheme} on {} held-out images: vision features {vision:.2} dB, image embeddings {embeddings:.2} dB",
+            images.len()
+        );
+        assert!(
+            vision >= bar,
+            "{scheme}: vision features SQNR {vision:.2} dB < {bar} dB"
+        );
+    }
+}
