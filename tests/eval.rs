@@ -6,31 +6,13 @@ mod common;
 
 use autoneural::dataset::{self, GenerateOptions, Record};
 use common::assert_fails_with;
+use common::{arg as s, repo_root as root, run_cli as run};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use std::path::Path;
 
 fn model() -> String {
-    root()
-        .join("models/autoneural-tiny-random")
-        .display()
-        .to_string()
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoneural"))
-        .args(args)
-        .output()
-        .expect("spawn autoneural")
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
+    s(&root().join("models/autoneural-tiny-random"))
 }
 
 fn make_dataset(dir: &Path) {

@@ -4,31 +4,14 @@
 //! w8a16, text w4a16) stays well above always giving each question type's most common answer, and
 //! the README's sample images get their correct answers.
 
-use autoneural::dataset::{self, GenerateOptions};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use autoneural::dataset::{self, GenerateOptions};
+use common::{arg as s, repo_root as root, run_cli as run};
+use serde_json::Value;
 
 fn model() -> String {
-    root()
-        .join("models/autoneural-cockpit-tiny")
-        .display()
-        .to_string()
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_autoneural"))
-        .args(args)
-        .output()
-        .expect("spawn autoneural")
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
+    s(&root().join("models/autoneural-cockpit-tiny"))
 }
 
 /// Accuracy the shipped model must keep on the held-out questions, per precision. Measured when

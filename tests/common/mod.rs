@@ -115,3 +115,21 @@ pub fn assert_fails_with(out: &std::process::Output, needle: &str) {
         lines[0]
     );
 }
+
+/// The source tree (where `models/` and `assets/` are).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the `autoneural` binary with `args`.
+pub fn run_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_autoneural"))
+        .args(args)
+        .output()
+        .expect("spawn autoneural")
+}
+
+/// A path as a command-line argument.
+pub fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
