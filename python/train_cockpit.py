@@ -21,9 +21,10 @@ language towers; we have neither, so stages 0a-0c stand in for their pretraining
                           questions), the distillation loss kept as an auxiliary term.
   3.  instruction tuning  everything trainable, single-turn chat exactly as `autoneural run` builds it.
 
-Why a teacher (measured with probes on 2 cores, 4000 training images, the easy heads): trained
-from scratch on answer labels, MobileNetV5 memorizes a fixed batch (loss 0.01 in 60 steps) but does
-not generalize — validation stays at chance for 600 steps at lr 3e-5..2e-3, with or without MSFA,
+Why a teacher (measured during development with throwaway probe scripts, not committed: 2 cores,
+4000 training images, the question-independent heads): trained from scratch on answer labels,
+MobileNetV5 memorizes a fixed batch (loss 0.01 in 60 steps) but does not generalize — validation
+stays at chance for 600 steps at lr 3e-5..2e-3, with or without MSFA,
 layer scale 1 or 0.01 on residual blocks, ReLU for GELU, centred norms, centred inputs. A plain CNN
 fails the same way with RmsNorm2d or no norm and learns every head in ~200 steps with batch norm.
 Distilling the batch-norm teacher's feature map gives the encoder a target at every position, and
@@ -425,13 +426,8 @@ class Teacher(torch.nn.Module):
     """A plain conv + batch-norm + ReLU network with MobileNetV5's output grid (stride 32, 8x8 at
     256 px), standing in for the pretrained vision tower AutoNeural starts from. Never exported.
 
-    Why a teacher: trained from scratch on answer labels, MobileNetV5 (RmsNorm2d, no batch norm)
-    memorizes the training images but does not generalize within this budget — validation stays at
-    chance for 600+ steps at any learning rate tried, with or without MSFA, layer-scale 1 or 0.01
-    on residual blocks, ReLU for GELU, centred norms or inputs. The same plain CNN with RmsNorm2d or
-    no norm fails the same way, with batch norm it learns every head in 200 steps. Regressing the
-    teacher's dense feature map gives MobileNetV5 a target at every position instead of a few labels
-    per image, and that it does learn (stage 0b)."""
+    Batch norm is what lets it learn the answers quickly where MobileNetV5 (RmsNorm2d) does not;
+    see "Why a teacher" in the module docstring."""
 
     def __init__(self, widths=(16, 32, 64, 96, 128)):
         super().__init__()

@@ -132,8 +132,20 @@ impl<'a> StreamDecoder<'a> {
     /// Adds a token; returns the newly completed text, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
+        self.take(true)
+    }
+
+    /// Call once generation has ended: the text still held back (an incomplete character at the
+    /// end, decoded lossily as U+FFFD), so the streamed pieces add up to the full decode.
+    pub fn finish(&mut self) -> Result<Option<String>> {
+        self.take(false)
+    }
+
+    /// The decoded text past what was already emitted; with `hold_incomplete`, nothing while it
+    /// ends in a partial character.
+    fn take(&mut self, hold_incomplete: bool) -> Result<Option<String>> {
         let text = self.tokenizer.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}')
+        if (hold_incomplete && text.ends_with('\u{FFFD}'))
             || text.len() <= self.emitted
             || !text.is_char_boundary(self.emitted)
         {
@@ -142,18 +154,6 @@ impl<'a> StreamDecoder<'a> {
         let new = text[self.emitted..].to_string();
         self.emitted = text.len();
         Ok(Some(new))
-    }
-
-    /// Call once generation has ended: the text still held back (an incomplete character at the
-    /// end, decoded lossily as U+FFFD), so the streamed pieces add up to the full decode.
-    pub fn finish(&mut self) -> Result<Option<String>> {
-        let text = self.tokenizer.decode(&self.ids)?;
-        if text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
-            return Ok(None);
-        }
-        let rest = text[self.emitted..].to_string();
-        self.emitted = text.len();
-        Ok(Some(rest))
     }
 }
 

@@ -7,6 +7,7 @@
 mod common;
 
 use autoneural::dataset::{self, GenerateOptions};
+use autoneural::quant::report::ErrorStats;
 use common::{arg as s, repo_root as root, run_cli as run};
 use serde_json::Value;
 
@@ -158,11 +159,14 @@ fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
     let test = dataset::read_split(&ds, "test").unwrap();
     let mut images: Vec<String> = test.iter().map(|r| s(&ds.join(&r.image))).collect();
     images.dedup();
-    for (scheme, bar) in [
+    for (k, (scheme, bar)) in [
         ("default", 30.0),
         ("vision=w16a16,connector=w16a16,text=w4a16", 55.0),
-    ] {
-        let q = tmp.path().join(format!("q-{}", scheme.len()));
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let q = tmp.path().join(format!("q{k}"));
         let out = run(&[
             "quantize",
             "--model",
@@ -199,13 +203,15 @@ fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The report's accumulated powers, turned into dB by the report module's own formula.
         let sqnr = |key: &str| {
             let op = &v["ops"][key];
-            let (sig, err) = (
-                op["signal"].as_f64().unwrap(),
-                op["error"].as_f64().unwrap(),
-            );
-            10.0 * (sig / err).log10()
+            ErrorStats {
+                signal: op["signal"].as_f64().unwrap(),
+                error: op["error"].as_f64().unwrap(),
+                ..ErrorStats::default()
+            }
+            .sqnr_db()
         };
         let vision = sqnr("vision:msfa.norm");
         let embeddings = sqnr("vision:multi_modal_projector.linear_2");

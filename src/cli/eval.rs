@@ -168,15 +168,16 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
     }
 
+    let agreement = agreement_with_float(&runs)?;
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&to_json(
-                &args, &dir, &questions, &majority, &baseline, &runs
+                &args, &dir, &questions, &majority, &baseline, &runs, &agreement
             ))?
         );
     } else {
-        print_table(&args, &dir, &questions, &baseline, &runs);
+        print_table(&args, &dir, &questions, &baseline, &runs, &agreement);
     }
     Ok(())
 }
@@ -230,6 +231,7 @@ fn to_json(
     majority: &BTreeMap<String, String>,
     baseline: &Scores,
     runs: &[Run],
+    agreement: &[(String, eval::Tally)],
 ) -> Value {
     let mut accuracy = Map::new();
     let mut seconds = Map::new();
@@ -237,9 +239,9 @@ fn to_json(
         accuracy.insert(r.precision.clone(), json!(r.scores.overall().accuracy()));
         seconds.insert(r.precision.clone(), json!(r.seconds));
     }
-    let agreement: Map<String, Value> = agreement_with_float(runs)
-        .into_iter()
-        .map(|(p, t)| (p, json!(t.accuracy())))
+    let agreement: Map<String, Value> = agreement
+        .iter()
+        .map(|(p, t)| (p.clone(), json!(t.accuracy())))
         .collect();
     let mut per_type = Map::new();
     for (kind, base) in &baseline.per_type {
@@ -286,21 +288,29 @@ fn to_json(
 
 /// For every non-float run, how many of its answers equal the float run's (empty without a
 /// float run).
-fn agreement_with_float(runs: &[Run]) -> Vec<(String, eval::Tally)> {
+fn agreement_with_float(runs: &[Run]) -> Result<Vec<(String, eval::Tally)>> {
     let Some(float) = runs.iter().find(|r| r.precision == "float") else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     runs.iter()
         .filter(|r| r.precision != "float")
-        .filter_map(|r| {
-            eval::agreement(&float.outcomes, &r.outcomes)
-                .ok()
-                .map(|t| (r.precision.clone(), t))
+        .map(|r| {
+            Ok((
+                r.precision.clone(),
+                eval::agreement(&float.outcomes, &r.outcomes)?,
+            ))
         })
         .collect()
 }
 
-fn print_table(args: &EvalArgs, dir: &Path, questions: &[Record], baseline: &Scores, runs: &[Run]) {
+fn print_table(
+    args: &EvalArgs,
+    dir: &Path,
+    questions: &[Record],
+    baseline: &Scores,
+    runs: &[Run],
+    agreement: &[(String, eval::Tally)],
+) {
     println!(
         "{} on {} ({} split, {} questions), exact match:",
         dir.display(),
@@ -338,7 +348,7 @@ fn print_table(args: &EvalArgs, dir: &Path, questions: &[Record], baseline: &Sco
         line += &format!(" {:>width$}", pct(r.scores.overall().accuracy()));
     }
     println!("{line}");
-    for (p, t) in agreement_with_float(runs) {
+    for (p, t) in agreement {
         println!(
             "{p}: same answer as float on {}/{} questions ({})",
             t.correct,
