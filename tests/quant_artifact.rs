@@ -31,6 +31,7 @@ fn save_load_run_is_bit_identical() {
         bins: DEFAULT_BINS,
         progress: false,
         system: None,
+        input_grams: true,
     };
     let stats = calibrate(&pipe, &samples, &opts).unwrap();
     let pixels = pipe

@@ -5,12 +5,15 @@
 //! w8a16, w8a8 and w16a16, run them on the golden pixels and compare with the float path: SQNR of the
 //! vision features and image embeddings, and per-op SQNR (the integer path reports every op
 //! dequantized under the float op's name). Prints a table, including the "W8 floor": the float
-//! path with the same int8 weights and float activations, i.e. what int8 weights alone cost.
+//! path with the same int8 weights rounded to nearest and float activations, i.e. what int8
+//! weights alone cost without calibration-aware rounding. The integer models use GPTQ rounding
+//! (the calibration's default), with Gram matrices from the synthetic images only, never from the
+//! golden pixels the error is measured on.
 //!
-//! Asserts: w8a16 within 1 dB of the W8 floor (integer arithmetic and A16 activations add no
-//! visible error) and at least 35 dB (the issue's bar) wherever int8 weights alone allow it (a
-//! floor of 36 dB or more; on these random-weight golden models the floor is 24-36 dB, see the
-//! table); w8a8 above 15 dB; w16a16 (16-bit weights, so no int8 weight floor) at least 35 dB on
+//! Asserts: w8a16 at least 3 dB above the W8 floor (GPTQ's gain on top of integer arithmetic and
+//! A16 activations that add no visible error) and at least 35 dB (the issue's bar) wherever
+//! nearest-rounded int8 weights alone allow it (a floor of 36 dB or more; on these random-weight
+//! golden models the floor is 24-36 dB, see the table); w8a8 above 15 dB; w16a16 (16-bit weights, so no int8 weight floor) at least 35 dB on
 //! every case; identical op names on both paths; bit-exact determinism (repeat
 //! runs, and a 1-thread rayon pool against the default pool). `QUANT_VISION_VERBOSE=1` prints
 //! every op's SQNR in forward order.
@@ -46,7 +49,7 @@ impl Lcg {
 }
 
 /// Synthetic calibration images of `[3, s, s]` in `[0, 1]`: uniform noise, smooth gradients with
-/// ripples, random flat rectangles (sharp edges), and stripes.
+/// ripples, random flat rectangles (sharp edges), stripes, and four more noise draws.
 fn extra_images(s: usize) -> Vec<Tensor> {
     let mut rng = Lcg(0x5eed);
     let n = 3 * s * s;
@@ -89,19 +92,35 @@ fn extra_images(s: usize) -> Vec<Tensor> {
             }
         })
         .collect();
+    // More uniform noise (the golden pixels' distribution, other draws) for GPTQ's Gram matrices.
+    let more_noise = (0..4).map(|_| (0..n).map(|_| rng.next()).collect::<Vec<f32>>());
     [noise, smooth, rects, stripes]
         .into_iter()
+        .chain(more_noise)
         .map(|d| Tensor::new(&[3, s, s], d).unwrap())
         .collect()
 }
 
-fn calibrate(model: &AutoNeuralModel, images: &[&Tensor]) -> CalibrationStats {
-    let mut obs = CalibrationObserver::new(DEFAULT_BINS).unwrap();
-    obs.set_part(Part::Vision);
-    for px in images {
-        model.encode_image(px, &mut obs).unwrap();
-    }
-    obs.into_stats()
+/// Activation statistics from `range_images` and `gram_images`, GPTQ's input Gram matrices from
+/// `gram_images` only (so GPTQ never sees the images the error is measured on).
+fn calibrate(
+    model: &AutoNeuralModel,
+    range_images: &[&Tensor],
+    gram_images: &[&Tensor],
+) -> CalibrationStats {
+    let run = |images: &[&Tensor], grams: bool| {
+        let mut obs = CalibrationObserver::new(DEFAULT_BINS)
+            .unwrap()
+            .with_input_grams(grams);
+        obs.set_part(Part::Vision);
+        for px in images {
+            model.encode_image(px, &mut obs).unwrap();
+        }
+        obs.into_stats()
+    };
+    let mut stats = run(range_images, false);
+    stats.merge(&run(gram_images, true)).unwrap();
+    stats
 }
 
 /// Compares each observed tensor with the float path's tensor of the same name.
@@ -243,7 +262,11 @@ fn integer_vision_sqnr_and_determinism() {
         let s = model.config.vision.as_ref().unwrap().image_size;
         let pixels = case.pixels();
         let extra = extra_images(s);
-        let stats = calibrate(&model, &pixels.iter().chain(&extra).collect::<Vec<_>>());
+        let stats = calibrate(
+            &model,
+            &pixels.iter().collect::<Vec<_>>(),
+            &extra.iter().collect::<Vec<_>>(),
+        );
 
         // Float reference: every op of every golden image.
         let mut refs = Vec::new();
@@ -342,12 +365,12 @@ fn integer_vision_sqnr_and_determinism() {
             assert_eq!(e1, e3, "{name} {prec}: 1-thread embeddings differ");
 
             if prec == "w8a16" {
-                // Integer arithmetic and A16 activations must cost (almost) nothing over the
-                // int8 weights themselves ...
-                if f_db < floor_f - 1.0 || e_db < floor_e - 1.0 {
+                // GPTQ rounding must win clearly over nearest-rounded int8 weights, integer
+                // arithmetic and A16 activations costing (almost) nothing on top ...
+                if f_db < floor_f + 3.0 || e_db < floor_e + 3.0 {
                     failures.push(format!(
-                        "{name} w8a16: features {f_db:.2} / embeddings {e_db:.2} dB, more than 1 dB \
-                         below the W8 floor {floor_f:.2} / {floor_e:.2} dB"
+                        "{name} w8a16: features {f_db:.2} / embeddings {e_db:.2} dB, less than 3 dB \
+                         above the nearest-rounding W8 floor {floor_f:.2} / {floor_e:.2} dB"
                     ));
                 }
                 // ... and reach the issue's 35 dB, unless int8 weights alone cannot.
@@ -384,7 +407,7 @@ fn conversion_and_input_errors_are_clear() {
     let model = AutoNeuralModel::load(&case.model_dir()).unwrap();
     let venc = model.vision_tower.as_ref().unwrap();
     let px = &case.pixels()[0];
-    let stats = calibrate(&model, &[px]);
+    let stats = calibrate(&model, &[px], &[]);
     let scheme = Scheme::default();
     let b = build(&model, &stats, &scheme);
     assert_eq!(b.enc.image_size, 256);

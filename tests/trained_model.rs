@@ -130,11 +130,18 @@ const SAMPLES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Vision-feature SQNR bars (dB), each just under its measurement (see the model card) so a
+/// regression shows: the default scheme with GPTQ rounding (the issue's bar is 35 dB), the same
+/// with nearest rounding, and 16-bit weights (what the integer runtime itself costs).
+const VISION_BAR_DEFAULT: f64 = 42.0; // measured 43.74
+const VISION_BAR_NEAREST: f64 = 30.0; // measured 30.97
+const VISION_BAR_W16: f64 = 58.0; // measured 60.55
+
 /// Vision quantization error on trained weights, measured by `autoneural report` on `quantize`d
-/// directories over held-out images: the integer runtime itself costs nothing measurable (16-bit
-/// weights and activations keep the visual tokens at ~60 dB), int8 weights (the default scheme's
-/// vision W8A16) bring them to ~31 dB on this 277k-parameter encoder. The paper's 45 dB is for the
-/// 300M-parameter encoder; the bars sit just under the measurements so a regression shows.
+/// directories over held-out images (calibrated on training images): the integer runtime itself
+/// costs nothing measurable (16-bit weights and activations keep the visual tokens near 60 dB);
+/// int8 weights (the default scheme's vision W8A16) rounded to nearest cost about 30 dB on this
+/// 277k-parameter encoder, and GPTQ rounding against the calibration inputs wins most of it back.
 #[test]
 fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,9 +166,14 @@ fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
     let test = dataset::read_split(&ds, "test").unwrap();
     let mut images: Vec<String> = test.iter().map(|r| s(&ds.join(&r.image))).collect();
     images.dedup();
-    for (k, (scheme, bar)) in [
-        ("default", 30.0),
-        ("vision=w16a16,connector=w16a16,text=w4a16", 55.0),
+    for (k, (scheme, rounding, bar)) in [
+        ("default", "gptq", VISION_BAR_DEFAULT),
+        ("default", "nearest", VISION_BAR_NEAREST),
+        (
+            "vision=w16a16,connector=w16a16,text=w4a16",
+            "gptq",
+            VISION_BAR_W16,
+        ),
     ]
     .into_iter()
     .enumerate()
@@ -175,6 +187,8 @@ fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
             &s(&calib),
             "--scheme",
             scheme,
+            "--rounding",
+            rounding,
             "--out",
             &s(&q),
         ]);
@@ -216,12 +230,13 @@ fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
         let vision = sqnr("vision:msfa.norm");
         let embeddings = sqnr("vision:multi_modal_projector.linear_2");
         println!(
-            "{scheme} on {} held-out images: vision features {vision:.2} dB, image embeddings {embeddings:.2} dB",
+            "{scheme}, {rounding} rounding, on {} held-out images: vision features {vision:.2} dB, \
+             image embeddings {embeddings:.2} dB",
             images.len()
         );
         assert!(
             vision >= bar,
-            "{scheme}: vision features SQNR {vision:.2} dB < {bar} dB"
+            "{scheme}, {rounding} rounding: vision features SQNR {vision:.2} dB < {bar} dB"
         );
     }
 }

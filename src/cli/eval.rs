@@ -149,6 +149,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                                 bins: DEFAULT_BINS,
                                 progress: !args.json,
                                 system: None,
+                                input_grams: true,
                             },
                         )?;
                         stats = Some(calibrated);

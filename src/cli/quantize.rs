@@ -29,6 +29,10 @@ pub struct QuantizeArgs {
     /// Activation range method: minmax, mse, percentile[:P] (default: min-max for 16-bit, MSE for 8-bit).
     #[arg(long)]
     range: Option<String>,
+    /// Weight rounding: `gptq` (default; weights re-rounded against their calibration inputs,
+    /// kept per layer only where that lowers the output error there) or `nearest`.
+    #[arg(long, default_value = "gptq", value_parser = ["gptq", "nearest"])]
+    rounding: String,
     /// Output directory for the quantized model.
     #[arg(long)]
     out: PathBuf,
@@ -50,6 +54,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             bins: DEFAULT_BINS,
             progress: true,
             system: None,
+            input_grams: args.rounding == "gptq",
         },
     )?;
     let q = QAutoNeural::build(&pipe.model, &stats, &scheme, method)?;
@@ -64,8 +69,9 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     let theoretical =
         (pv * bits(Part::Vision) + pc * bits(Part::Connector) + pt * bits(Part::Text)) / 8;
     println!(
-        "quantized {} with scheme {scheme} ({} calibration samples)",
+        "quantized {} with scheme {scheme}, {} rounding ({} calibration samples)",
         dir.display(),
+        args.rounding,
         samples.len()
     );
     println!("wrote {}", args.out.display());

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::models::lfm2::{Lfm2Cache, Lfm2Config, Lfm2Model};
 use crate::models::mobilenetv5::{MobileNetV5Encoder, VisionConfig};
 use crate::nn::Linear;
-use crate::observe::{observe, Observer};
+use crate::observe::{observe, Observer, OpInput};
 use crate::ops::activation::Activation;
 use crate::tensor::Tensor;
 use crate::weights::{WeightStore, Weights};
@@ -130,13 +130,29 @@ impl MultiModalProjector {
 
     /// `[tokens, vision channels] -> [tokens, text hidden]`.
     pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
+        observe_rows(obs, "multi_modal_projector.linear_1", x);
         let mut h = self.linear_1.forward(x);
         observe(obs, "multi_modal_projector", "linear_1", &h);
         self.act.apply_inplace(h.data_mut());
         observe(obs, "multi_modal_projector", "act", &h);
+        observe_rows(obs, "multi_modal_projector.linear_2", &h);
         let y = self.linear_2.forward(&h);
         observe(obs, "multi_modal_projector", "linear_2", &y);
         y
+    }
+}
+
+/// Reports the `[tokens, features]` input of linear op `op` to observers that want inputs.
+fn observe_rows(obs: &mut dyn Observer, op: &str, x: &Tensor) {
+    if obs.wants_inputs() {
+        obs.observe_input(
+            op,
+            OpInput::Tokens {
+                x: x.data(),
+                tokens: x.dim(0),
+                features: x.dim(1),
+            },
+        );
     }
 }
 

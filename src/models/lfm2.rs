@@ -24,7 +24,7 @@
 
 use crate::error::{Error, Result};
 use crate::nn::Linear;
-use crate::observe::Observer;
+use crate::observe::{Observer, OpInput};
 use crate::ops::activation::silu;
 use crate::ops::attention::{attention, AttnShape, Mask};
 use crate::ops::gemm;
@@ -560,8 +560,10 @@ impl Lfm2MLP {
         self.w1.param_count() + self.w3.param_count() + self.w2.param_count()
     }
     fn forward(&self, x: &Tensor, obs: &mut dyn Observer, p: &str) -> Tensor {
+        emit_input(obs, p, "w1", x);
         let gate = self.w1.forward(x);
         emit(obs, p, "w1", &gate);
+        emit_input(obs, p, "w3", x);
         let up = self.w3.forward(x);
         emit(obs, p, "w3", &up);
         let mut act = gate;
@@ -574,6 +576,7 @@ impl Lfm2MLP {
                 }
             });
         emit(obs, p, "act", &act);
+        emit_input(obs, p, "w2", &act);
         let y = self.w2.forward(&act);
         emit(obs, p, "w2", &y);
         y
@@ -642,6 +645,7 @@ impl Lfm2ShortConv {
         let (t, h, l) = (x.dim(0), self.hidden(), self.kernel_size());
         let keep = l - 1;
         debug_assert_eq!(state.len(), keep * h);
+        emit_input(obs, p, "in_proj", x);
         let bcx = self.in_proj.forward(x);
         emit(obs, p, "in_proj", &bcx);
         // Channel order of in_proj's output: [B | C | x].
@@ -682,6 +686,7 @@ impl Lfm2ShortConv {
             }
         }
         emit(obs, p, "y", &y);
+        emit_input(obs, p, "out_proj", &y);
         let out = self.out_proj.forward(&y);
         emit(obs, p, "out_proj", &out);
         out
@@ -748,10 +753,13 @@ impl Lfm2Attention {
     ) -> Tensor {
         let t = x.dim(0);
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        emit_input(obs, p, "q_proj", x);
         let mut q = self.q_proj.forward(x);
         emit(obs, p, "q_proj", &q);
+        emit_input(obs, p, "k_proj", x);
         let mut k = self.k_proj.forward(x);
         emit(obs, p, "k_proj", &k);
+        emit_input(obs, p, "v_proj", x);
         let v = self.v_proj.forward(x);
         emit(obs, p, "v_proj", &v);
         self.q_layernorm.forward_inplace(q.data_mut());
@@ -783,6 +791,7 @@ impl Lfm2Attention {
         );
         let o = Tensor::from_parts(&[t, nh * d], o);
         emit(obs, p, "sdpa", &o);
+        emit_input(obs, p, "out_proj", &o);
         let out = self.out_proj.forward(&o);
         emit(obs, p, "out_proj", &out);
         out
@@ -1312,6 +1321,25 @@ fn name(obs: &dyn Observer, f: impl FnOnce() -> String) -> String {
 /// Reports `t` as `prefix.suffix` (or `suffix` when the prefix is empty) if enabled.
 fn emit(obs: &mut dyn Observer, prefix: &str, suffix: &str, t: &Tensor) {
     crate::observe::observe(obs, prefix, suffix, t);
+}
+
+/// Reports the `[T, features]` input of linear op `prefix.suffix` to observers that want inputs.
+fn emit_input(obs: &mut dyn Observer, prefix: &str, suffix: &str, x: &Tensor) {
+    if obs.wants_inputs() {
+        let op = if prefix.is_empty() {
+            suffix.to_string()
+        } else {
+            format!("{prefix}.{suffix}")
+        };
+        obs.observe_input(
+            &op,
+            OpInput::Tokens {
+                x: x.data(),
+                tokens: x.dim(0),
+                features: x.dim(1),
+            },
+        );
+    }
 }
 
 /// Deterministic uniform values in `center ± half` (SplitMix64 streams, filled in parallel).

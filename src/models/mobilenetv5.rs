@@ -17,7 +17,7 @@
 //! (rank 2), with channel `head * dim + d` as in timm.
 
 use crate::error::{Error, Result};
-use crate::observe::Observer;
+use crate::observe::{Observer, OpInput};
 use crate::ops::activation::Activation;
 use crate::ops::attention::{attention, AttnShape, Mask};
 use crate::ops::conv::{
@@ -1038,6 +1038,35 @@ impl Conv2d {
         conv2d(x, &self.weight, self.bias.as_deref(), spec)
     }
 
+    /// [`Conv2d::forward`], first reporting the input to observers that want it as op
+    /// `prefix.suffix`.
+    pub fn forward_observed(
+        &self,
+        x: &Tensor,
+        obs: &mut dyn Observer,
+        prefix: &str,
+        suffix: &str,
+    ) -> Tensor {
+        if obs.wants_inputs() {
+            let k = self.kernel_size();
+            let spec = Conv2dSpec::new(
+                self.stride,
+                self.dilation,
+                self.groups,
+                self.padding(x.dim(1), x.dim(2)),
+            );
+            obs.observe_input(
+                &format!("{prefix}.{suffix}"),
+                OpInput::Conv {
+                    x,
+                    kernel: (k, k),
+                    spec,
+                },
+            );
+        }
+        self.forward(x)
+    }
+
     fn numel(&self) -> usize {
         self.weight.numel() + self.bias.as_ref().map_or(0, |b| b.len())
     }
@@ -1134,7 +1163,7 @@ impl ConvNormAct {
     }
 
     pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
-        let mut y = self.conv.forward(x);
+        let mut y = self.conv.forward_observed(x, obs, &self.name, "conv");
         emit_sub(obs, &self.name, "conv", &y);
         self.bn.forward_inplace(&mut y);
         emit_sub(obs, &self.name, "bn", &y);
@@ -1200,13 +1229,13 @@ impl EdgeResidual {
 
     pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
         let n = &self.name;
-        let mut h = self.conv_exp.forward(x);
+        let mut h = self.conv_exp.forward_observed(x, obs, n, "conv_exp");
         emit_sub(obs, n, "conv_exp", &h);
         self.bn1.forward_inplace(&mut h);
         emit_sub(obs, n, "bn1", &h);
         gelu_inplace(h.data_mut());
         emit_sub(obs, n, "bn1.act", &h);
-        let mut y = self.conv_pwl.forward(&h);
+        let mut y = self.conv_pwl.forward_observed(&h, obs, n, "conv_pwl");
         drop(h);
         emit_sub(obs, n, "conv_pwl", &y);
         self.bn2.forward_inplace(&mut y);
@@ -1445,7 +1474,7 @@ impl KvProjection {
         let down;
         let src = match &self.down_conv {
             Some(conv) => {
-                let mut d = conv.forward(x);
+                let mut d = conv.forward_observed(x, obs, &self.name, "down_conv");
                 emit_sub(obs, &self.name, "down_conv", &d);
                 if let Some(n) = &self.norm {
                     n.forward_inplace(&mut d);
@@ -1458,6 +1487,16 @@ impl KvProjection {
         };
         let (c, t) = (src.dim(0), src.dim(1) * src.dim(2));
         let dim = self.proj.dim(0);
+        if obs.wants_inputs() {
+            obs.observe_input(
+                &format!("{}.proj", self.name),
+                OpInput::Channels {
+                    x: src.data(),
+                    channels: c,
+                    positions: t,
+                },
+            );
+        }
         let y = pointwise_to_tokens(src.data(), c, t, self.proj.data(), dim);
         if obs.enabled() {
             emit_sub(
@@ -1497,6 +1536,16 @@ impl MultiQueryAttention2d {
         let (c, h, w) = (x.dim(0), x.dim(1), x.dim(2));
         let hw = h * w;
         let (nh, kd, vd) = (self.num_heads, self.key_dim, self.value_dim);
+        if obs.wants_inputs() {
+            obs.observe_input(
+                &format!("{}.query.proj", self.name),
+                OpInput::Channels {
+                    x: x.data(),
+                    channels: c,
+                    positions: hw,
+                },
+            );
+        }
         let q = pointwise_to_tokens(x.data(), c, hw, self.query_proj.data(), nh * kd);
         if obs.enabled() {
             let t = Tensor::from_parts(&[hw, nh * kd], q.clone());
@@ -1526,6 +1575,16 @@ impl MultiQueryAttention2d {
             emit_sub(obs, &self.name, "sdpa", &t);
         }
         let c_out = self.output_proj.dim(0);
+        if obs.wants_inputs() {
+            obs.observe_input(
+                &format!("{}.output.proj", self.name),
+                OpInput::Tokens {
+                    x: &o,
+                    tokens: hw,
+                    features: nh * vd,
+                },
+            );
+        }
         let y = pointwise_from_tokens(&o, hw, nh * vd, self.output_proj.data(), c_out);
         let y = Tensor::from_parts(&[c_out, h, w], y);
         emit_sub(obs, &self.name, "output.proj", &y);

@@ -159,6 +159,21 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>, spec: Conv2dSpe
     Tensor::from_parts(&[c_out, geom.oh, geom.ow], data)
 }
 
+/// The im2col patch matrix of `x` `[C_in, H, W]` as a `kernel` convolution with `spec` reads it:
+/// `(rows, positions, data)` with `rows = C_in * kH * kW` ordered `(ci, ky, kx)` like a flattened
+/// weight row (depthwise: channel `c` owns rows `c * kH * kW ..`), `positions = OH * OW`, padding
+/// as zeros.
+pub fn patches(x: &Tensor, kernel: (usize, usize), spec: Conv2dSpec) -> (usize, usize, Vec<f32>) {
+    let (c_in, h, w) = (x.dim(0), x.dim(1), x.dim(2));
+    let geom = Geom::new(c_in, h, w, kernel.0, kernel.1, spec);
+    let (rows, n) = (c_in * kernel.0 * kernel.1, geom.oh * geom.ow);
+    let mut col = vec![0.0f32; rows * n];
+    if n > 0 {
+        im2col(x.data(), &geom, 0, geom.oh, &mut col);
+    }
+    (rows, n, col)
+}
+
 /// Shapes of one convolution, resolved.
 #[derive(Clone, Copy, Debug)]
 struct Geom {

@@ -39,10 +39,11 @@
 
 use super::arith::qmax;
 use super::calibset::CalibrationSample;
+use super::gptq::GramSet;
 use super::params::ActQuant;
 use super::scheme::{Part, Precision};
 use crate::error::{Error, Result};
-use crate::observe::Observer;
+use crate::observe::{Observer, OpInput};
 use crate::pipeline::{ImageInput, Pipeline, PromptInput};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -709,6 +710,9 @@ pub struct CalibrationStats {
     /// Prompt tokens run through the language model.
     pub tokens: usize,
     pub tensors: BTreeMap<String, TensorStats>,
+    /// Gram matrices of the weighted ops' inputs, for GPTQ rounding at conversion. Not saved: they are large and only the conversion that follows needs them.
+    #[serde(skip)]
+    pub inputs: GramSet,
 }
 
 impl CalibrationStats {
@@ -720,6 +724,7 @@ impl CalibrationStats {
             images: 0,
             tokens: 0,
             tensors: BTreeMap::new(),
+            inputs: GramSet::default(),
         })
     }
 
@@ -794,6 +799,7 @@ impl CalibrationStats {
                 }
             }
         }
+        self.inputs.merge(&other.inputs)?;
         self.samples += other.samples;
         self.images += other.images;
         self.tokens += other.tokens;
@@ -834,14 +840,25 @@ impl CalibrationStats {
 pub struct CalibrationObserver {
     stats: CalibrationStats,
     part: Part,
+    input_grams: bool,
 }
 
 impl CalibrationObserver {
+    /// Records activation statistics, and the input Gram matrices of the weighted ops (see
+    /// [`CalibrationObserver::with_input_grams`]).
     pub fn new(bins: usize) -> Result<Self> {
         Ok(Self {
             stats: CalibrationStats::new(bins)?,
             part: Part::Vision,
+            input_grams: true,
         })
+    }
+
+    /// Whether to record the weights' input Gram matrices (GPTQ rounding; without them
+    /// conversion rounds every weight to nearest).
+    pub fn with_input_grams(mut self, on: bool) -> Self {
+        self.input_grams = on;
+        self
     }
 
     /// The part the following observations come from.
@@ -871,6 +888,14 @@ impl Observer for CalibrationObserver {
         };
         self.stats.observe(part, name, tensor.data());
     }
+
+    fn wants_inputs(&self) -> bool {
+        self.input_grams
+    }
+
+    fn observe_input(&mut self, op: &str, input: OpInput<'_>) {
+        self.stats.inputs.observe(op, input);
+    }
 }
 
 /// Options of [`calibrate`].
@@ -882,6 +907,9 @@ pub struct CalibrationOptions {
     pub progress: bool,
     /// System prompt of every sample's chat template.
     pub system: Option<String>,
+    /// Record the weights' input Gram matrices for GPTQ rounding
+    /// ([`CalibrationObserver::with_input_grams`]).
+    pub input_grams: bool,
 }
 
 impl Default for CalibrationOptions {
@@ -890,6 +918,7 @@ impl Default for CalibrationOptions {
             bins: DEFAULT_BINS,
             progress: true,
             system: None,
+            input_grams: true,
         }
     }
 }
@@ -906,7 +935,7 @@ pub fn calibrate(
     if samples.is_empty() {
         return Err(Error::input("the calibration set is empty"));
     }
-    let mut obs = CalibrationObserver::new(opts.bins)?;
+    let mut obs = CalibrationObserver::new(opts.bins)?.with_input_grams(opts.input_grams);
     let bar = if opts.progress {
         indicatif::ProgressBar::new(samples.len() as u64)
     } else {

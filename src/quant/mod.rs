@@ -6,6 +6,7 @@ pub mod arith;
 pub mod artifact;
 pub mod calibrate;
 pub mod calibset;
+pub mod gptq;
 pub mod metrics;
 pub mod model;
 pub mod model_io;

@@ -35,6 +35,7 @@ use crate::nn::Linear;
 use crate::ops::attention::AttnShape;
 use crate::quant::arith::{check_reduction, qmax, qmin};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
+use crate::quant::gptq;
 use crate::quant::models::lfm2::{
     QLfm2Attention, QLfm2Dims, QLfm2Layer, QLfm2Mlp, QLfm2Model, QLfm2Op, QLfm2ShortConv, QLmHead,
     QTiedHead,
@@ -170,14 +171,20 @@ impl Ctx<'_> {
         if w.iter().any(|v| !v.is_finite()) {
             return Err(Error::input(format!("text op `{name}`: non-finite weight")));
         }
-        Ok(quantize_weight(
-            w,
-            out,
-            inp,
-            pol.wbits,
-            pol.gran,
-            weight_range(pol.wbits),
-        ))
+        let mut qw = quantize_weight(w, out, inp, pol.wbits, pol.gran, weight_range(pol.wbits));
+        if let Some(gram) = self.stats.inputs.get(name) {
+            match gptq::refine(w, &mut qw, gram) {
+                Ok(r) => tracing::debug!(
+                    op = name,
+                    nearest = r.nearest_error,
+                    gptq = r.gptq_error,
+                    applied = r.applied,
+                    "GPTQ rounding"
+                ),
+                Err(e) => tracing::warn!("`{name}`: {e}; nearest rounding kept"),
+            }
+        }
+        Ok(qw)
     }
 
     fn linear(&self, name: &str, l: &Linear, x: ActQuant) -> Result<QLinear> {

@@ -12,7 +12,9 @@
 //!   are and produce the block's calibrated output range; the MSFA concat ([`QConcat`]) requantizes
 //!   each tap into the calibrated `msfa.concat` range; nearest resizes keep their input's;
 //! - weights are symmetric per output channel (the scheme's vision policy), min-max at 8 bits
-//!   and MSE-clipped below ([`weight_range`]); the stem bias is kept in accumulator units;
+//!   and MSE-clipped below ([`weight_range`]), then re-rounded with GPTQ when the calibration
+//!   recorded the op's inputs ([`OpQuantizer::weight`]); the stem bias is kept in accumulator
+//!   units;
 //! - GELU is a [`crate::quant::ops::lut::QLut`] from the norm's output range to the activation's;
 //! - input pixels use a fixed quantization of `[0, 1]` ([`pixel_quant`]) at the stem conv's
 //!   activation width.
@@ -21,9 +23,9 @@
 //! and pooling are resolved from it.
 
 use super::attention::attention as prep_attention;
-use super::conv::conv2d as prep_conv2d;
+use super::conv::conv2d_from_quantized;
 use super::elementwise::{add as prep_add, channel_scale as prep_channel_scale};
-use super::linear::linear as prep_linear;
+use super::linear::linear_from_quantized;
 use super::lut::{lut as prep_lut, LutFn};
 use super::norm::rms_norm_2d as prep_rms_norm_2d;
 use super::pool::{avg_pool2d, concat_channels, upsample_nearest};
@@ -35,6 +37,7 @@ use crate::models::mobilenetv5::{
 use crate::ops::attention::AttnShape;
 use crate::ops::conv::Conv2dSpec;
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
+use crate::quant::gptq;
 use crate::quant::models::mobilenetv5::{
     QBlock, QConvNormAct, QEdgeResidual, QKvProjection, QMobileAttention, QMobileNetV5Encoder,
     QMultiQueryAttention2d, QMultiScaleFusionAdapter, QUniversalInvertedResidual,
@@ -44,7 +47,7 @@ use crate::quant::ops::elementwise::{ChannelAxis, QAdd, QChannelScale};
 use crate::quant::ops::linear::QLinear;
 use crate::quant::ops::lut::QLut;
 use crate::quant::ops::norm::QRmsNorm2d;
-use crate::quant::params::{ActQuant, Granularity, WeightRange};
+use crate::quant::params::{quantize_weight, ActQuant, Granularity, QuantWeight, WeightRange};
 use crate::quant::scheme::{Part, Precision, Scheme};
 use crate::tensor::Tensor;
 
@@ -132,6 +135,38 @@ impl OpQuantizer<'_> {
         ))
     }
 
+    /// Op `op`'s weight `w[out, inp]` (row-major; convolutions flattened) at its precision:
+    /// nearest rounding, then GPTQ on the op's calibration inputs when the calibration recorded
+    /// them ([`gptq::refine`] keeps the GPTQ values only where they lower the output error).
+    pub fn weight(&self, op: &str, w: &[f32], (out, inp): (usize, usize)) -> Result<QuantWeight> {
+        let (wbits, gran, range) = self.weights(op)?;
+        if w.len() != out * inp || inp == 0 {
+            return Err(Error::input(format!(
+                "converting `{op}`: a weight of {} values for [{out}, {inp}]",
+                w.len()
+            )));
+        }
+        if w.iter().any(|v| !v.is_finite()) {
+            return Err(Error::input(format!(
+                "converting `{op}`: non-finite weight"
+            )));
+        }
+        let mut qw = quantize_weight(w, out, inp, wbits, gran, range);
+        if let Some(gram) = self.stats.inputs.get(op) {
+            match gptq::refine(w, &mut qw, gram) {
+                Ok(r) => tracing::debug!(
+                    op,
+                    nearest = r.nearest_error,
+                    gptq = r.gptq_error,
+                    applied = r.applied,
+                    "GPTQ rounding"
+                ),
+                Err(e) => tracing::warn!("`{op}`: {e}; nearest rounding kept"),
+            }
+        }
+        Ok(qw)
+    }
+
     /// `y = x W^T (+ b)` for the op `op` (weight `[out, inp]` row-major).
     pub fn linear(
         &self,
@@ -141,9 +176,9 @@ impl OpQuantizer<'_> {
         (out, inp): (usize, usize),
         x: ActQuant,
     ) -> Result<QLinear> {
-        let (wbits, gran, range) = self.weights(op)?;
+        let qw = self.weight(op, w, (out, inp))?;
         let y = self.act(op)?;
-        prep_linear(w, bias, out, inp, wbits, gran, range, x, y).map_err(|e| ctx(op, e))
+        linear_from_quantized(&qw, bias, x, y).map_err(|e| ctx(op, e))
     }
 
     /// An elementwise function table from `x` to op `op`'s output quantization.
@@ -166,7 +201,6 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn conv(&self, op: &str, c: &Conv2d, x: ActQuant, (h, w): Size) -> Result<(QConv2d, Size)> {
-        let (wbits, gran, range) = self.q.weights(op)?;
         let y = self.q.act(op)?;
         let k = c.kernel_size();
         let pad = c.padding(h, w);
@@ -177,7 +211,14 @@ impl Builder<'_> {
             )));
         }
         let spec = Conv2dSpec::new(c.stride, c.dilation, c.groups, pad);
-        let qc = prep_conv2d(&c.weight, c.bias.as_deref(), spec, wbits, gran, range, x, y)
+        let (c_out, cpg, kh, kw) = (
+            c.weight.dim(0),
+            c.weight.dim(1),
+            c.weight.dim(2),
+            c.weight.dim(3),
+        );
+        let qw = self.q.weight(op, c.weight.data(), (c_out, cpg * kh * kw))?;
+        let qc = conv2d_from_quantized(&qw, cpg, (kh, kw), c.bias.as_deref(), spec, x, y)
             .map_err(|e| ctx(op, e))?;
         let size = qc.out_size(h, w);
         Ok((qc, size))
