@@ -9,7 +9,7 @@
 //!   SplitMix64 stream seeded with the case's index (the first id is `<|startoftext|>` = 1).
 //!
 //! Each calibration prompt runs through `Lfm2Model::forward` and `Lfm2Model::lm_head` with a
-//! `CalibrationObserver` (min-max ranges). The integer model is then built at `text=w4a16`,
+//! `CalibrationObserver` (min-max ranges, nearest weight rounding). The integer model is then built at `text=w4a16`,
 //! `text=w8a16` and `text=w16a16` and run on the case's prompt (image rows requantized into `embed_params()`).
 //!
 //! Two references:
@@ -199,7 +199,12 @@ fn splitmix(state: &mut u64) -> u64 {
 /// The case's prompt plus the random-id prompts; see the module docs.
 fn calibrate(l: &Loaded, case_index: usize, prompt: &Tensor) -> CalibrationStats {
     let m = &l.model;
-    let mut obs = CalibrationObserver::new(DEFAULT_BINS).unwrap();
+    // Nearest rounding (no input Gram matrices, so no GPTQ): the `wq` reference must hold the
+    // integer model's exact weights. GPTQ's gain is measured on trained weights
+    // (tests/trained_model.rs, `autoneural report`).
+    let mut obs = CalibrationObserver::new(DEFAULT_BINS)
+        .unwrap()
+        .with_input_grams(false);
     obs.set_part(Part::Text);
     let mut inputs = vec![prompt.clone()];
     let mut s = 0xC0FF_EE00 + case_index as u64;

@@ -5,8 +5,8 @@
 //! on its calibration inputs `X` is `||(W - Q) X||^2 = sum_o e_o^T H e_o` with `H = X X^T`: when
 //! inputs are correlated (neighbouring pixels of an image patch, channels of a feature map) the
 //! error of one weight can be cancelled by nudging the weights not yet rounded. GPTQ rounds the
-//! columns one by one and spreads each rounding error over the later columns through the
-//! Cholesky factor of `H^-1`. Scales stay those of nearest rounding (chosen from the float
+//! columns one by one (in order of decreasing input energy, GPTQ's "act order") and spreads each
+//! rounding error over the later columns through the Cholesky factor of `H^-1`. Scales stay those of nearest rounding (chosen from the float
 //! weights), so the integer runtime and the artifact do not change; only the integer values do.
 //!
 //! The calibration run collects `H` per weighted op ([`GramSet`], fed by
@@ -289,12 +289,13 @@ pub fn refine(w: &[f32], qw: &mut QuantWeight, gram: &InputGram) -> Result<Refin
     let scale = |o: usize, c: usize| -> f64 {
         qw.row_scale[o] as f64 * qw.group_mult[o * gpr + c / qw.group] as f64 / unit
     };
-    // The rows' upper Cholesky factors of H^-1 (one shared, or one per row).
-    let factors: Vec<Vec<f64>> = match gram {
-        InputGram::Shared { k, h, .. } => vec![inverse_cholesky_upper(h, *k)?],
+    // The rows' column orders and upper Cholesky factors of H^-1 in that order (one shared,
+    // or one per row).
+    let factors: Vec<(Vec<usize>, Vec<f64>)> = match gram {
+        InputGram::Shared { k, h, .. } => vec![ordered_factor(h, *k)?],
         InputGram::PerRow { rows, k, h, .. } => (0..*rows)
             .into_par_iter()
-            .map(|r| inverse_cholesky_upper(&h[r * k * k..(r + 1) * k * k], *k))
+            .map(|r| ordered_factor(&h[r * k * k..(r + 1) * k * k], *k))
             .collect::<Result<_>>()?,
     };
     let hessian = |o: usize| -> &[f64] {
@@ -306,24 +307,22 @@ pub fn refine(w: &[f32], qw: &mut QuantWeight, gram: &InputGram) -> Result<Refin
     let rows: Vec<(Vec<i16>, f64, f64)> = (0..out)
         .into_par_iter()
         .map(|o| {
-            let u = if factors.len() == 1 {
+            let (perm, u) = if factors.len() == 1 {
                 &factors[0]
             } else {
                 &factors[o]
             };
-            let mut row: Vec<f64> = w[o * inp..(o + 1) * inp]
-                .iter()
-                .map(|&v| v as f64)
-                .collect();
+            // The row in processing order: position i holds column perm[i].
+            let mut row: Vec<f64> = perm.iter().map(|&c| w[o * inp + c] as f64).collect();
             let mut q = vec![0i16; inp];
             for i in 0..inp {
-                let s = scale(o, i);
+                let s = scale(o, perm[i]);
                 let v = if s > 0.0 {
                     (row[i] / s).round().clamp(-qm, qm)
                 } else {
                     0.0
                 };
-                q[i] = v as i16;
+                q[perm[i]] = v as i16;
                 let err = (row[i] - v * s) / u[i * inp + i];
                 for j in i + 1..inp {
                     row[j] -= err * u[i * inp + j];
@@ -355,6 +354,21 @@ pub fn refine(w: &[f32], qw: &mut QuantWeight, gram: &InputGram) -> Result<Refin
         gptq_error,
         applied,
     })
+}
+
+/// GPTQ's "act order": columns by decreasing input energy (the Gram diagonal, ties by index), so
+/// the weights that matter most are rounded first, while the most weights remain to absorb their
+/// error; and the upper Cholesky factor of `H^-1` in that order.
+fn ordered_factor(h: &[f64], k: usize) -> Result<(Vec<usize>, Vec<f64>)> {
+    let mut perm: Vec<usize> = (0..k).collect();
+    perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]).then(a.cmp(&b)));
+    let mut hp = vec![0.0f64; k * k];
+    for (i, &pi) in perm.iter().enumerate() {
+        for (j, &pj) in perm.iter().enumerate() {
+            hp[i * k + j] = h[pi * k + pj];
+        }
+    }
+    Ok((perm, inverse_cholesky_upper(&hp, k)?))
 }
 
 /// `e^T H e` for a row-major `[k, k]` `H`.
