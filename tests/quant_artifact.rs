@@ -3,7 +3,7 @@
 
 use autoneural::engine::{Engine, IntegerPipeline};
 use autoneural::pipeline::Pipeline;
-use autoneural::quant::calibrate::{calibrate, CalibrationOptions, DEFAULT_BINS};
+use autoneural::quant::calibrate::{calibrate, CalibrationOptions, Rounding, DEFAULT_BINS};
 use autoneural::quant::calibset::CalibrationSample;
 use autoneural::quant::model::QAutoNeural;
 use autoneural::quant::scheme::Scheme;
@@ -31,7 +31,7 @@ fn save_load_run_is_bit_identical() {
         bins: DEFAULT_BINS,
         progress: false,
         system: None,
-        input_grams: true,
+        rounding: Rounding::default(),
     };
     let stats = calibrate(&pipe, &samples, &opts).unwrap();
     let pixels = pipe

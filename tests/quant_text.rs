@@ -47,7 +47,7 @@ use autoneural::generate::argmax;
 use autoneural::models::lfm2::{Lfm2Config, Lfm2Model};
 use autoneural::observe::{NoObserver, Recorder};
 use autoneural::quant::calibrate::{
-    CalibrationObserver, CalibrationStats, RangeMethod, DEFAULT_BINS,
+    CalibrationObserver, CalibrationStats, RangeMethod, Rounding, DEFAULT_BINS,
 };
 use autoneural::quant::metrics::sqnr_db;
 use autoneural::quant::models::lfm2::{argmax_i16, QLfm2Model};
@@ -204,7 +204,7 @@ fn calibrate(l: &Loaded, case_index: usize, prompt: &Tensor) -> CalibrationStats
     // (tests/trained_model.rs, `autoneural report`).
     let mut obs = CalibrationObserver::new(DEFAULT_BINS)
         .unwrap()
-        .with_input_grams(false);
+        .with_rounding(Rounding::Nearest);
     obs.set_part(Part::Text);
     let mut inputs = vec![prompt.clone()];
     let mut s = 0xC0FF_EE00 + case_index as u64;

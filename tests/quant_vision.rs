@@ -23,7 +23,7 @@ mod common;
 use autoneural::models::autoneural::AutoNeuralModel;
 use autoneural::models::mobilenetv5::{Block, Conv2d, ConvNormAct, MobileNetV5Encoder};
 use autoneural::observe::{NoObserver, Observer, Recorder};
-use autoneural::quant::calibrate::{CalibrationObserver, CalibrationStats, DEFAULT_BINS};
+use autoneural::quant::calibrate::{CalibrationObserver, CalibrationStats, Rounding, DEFAULT_BINS};
 use autoneural::quant::metrics::sqnr_db;
 use autoneural::quant::models::connector::QProjector;
 use autoneural::quant::models::mobilenetv5::QMobileNetV5Encoder;
@@ -111,7 +111,11 @@ fn calibrate(
     let run = |images: &[&Tensor], grams: bool| {
         let mut obs = CalibrationObserver::new(DEFAULT_BINS)
             .unwrap()
-            .with_input_grams(grams);
+            .with_rounding(if grams {
+                Rounding::Gptq
+            } else {
+                Rounding::Nearest
+            });
         obs.set_part(Part::Vision);
         for px in images {
             model.encode_image(px, &mut obs).unwrap();

@@ -6,7 +6,9 @@ use autoneural::dataset::{self, Record};
 use autoneural::engine::{Engine, IntegerPipeline};
 use autoneural::eval::{self, EvalOptions, Outcome, Scores};
 use autoneural::pipeline::Pipeline;
-use autoneural::quant::calibrate::{calibrate, CalibrationOptions, CalibrationStats, DEFAULT_BINS};
+use autoneural::quant::calibrate::{
+    calibrate, CalibrationOptions, CalibrationStats, Rounding, DEFAULT_BINS,
+};
 use autoneural::quant::calibset::{read_calibration_set, CalibrationSample};
 use autoneural::quant::model::QAutoNeural;
 use autoneural::quant::scheme::Scheme;
@@ -39,6 +41,9 @@ pub struct EvalArgs {
     /// first --calibration-images images of the dataset's train split, with their questions.
     #[arg(long)]
     calibration: Option<PathBuf>,
+    /// Weight rounding of the integer schemes (see `quantize --rounding`): gptq, gptq-all, nearest.
+    #[arg(long, default_value = "gptq")]
+    rounding: String,
     /// Train-split images to calibrate on when --calibration is not given.
     #[arg(long, default_value_t = 32)]
     calibration_images: usize,
@@ -64,6 +69,7 @@ struct Run {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
+    let rounding: Rounding = args.rounding.parse()?;
     let dir = super::resolve_model_dir(&args.model)?;
     if args.limit == Some(0) {
         bail!("--limit must be at least 1");
@@ -149,7 +155,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                                 bins: DEFAULT_BINS,
                                 progress: !args.json,
                                 system: None,
-                                input_grams: true,
+                                rounding,
                             },
                         )?;
                         stats = Some(calibrated);

@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result};
 use autoneural::pipeline::Pipeline;
-use autoneural::quant::calibrate::{calibrate, CalibrationOptions, RangeMethod, DEFAULT_BINS};
+use autoneural::quant::calibrate::{
+    calibrate, CalibrationOptions, RangeMethod, Rounding, DEFAULT_BINS,
+};
 use autoneural::quant::calibset::read_calibration_set;
 use autoneural::quant::model::QAutoNeural;
 use autoneural::quant::scheme::{Part, Scheme};
@@ -29,9 +31,10 @@ pub struct QuantizeArgs {
     /// Activation range method: minmax, mse, percentile[:P] (default: min-max for 16-bit, MSE for 8-bit).
     #[arg(long)]
     range: Option<String>,
-    /// Weight rounding: `gptq` (default; weights re-rounded against their calibration inputs,
-    /// kept per layer only where that lowers the output error there) or `nearest`.
-    #[arg(long, default_value = "gptq", value_parser = ["gptq", "nearest"])]
+    /// Weight rounding: `gptq` (default: vision and connector weights re-rounded against their
+    /// calibration inputs, kept per layer only where that lowers the output error there; language
+    /// weights to nearest), `gptq-all` (the language model's too) or `nearest`.
+    #[arg(long, default_value = "gptq")]
     rounding: String,
     /// Output directory for the quantized model.
     #[arg(long)]
@@ -45,6 +48,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         scheme = scheme.with_overrides_file(path)?;
     }
     let method = args.range.as_deref().map(RangeMethod::parse).transpose()?;
+    let rounding: Rounding = args.rounding.parse()?;
     let samples = read_calibration_set(&args.calibration)?;
     let pipe = Pipeline::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
     let stats = calibrate(
@@ -54,7 +58,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             bins: DEFAULT_BINS,
             progress: true,
             system: None,
-            input_grams: args.rounding == "gptq",
+            rounding,
         },
     )?;
     let q = QAutoNeural::build(&pipe.model, &stats, &scheme, method)?;
@@ -71,7 +75,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     println!(
         "quantized {} with scheme {scheme}, {} rounding ({} calibration samples)",
         dir.display(),
-        args.rounding,
+        rounding,
         samples.len()
     );
     println!("wrote {}", args.out.display());

@@ -698,6 +698,57 @@ impl TensorStats {
     }
 }
 
+/// Which weights get GPTQ rounding ([`crate::quant::gptq`]): calibration records the Gram
+/// matrices of their inputs, conversion re-rounds them against it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rounding {
+    /// Every weight rounded to nearest.
+    Nearest,
+    /// GPTQ for the vision and connector weights, nearest for the language model. The default:
+    /// on the trained cockpit model it lifts the visual tokens from 31 to 45 dB at W8A16, while
+    /// GPTQ on the W4 language weights, calibrated on prompts (no answer tokens), lowered the
+    /// share of answers identical to float (94.4 % vs 95.9 %).
+    #[default]
+    Gptq,
+    /// GPTQ for every weight, the language model's included.
+    GptqAll,
+}
+
+impl Rounding {
+    /// Whether weights of `part` get GPTQ rounding.
+    pub fn gptq_for(self, part: Part) -> bool {
+        match self {
+            Rounding::Nearest => false,
+            Rounding::Gptq => part != Part::Text,
+            Rounding::GptqAll => true,
+        }
+    }
+}
+
+impl fmt::Display for Rounding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rounding::Nearest => "nearest",
+            Rounding::Gptq => "gptq",
+            Rounding::GptqAll => "gptq-all",
+        })
+    }
+}
+
+impl FromStr for Rounding {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "nearest" => Ok(Rounding::Nearest),
+            "gptq" => Ok(Rounding::Gptq),
+            "gptq-all" => Ok(Rounding::GptqAll),
+            _ => Err(Error::input(format!(
+                "unknown weight rounding `{s}` (expected nearest, gptq or gptq-all)"
+            ))),
+        }
+    }
+}
+
 /// Per-op activation statistics of a calibration run; serialisable so it can be saved next to a
 /// quantized model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -840,24 +891,24 @@ impl CalibrationStats {
 pub struct CalibrationObserver {
     stats: CalibrationStats,
     part: Part,
-    input_grams: bool,
+    rounding: Rounding,
 }
 
 impl CalibrationObserver {
-    /// Records activation statistics, and the input Gram matrices of the weighted ops (see
-    /// [`CalibrationObserver::with_input_grams`]).
+    /// Records activation statistics, and the input Gram matrices of the weights the default
+    /// [`Rounding`] gives GPTQ (see [`CalibrationObserver::with_rounding`]).
     pub fn new(bins: usize) -> Result<Self> {
         Ok(Self {
             stats: CalibrationStats::new(bins)?,
             part: Part::Vision,
-            input_grams: true,
+            rounding: Rounding::default(),
         })
     }
 
-    /// Whether to record the weights' input Gram matrices (GPTQ rounding; without them
-    /// conversion rounds every weight to nearest).
-    pub fn with_input_grams(mut self, on: bool) -> Self {
-        self.input_grams = on;
+    /// Which weights' input Gram matrices to record (the ones that get GPTQ rounding; the
+    /// others are rounded to nearest).
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
         self
     }
 
@@ -890,7 +941,8 @@ impl Observer for CalibrationObserver {
     }
 
     fn wants_inputs(&self) -> bool {
-        self.input_grams
+        // Connector ops report while the part is Vision (see `observe`).
+        self.rounding.gptq_for(self.part)
     }
 
     fn observe_input(&mut self, op: &str, input: OpInput<'_>) {
@@ -907,9 +959,8 @@ pub struct CalibrationOptions {
     pub progress: bool,
     /// System prompt of every sample's chat template.
     pub system: Option<String>,
-    /// Record the weights' input Gram matrices for GPTQ rounding
-    /// ([`CalibrationObserver::with_input_grams`]).
-    pub input_grams: bool,
+    /// Which weights get GPTQ rounding ([`CalibrationObserver::with_rounding`]).
+    pub rounding: Rounding,
 }
 
 impl Default for CalibrationOptions {
@@ -918,7 +969,7 @@ impl Default for CalibrationOptions {
             bins: DEFAULT_BINS,
             progress: true,
             system: None,
-            input_grams: true,
+            rounding: Rounding::default(),
         }
     }
 }
@@ -935,7 +986,7 @@ pub fn calibrate(
     if samples.is_empty() {
         return Err(Error::input("the calibration set is empty"));
     }
-    let mut obs = CalibrationObserver::new(opts.bins)?.with_input_grams(opts.input_grams);
+    let mut obs = CalibrationObserver::new(opts.bins)?.with_rounding(opts.rounding);
     let bar = if opts.progress {
         indicatif::ProgressBar::new(samples.len() as u64)
     } else {
@@ -1041,6 +1092,19 @@ mod tests {
             })
             .sum::<f64>()
             / xs.len() as f64
+    }
+
+    #[test]
+    fn rounding_names_round_trip_and_bad_ones_are_errors() {
+        for r in [Rounding::Nearest, Rounding::Gptq, Rounding::GptqAll] {
+            assert_eq!(r.to_string().parse::<Rounding>().unwrap(), r);
+        }
+        let e = "gptqq".parse::<Rounding>().unwrap_err().to_string();
+        assert!(e.contains("unknown weight rounding `gptqq`"), "{e}");
+        assert!(Rounding::Gptq.gptq_for(Part::Vision) && !Rounding::Gptq.gptq_for(Part::Text));
+        assert!(
+            Rounding::GptqAll.gptq_for(Part::Text) && !Rounding::Nearest.gptq_for(Part::Vision)
+        );
     }
 
     #[test]

@@ -371,6 +371,24 @@ fn ordered_factor(h: &[f64], k: usize) -> Result<(Vec<usize>, Vec<f64>)> {
     Ok((perm, inverse_cholesky_upper(&hp, k)?))
 }
 
+/// [`refine`] for op `op` when the calibration recorded its inputs (`gram`), logging the output
+/// errors; a failure keeps nearest rounding with a warning instead of failing the conversion.
+pub fn refine_op(op: &str, w: &[f32], qw: &mut QuantWeight, gram: Option<&InputGram>) {
+    let Some(gram) = gram else {
+        return;
+    };
+    match refine(w, qw, gram) {
+        Ok(r) => tracing::debug!(
+            op,
+            nearest = r.nearest_error,
+            gptq = r.gptq_error,
+            applied = r.applied,
+            "GPTQ rounding"
+        ),
+        Err(e) => tracing::warn!("`{op}`: {e}; nearest rounding kept"),
+    }
+}
+
 /// `e^T H e` for a row-major `[k, k]` `H`.
 fn quadratic_form(h: &[f64], e: &[f64]) -> f64 {
     let k = e.len();

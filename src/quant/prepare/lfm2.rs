@@ -172,18 +172,7 @@ impl Ctx<'_> {
             return Err(Error::input(format!("text op `{name}`: non-finite weight")));
         }
         let mut qw = quantize_weight(w, out, inp, pol.wbits, pol.gran, weight_range(pol.wbits));
-        if let Some(gram) = self.stats.inputs.get(name) {
-            match gptq::refine(w, &mut qw, gram) {
-                Ok(r) => tracing::debug!(
-                    op = name,
-                    nearest = r.nearest_error,
-                    gptq = r.gptq_error,
-                    applied = r.applied,
-                    "GPTQ rounding"
-                ),
-                Err(e) => tracing::warn!("`{name}`: {e}; nearest rounding kept"),
-            }
-        }
+        gptq::refine_op(name, w, &mut qw, self.stats.inputs.get(name));
         Ok(qw)
     }
 

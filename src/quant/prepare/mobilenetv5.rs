@@ -152,18 +152,7 @@ impl OpQuantizer<'_> {
             )));
         }
         let mut qw = quantize_weight(w, out, inp, wbits, gran, range);
-        if let Some(gram) = self.stats.inputs.get(op) {
-            match gptq::refine(w, &mut qw, gram) {
-                Ok(r) => tracing::debug!(
-                    op,
-                    nearest = r.nearest_error,
-                    gptq = r.gptq_error,
-                    applied = r.applied,
-                    "GPTQ rounding"
-                ),
-                Err(e) => tracing::warn!("`{op}`: {e}; nearest rounding kept"),
-            }
-        }
+        gptq::refine_op(op, w, &mut qw, self.stats.inputs.get(op));
         Ok(qw)
     }
 
