@@ -102,10 +102,6 @@ impl GramSet {
         self.grams.get(op)
     }
 
-    pub fn len(&self) -> usize {
-        self.grams.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.grams.is_empty()
     }
@@ -158,15 +154,16 @@ fn gram_of(input: OpInput<'_>) -> Option<InputGram> {
                 return None;
             }
             let pointwise_direct = kh == 1 && kw == 1 && spec.stride == 1 && spec.pad.is_zero();
+            let widen = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
             let (rows, n, p) = if pointwise_direct {
-                (c, x.dim(1) * x.dim(2), x.data().to_vec())
+                (c, x.dim(1) * x.dim(2), widen(x.data()))
             } else {
-                patches(x, kernel, spec)
+                let (rows, n, col) = patches(x, kernel, spec);
+                (rows, n, widen(&col))
             };
             if n == 0 {
                 return None;
             }
-            let p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
             if depthwise {
                 // Rows are ordered (channel, ky, kx): channel c owns rows c*k .. (c+1)*k.
                 let h: Vec<f64> = (0..c)
