@@ -16,6 +16,9 @@ use crate::tensor::Tensor;
 use std::path::Path;
 use std::time::Instant;
 
+/// Answer tokens the float model decodes during request-only calibration ([`Engine::quantize_for`]).
+const CALIBRATION_ANSWER_TOKENS: usize = 64;
+
 pub enum Engine {
     Float(Box<Pipeline>),
     Integer(Box<IntegerPipeline>),
@@ -59,7 +62,10 @@ impl Engine {
     }
 
     /// Switches a float engine to the integer path for `scheme`, calibrating on this request's
-    /// own inputs (quick experiments; `autoneural quantize` calibrates on a proper set).
+    /// own inputs and the float model's greedy answer to it (quick experiments; `autoneural
+    /// quantize` calibrates on a proper set). The answer matters: ranges seen on the prompt alone
+    /// can be too narrow for the decoded positions (on the trained cockpit model they clipped
+    /// "Two." into "Twooparking sign." even with 16-bit weights and activations).
     pub fn quantize_for(self, scheme: &Scheme, pixels: &[Tensor], ids: &[u32]) -> Result<Self> {
         let Engine::Float(pipe) = self else {
             return Ok(self);
@@ -74,8 +80,19 @@ impl Engine {
         let x = pipe.model.embed_prompt(ids, &embeds)?;
         let mut cache = pipe.model.new_cache();
         let lm = &pipe.model.language_model;
-        let hidden = lm.forward(x, &mut cache, &mut obs)?;
-        lm.lm_head(&hidden, &mut obs);
+        let mut hidden = lm.forward(x, &mut cache, &mut obs)?;
+        let stops = pipeline::stop_tokens(&pipe.model.config, &pipe.tokenizer);
+        let h = pipe.model.config.text.hidden_size;
+        let context = pipe.model.config.text.max_position_embeddings;
+        for _ in 0..CALIBRATION_ANSWER_TOKENS {
+            let t = hidden.numel() / h;
+            let last = Tensor::from_parts(&[1, h], hidden.data()[(t - 1) * h..].to_vec());
+            let next = crate::generate::argmax(lm.lm_head(&last, &mut obs).data());
+            if stops.contains(&next) || cache.len() + 1 > context {
+                break;
+            }
+            hidden = lm.forward(lm.embed(&[next])?, &mut cache, &mut obs)?;
+        }
         let stats = obs.into_stats();
         let model = QAutoNeural::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
         Ok(Engine::Integer(Box::new(IntegerPipeline {

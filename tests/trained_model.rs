@@ -19,8 +19,8 @@ fn model() -> String {
 /// the model was trained (see the model card); the bars sit below the measurement so a rebuild
 /// with different float rounding does not flip them, and far above the majority baseline.
 const BARS: [(&str, f64); 2] = [("float", FLOAT_BAR), ("default", DEFAULT_BAR)];
-const FLOAT_BAR: f64 = 0.70;
-const DEFAULT_BAR: f64 = 0.65;
+const FLOAT_BAR: f64 = 0.85; // measured 0.978 (89 questions)
+const DEFAULT_BAR: f64 = 0.80; // measured 0.978
 
 #[test]
 fn answers_held_out_questions_in_float_and_default_integer() {
@@ -69,6 +69,61 @@ fn answers_held_out_questions_in_float_and_default_integer() {
             "{p}: accuracy {acc:.3} below the bar {bar} or not clearly above the majority baseline {majority:.3}"
         );
     }
+}
+
+/// Every question type, in float, beats always answering its most common answer by at least
+/// `PER_TYPE_MARGIN` (absolute) on a held-out set large enough for the rarest type (the speed
+/// limit, about 36 questions here). Float only: the integer schemes are covered above, and their
+/// scalar kernels would make 1000 questions slow.
+const PER_TYPE_MARGIN: f64 = 0.15;
+const PER_TYPE_IMAGES: usize = 3000;
+/// Types the shipped model is known not to read, printed but not asserted: the speed limit
+/// (12 % on the test split against 15 % for the most common limit; see the model card).
+const KNOWN_WEAK: &[&str] = &["speed_limit"];
+
+#[test]
+fn every_question_type_clearly_beats_its_majority_answer_in_float() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = tmp.path().join("heldout");
+    let opts = GenerateOptions {
+        count: PER_TYPE_IMAGES,
+        seed: 20261202,
+        ..GenerateOptions::default()
+    };
+    dataset::generate_cockpit(&ds, &opts).unwrap();
+    let out = run(&[
+        "eval",
+        "--model",
+        &model(),
+        "--dataset",
+        &s(&ds),
+        "--precision",
+        "float",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let per_type = v["per_type"].as_object().unwrap();
+    assert_eq!(per_type.len(), 11, "question types: {:?}", per_type.keys());
+    let mut failures = Vec::new();
+    for (kind, t) in per_type {
+        let n = t["questions"].as_u64().unwrap();
+        let majority = t["majority_baseline"].as_f64().unwrap();
+        let acc = t["float"].as_f64().unwrap();
+        println!("{kind:16} {n:4} questions: float {acc:.3}, majority {majority:.3}");
+        assert!(n >= 30, "{kind}: only {n} questions");
+        if acc < majority + PER_TYPE_MARGIN && !KNOWN_WEAK.contains(&kind.as_str()) {
+            failures.push(format!("{kind}: {acc:.3} vs majority {majority:.3}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "not clearly above the majority answer: {failures:?}"
+    );
 }
 
 #[test]
@@ -128,20 +183,25 @@ const SAMPLES: &[(&str, &str, &str)] = &[
         "Is the driver using a phone?",
         "No.",
     ),
+    (
+        "assets/cockpit_cabin.png",
+        "Are all occupants wearing seatbelts?",
+        "No.",
+    ),
 ];
 
 /// Vision-feature SQNR bars (dB), each just under its measurement (see the model card) so a
 /// regression shows: the default scheme with GPTQ rounding (the bar is 35 dB), the same
 /// with nearest rounding, and 16-bit weights (what the integer runtime itself costs).
-const VISION_BAR_DEFAULT: f64 = 44.0; // measured 45.14
-const VISION_BAR_NEAREST: f64 = 30.0; // measured 30.97
-const VISION_BAR_W16: f64 = 58.0; // measured 60.52
+const VISION_BAR_DEFAULT: f64 = 42.0; // measured 43.58
+const VISION_BAR_NEAREST: f64 = 34.0; // measured 35.23
+const VISION_BAR_W16: f64 = 50.0; // measured 52.50
 
 /// Vision quantization error on trained weights, measured by `autoneural report` on `quantize`d
 /// directories over held-out images (calibrated on training images): the integer runtime itself
-/// costs nothing measurable (16-bit weights and activations keep the visual tokens near 60 dB);
-/// int8 weights (the default scheme's vision W8A16) rounded to nearest cost about 30 dB on this
-/// 277k-parameter encoder, and GPTQ rounding against the calibration inputs wins most of it back.
+/// costs little (16-bit weights and activations keep the visual tokens above 50 dB);
+/// int8 weights (the default scheme's vision W8A16) rounded to nearest cost about 17 dB on this
+/// 277k-parameter encoder, and GPTQ rounding against the calibration inputs wins half of it back.
 #[test]
 fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
     let tmp = tempfile::tempdir().unwrap();

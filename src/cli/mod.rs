@@ -72,7 +72,8 @@ pub struct InputArgs {
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
     /// Run a float model on the integer path with this scheme (e.g. `default`, `w8a8`),
-    /// calibrated on this request's own inputs. Quantized model directories need no flag.
+    /// calibrated on this request's own inputs and the float model's answer. Quantized model
+    /// directories need no flag.
     #[arg(long)]
     pub precision: Option<String>,
 }

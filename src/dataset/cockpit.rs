@@ -629,9 +629,12 @@ impl CabinSpec {
                     c.disc(sx, sy + w * 0.02, w * 0.2, self.hair[i]);
                     if *belted {
                         // A dark strap with a light edge, visible on any clothing.
-                        let (x0, y0, x1, y1) = (sx - w * 0.38, sy, sx + w * 0.3, sy + w * 0.38);
-                        c.line(x0, y0, x1, y1, w * 0.15, [185, 185, 185]);
-                        c.line(x0, y0, x1, y1, w * 0.08, self.belt);
+                        // Wide enough (about 7 px on a rear seat at 256 px) that a stride-32
+                        // encoder keeps it: the thinner cockpit-3 strap was read at chance.
+                        let (x0, y0, x1, y1) =
+                            (sx - w * 0.4, sy - w * 0.02, sx + w * 0.32, sy + w * 0.4);
+                        c.line(x0, y0, x1, y1, w * 0.2, [185, 185, 185]);
+                        c.line(x0, y0, x1, y1, w * 0.11, self.belt);
                     }
                     if i == 0 {
                         let skin = [225, 180, 140];
@@ -731,9 +734,11 @@ impl RoadSpec {
                 .unwrap_or(&LightColour::Red)
         });
         let sign = (traffic_light.is_none() || rng.random_bool(0.6)).then(|| {
-            match rng.random_range(0..4) {
+            // Speed limits are two of five signs: reading the digit needs more examples than
+            // telling the sign kinds apart.
+            match rng.random_range(0..5) {
                 0 => Sign::Stop,
-                1 => Sign::SpeedLimit(rng.random_range(2..=9) * 10),
+                1 | 4 => Sign::SpeedLimit(rng.random_range(2..=9) * 10),
                 2 => Sign::NoParking,
                 _ => Sign::Parking,
             }
@@ -849,7 +854,7 @@ impl RoadSpec {
         if let Some(sign) = self.sign {
             let k = self.sign_scale * s;
             let (x, y) = (self.sign_x * s, self.sign_y * s);
-            let r = 0.095 * k;
+            let r = 0.11 * k;
             c.rect(x - 0.007 * k, y, x + 0.007 * k, h + 0.08 * s, pole);
             match sign {
                 Sign::Stop => {
@@ -867,7 +872,7 @@ impl RoadSpec {
                 Sign::SpeedLimit(v) => {
                     c.disc(x, y, r, [245, 245, 245]);
                     c.ring(x, y, r, r * 0.8, [210, 20, 25]);
-                    let (dh, dw) = (r * 0.8, r * 0.42);
+                    let (dh, dw) = (r * 0.9, r * 0.45);
                     let gap = r * 0.12;
                     c.number(
                         v,

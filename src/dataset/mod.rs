@@ -29,7 +29,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Component, Path};
 
 /// Written to `dataset.json`; bump when the rendering or the templates change.
-pub const GENERATOR_VERSION: &str = "cockpit-3";
+pub const GENERATOR_VERSION: &str = "cockpit-4";
 pub const MIN_SIZE: u32 = 64;
 pub const MAX_SIZE: u32 = 2048;
 /// Image ids are six digits.
