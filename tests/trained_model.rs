@@ -22,34 +22,34 @@ const BARS: [(&str, f64); 2] = [("float", FLOAT_BAR), ("default", DEFAULT_BAR)];
 const FLOAT_BAR: f64 = 0.85; // measured 0.978 (89 questions)
 const DEFAULT_BAR: f64 = 0.80; // measured 0.978
 
-#[test]
-fn answers_held_out_questions_in_float_and_default_integer() {
+/// `autoneural eval --json` of the shipped model at `precisions` on the test split of a freshly
+/// generated cockpit set of `count` images (a seed the model never saw).
+fn eval_held_out(count: usize, seed: u64, precisions: &[&str]) -> Value {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("heldout");
     let opts = GenerateOptions {
-        count: 300,
-        seed: 20261125,
+        count,
+        seed,
         ..GenerateOptions::default()
     };
     dataset::generate_cockpit(&ds, &opts).unwrap();
-    let out = run(&[
-        "eval",
-        "--model",
-        &model(),
-        "--dataset",
-        &s(&ds),
-        "--precision",
-        "float",
-        "--precision",
-        "default",
-        "--json",
-    ]);
+    let (model, ds) = (model(), s(&ds));
+    let mut args = vec!["eval", "--model", &model, "--dataset", &ds, "--json"];
+    for p in precisions {
+        args.extend(["--precision", p]);
+    }
+    let out = run(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn answers_held_out_questions_in_float_and_default_integer() {
+    let v = eval_held_out(300, 20261125, &["float", "default"]);
     let majority = v["majority_baseline"].as_f64().unwrap();
     let questions = v["questions"].as_u64().unwrap();
     assert!(questions >= 60, "only {questions} held-out questions");
@@ -83,30 +83,7 @@ const KNOWN_WEAK: &[&str] = &["speed_limit"];
 
 #[test]
 fn every_question_type_clearly_beats_its_majority_answer_in_float() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ds = tmp.path().join("heldout");
-    let opts = GenerateOptions {
-        count: PER_TYPE_IMAGES,
-        seed: 20261202,
-        ..GenerateOptions::default()
-    };
-    dataset::generate_cockpit(&ds, &opts).unwrap();
-    let out = run(&[
-        "eval",
-        "--model",
-        &model(),
-        "--dataset",
-        &s(&ds),
-        "--precision",
-        "float",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = eval_held_out(PER_TYPE_IMAGES, 20261202, &["float"]);
     let per_type = v["per_type"].as_object().unwrap();
     assert_eq!(per_type.len(), 11, "question types: {:?}", per_type.keys());
     let mut failures = Vec::new();
