@@ -531,19 +531,23 @@ def distill_vision(model: AutoNeural, teacher: Teacher, heads: AnswerHeads, data
     def student_map(px: torch.Tensor) -> torch.Tensor:
         return adapter(model.enc.forward_features(px.float() / 255.0)) * sd + mu
 
+    def losses(px: torch.Tensor, feature_map: torch.Tensor, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MSE to the standardized teacher map, the teacher's frozen heads' answer loss on the
+        adapted map). The dense MSE spreads over 128 channels and every position; the heads'
+        term weights what the answers hang on (a strap, a digit)."""
+        with torch.no_grad():
+            target = (teacher(px) - mu) / sd
+        adapted = adapter(feature_map)
+        answers = heads.loss((adapted * sd + mu).amax(dim=(2, 3)), heads.targets(data, idx))
+        return F.mse_loss(adapted, target), answers
+
     ts, running = time.time(), None
     for step in range(steps):
         idx = rng.sample(range(len(data.qa)), args.batch_images)
         px = data.pixels[idx]
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, stage) * grp["scale"]
-        with torch.no_grad():
-            target = (teacher(px) - mu) / sd
-        adapted = adapter(model.enc.forward_features(px.float() / 255.0))
-        mse = F.mse_loss(adapted, target)
-        # The teacher's frozen heads on the student's map: the dense MSE spreads over 128 channels
-        # and every position, this term weights what the answers hang on (a strap, a digit).
-        answers = heads.loss((adapted * sd + mu).amax(dim=(2, 3)), heads.targets(data, idx))
+        mse, answers = losses(px, model.enc.forward_features(px.float() / 255.0), idx)
         loss = mse + args.distill_head_weight * answers
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -572,11 +576,8 @@ def distill_vision(model: AutoNeural, teacher: Teacher, heads: AnswerHeads, data
         """The distillation loss (MSE and heads), kept (frozen adapter and heads) while the encoder
         trains end to end so the language model's early, noisy gradient cannot wash out what
         stage 0b taught."""
-        with torch.no_grad():
-            target = (teacher(px) - mu) / sd
-        adapted = adapter(feature_map)
-        answers = heads.loss((adapted * sd + mu).amax(dim=(2, 3)), heads.targets(data, idx))
-        return F.mse_loss(adapted, target) + args.distill_head_weight * answers
+        mse, answers = losses(px, feature_map, idx)
+        return mse + args.distill_head_weight * answers
 
     return aux_loss
 

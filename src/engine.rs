@@ -16,7 +16,8 @@ use crate::tensor::Tensor;
 use std::path::Path;
 use std::time::Instant;
 
-/// Answer tokens the float model decodes during request-only calibration ([`Engine::quantize_for`]).
+/// Answer tokens the float model greedily decodes during request-only calibration
+/// ([`Engine::quantize_for`]).
 const CALIBRATION_ANSWER_TOKENS: usize = 64;
 
 pub enum Engine {
@@ -79,20 +80,19 @@ impl Engine {
         obs.set_part(Part::Text);
         let x = pipe.model.embed_prompt(ids, &embeds)?;
         let mut cache = pipe.model.new_cache();
-        let lm = &pipe.model.language_model;
-        let mut hidden = lm.forward(x, &mut cache, &mut obs)?;
-        let stops = pipeline::stop_tokens(&pipe.model.config, &pipe.tokenizer);
-        let h = pipe.model.config.text.hidden_size;
-        let context = pipe.model.config.text.max_position_embeddings;
-        for _ in 0..CALIBRATION_ANSWER_TOKENS {
-            let t = hidden.numel() / h;
-            let last = Tensor::from_parts(&[1, h], hidden.data()[(t - 1) * h..].to_vec());
-            let next = crate::generate::argmax(lm.lm_head(&last, &mut obs).data());
-            if stops.contains(&next) || cache.len() + 1 > context {
-                break;
-            }
-            hidden = lm.forward(lm.embed(&[next])?, &mut cache, &mut obs)?;
-        }
+        let opts = GenerateOptions {
+            max_new_tokens: CALIBRATION_ANSWER_TOKENS,
+            stop_tokens: pipeline::stop_tokens(&pipe.model.config, &pipe.tokenizer),
+            sampling: Default::default(),
+            context: pipe.model.config.text.max_position_embeddings,
+        };
+        let mut dec = FloatDecoder {
+            lm: &pipe.model.language_model,
+            cache: &mut cache,
+            prompt: Some(x),
+            obs: &mut obs,
+        };
+        generate_with(&mut dec, ids.len(), &opts, &mut |_| Ok(()))?;
         let stats = obs.into_stats();
         let model = QAutoNeural::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
         Ok(Engine::Integer(Box::new(IntegerPipeline {
@@ -198,6 +198,7 @@ impl Engine {
                     lm,
                     cache: &mut cache,
                     prompt: Some(x),
+                    obs: &mut NoObserver,
                 };
                 generate_with(&mut dec, ids.len(), opts, on_token)
             }

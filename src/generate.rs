@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::lfm2::{Lfm2Cache, Lfm2Model};
-use crate::observe::NoObserver;
+use crate::observe::{NoObserver, Observer};
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -173,6 +173,9 @@ pub struct FloatDecoder<'a> {
     pub lm: &'a Lfm2Model,
     pub cache: &'a mut Lfm2Cache,
     pub prompt: Option<Tensor>,
+    /// Sees every op of the prefill and of each step: `NoObserver` for inference, a calibration
+    /// observer to calibrate on the generated positions too.
+    pub obs: &'a mut dyn Observer,
 }
 
 impl Decoder for FloatDecoder<'_> {
@@ -184,13 +187,18 @@ impl Decoder for FloatDecoder<'_> {
             .prompt
             .take()
             .ok_or_else(|| Error::input("the prompt was already consumed"))?;
-        let hidden = self.lm.forward(prompt, self.cache, &mut NoObserver)?;
+        let hidden = self.lm.forward(prompt, self.cache, self.obs)?;
+        if self.obs.enabled() {
+            // An observer sees the head on every prompt row, as on any other op.
+            let logits = self.lm.lm_head(&hidden, self.obs);
+            return Ok(last_row(&logits).into_data());
+        }
         Ok(self.lm.logits(&last_row(&hidden)).into_data())
     }
     fn step(&mut self, token: u32) -> Result<Vec<f32>> {
         let x = self.lm.embed(&[token])?;
-        let hidden = self.lm.forward(x, self.cache, &mut NoObserver)?;
-        Ok(self.lm.logits(&hidden).into_data())
+        let hidden = self.lm.forward(x, self.cache, self.obs)?;
+        Ok(self.lm.lm_head(&hidden, self.obs).into_data())
     }
 }
 
@@ -208,6 +216,7 @@ pub fn generate(
         lm,
         cache,
         prompt: Some(prompt),
+        obs: &mut NoObserver,
     };
     generate_with(&mut dec, prompt_len, opts, on_token)
 }

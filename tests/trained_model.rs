@@ -73,7 +73,7 @@ fn answers_held_out_questions_in_float_and_default_integer() {
 
 /// Every question type, in float, beats always answering its most common answer by at least
 /// `PER_TYPE_MARGIN` (absolute) on a held-out set large enough for the rarest type (the speed
-/// limit, about 36 questions here). Float only: the integer schemes are covered above, and their
+/// limit, 31 questions here). Float only: the integer schemes are covered above, and their
 /// scalar kernels would make 1000 questions slow.
 const PER_TYPE_MARGIN: f64 = 0.15;
 const PER_TYPE_IMAGES: usize = 3000;

@@ -629,8 +629,9 @@ impl CabinSpec {
                     c.disc(sx, sy + w * 0.02, w * 0.2, self.hair[i]);
                     if *belted {
                         // A dark strap with a light edge, visible on any clothing.
-                        // Wide enough (about 7 px on a rear seat at 256 px) that a stride-32
-                        // encoder keeps it: the thinner cockpit-3 strap was read at chance.
+                        // About 7 px on a rear seat at 256 px, wider than cockpit-3's 0.15 / 0.08
+                        // (read barely above chance; the retrain that fixed it also deepened the
+                        // teacher, so the width's own share is not measured).
                         let (x0, y0, x1, y1) =
                             (sx - w * 0.4, sy - w * 0.02, sx + w * 0.32, sy + w * 0.4);
                         c.line(x0, y0, x1, y1, w * 0.2, [185, 185, 185]);
@@ -734,8 +735,8 @@ impl RoadSpec {
                 .unwrap_or(&LightColour::Red)
         });
         let sign = (traffic_light.is_none() || rng.random_bool(0.6)).then(|| {
-            // Speed limits are two of five signs: reading the digit needs more examples than
-            // telling the sign kinds apart.
+            // Speed limits are two of five signs, to give reading the digit more examples than
+            // telling the sign kinds apart needs.
             match rng.random_range(0..5) {
                 0 => Sign::Stop,
                 1 | 4 => Sign::SpeedLimit(rng.random_range(2..=9) * 10),
