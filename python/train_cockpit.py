@@ -34,14 +34,19 @@ then it learns (lights 99 %, parking 100 %, phone 81 % after 800 steps). timm's 
 init is raised to 1 (its UIR blocks scale their output even without a skip, which from scratch
 shrinks the signal 1e5x per stage).
 
+Every image stage draws images with a speed-limit question three times per epoch
+(`--oversample speed_limit=3`): it is the answer with the fewest training examples per value, and
+without it the speed limit stayed at chance (teacher 76 %, encoder tokens 18 %, end to end 12 %)
+while every other question type passed 90 %.
+
 Validation exact match is teacher-forced: an answer counts as correct when the argmax at every
 answer position (and at the closing <|im_end|>) is the reference token, which is exactly when greedy
 decoding reproduces the answer and stops.
 
 Usage (from the repository root, 55 minutes on the 2-core development machine; TRAIN_THREADS=N sets
 torch threads):
-  cargo run --release -- dataset cockpit --count 18000 --seed 1 --out data/cockpit-18k
-  /work/.venv/bin/python python/train_cockpit.py --dataset data/cockpit-18k \
+  cargo run --release -- dataset cockpit --count 24000 --seed 1 --out data/cockpit-24k
+  /work/.venv/bin/python python/train_cockpit.py --dataset data/cockpit-24k \
       --out models/autoneural-cockpit-tiny
 
 The script prints the training curve and writes it as `training_curve.png` (plus the raw numbers
@@ -286,14 +291,34 @@ class Stage:
     multi_turn: bool
 
 
-def batches_for_stage(stage: Stage, data: Split, enc: Encoder, batch_images: int, rng: random.Random):
+def parse_oversample(specs: list[str]) -> dict[str, int]:
+    """`TYPE=N` pairs: images with a question of TYPE are drawn N times per epoch."""
+    out = {}
+    for spec in specs:
+        kind, sep, n = spec.partition("=")
+        if not sep or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--oversample {spec!r}: expected TYPE=N with N >= 1 (e.g. speed_limit=3)")
+        out[kind] = int(n)
+    return out
+
+
+def image_batches(data: Split, batch_images: int, oversample: dict[str, int], rng: random.Random):
+    """Endless batches of image indices: shuffled epochs in which an image appears as many times
+    as the largest `oversample` factor of its question types (once if none applies)."""
+    repeats = [max([oversample.get(t, 1) for _, _, t in per] + [1]) for per in data.qa]
+    epoch = [i for i, r in enumerate(repeats) for _ in range(r)]
     order: list[int] = []
     while True:
         if len(order) < batch_images:
-            perm = list(range(len(data.qa)))
+            perm = list(epoch)
             rng.shuffle(perm)
             order += perm
         idx, order = order[:batch_images], order[batch_images:]
+        yield idx
+
+
+def batches_for_stage(stage: Stage, data: Split, enc: Encoder, batch_images: int, oversample: dict[str, int], rng: random.Random):
+    for idx in image_batches(data, batch_images, oversample, rng):
         seqs, owners = [], []
         for j, i in enumerate(idx):
             turns = [(q, a) for q, a, _ in data.qa[i]]
@@ -483,8 +508,9 @@ def train_teacher(data: Split, val: Split, steps: int, args, rng: random.Random,
     stage = Stage(name, steps, 1e-3, True, False, False, False, True)
     print(f"stage {name}: {steps} steps", flush=True)
     ts, running = time.time(), None
+    batches = image_batches(data, 2 * args.batch_images, args.oversample, rng)
     for step in range(steps):
-        idx = rng.sample(range(len(data.qa)), 2 * args.batch_images)
+        idx = next(batches)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, stage)
         loss = heads.loss(teacher(data.pixels[idx]).amax(dim=(2, 3)), heads.targets(data, idx))
@@ -542,8 +568,9 @@ def distill_vision(model: AutoNeural, teacher: Teacher, heads: AnswerHeads, data
         return F.mse_loss(adapted, target), answers
 
     ts, running = time.time(), None
+    batches = image_batches(data, args.batch_images, args.oversample, rng)
     for step in range(steps):
-        idx = rng.sample(range(len(data.qa)), args.batch_images)
+        idx = next(batches)
         px = data.pixels[idx]
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step, stage) * grp["scale"]
@@ -597,6 +624,7 @@ def train(args) -> None:
     g.set_all_seeds(args.seed)
     rng = random.Random(args.seed)
     t0 = time.time()
+    args.oversample = parse_oversample(args.oversample)
     train_split = load_split(root, "train", args.limit_images)
     val_split = load_split(root, "validation", None)
     texts = [t for per in train_split.qa for q, a, _ in per for t in (q, a)] + ["user", "assistant", "system"]
@@ -607,6 +635,9 @@ def train(args) -> None:
         f"vocabulary {tok.get_vocab_size()}, loaded in {time.time() - t0:.1f}s",
         flush=True,
     )
+    for kind, n in args.oversample.items():
+        hits = sum(any(t == kind for _, _, t in per) for per in train_split.qa)
+        print(f"oversampling {kind} x{n}: {hits} images, {hits * n} of every epoch's draws", flush=True)
 
     model = AutoNeural(tok)
     model.train()
@@ -634,7 +665,7 @@ def train(args) -> None:
         params = [p for grp in groups for p in grp["params"]]
         opt = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
         batch_images = args.batch_images if stage.multi_turn else max(1, args.batch_images // 2)
-        it = batches_for_stage(stage, train_split, enc, batch_images, rng)
+        it = batches_for_stage(stage, train_split, enc, batch_images, args.oversample, rng)
         print(f"stage {stage.name}: {stage.steps} steps, lr {stage.lr:g}", flush=True)
         ts = time.time()
         running = None
@@ -762,6 +793,15 @@ def main() -> None:
     ap.add_argument("--full-steps", type=int, default=2000)
     ap.add_argument("--distill-head-weight", type=float, default=1.0, help="weight of the teacher heads' answer loss on the student's map (stage 0b and the auxiliary term)")
     ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the distillation loss kept while the encoder trains end to end")
+    ap.add_argument(
+        "--oversample",
+        nargs="*",
+        default=["speed_limit=3"],
+        metavar="TYPE=N",
+        help="draw images with a question of TYPE N times per epoch in every image stage (default: "
+        "speed_limit=3: the speed limit has the fewest training examples per answer, ~200 per value "
+        "against >= 480 for every other answer; pass no value to turn it off)",
+    )
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's step count")
     ap.add_argument("--limit-images", type=int, default=None, help="use only the first N training images")
     ap.add_argument("--log-every", type=int, default=50)

@@ -19,8 +19,8 @@ fn model() -> String {
 /// the model was trained (see the model card); the bars sit below the measurement so a rebuild
 /// with different float rounding does not flip them, and far above the majority baseline.
 const BARS: [(&str, f64); 2] = [("float", FLOAT_BAR), ("default", DEFAULT_BAR)];
-const FLOAT_BAR: f64 = 0.85; // measured 0.978 (89 questions)
-const DEFAULT_BAR: f64 = 0.80; // measured 0.978
+const FLOAT_BAR: f64 = 0.85; // measured 0.888 (89 questions)
+const DEFAULT_BAR: f64 = 0.80; // measured 0.899
 
 /// `autoneural eval --json` of the shipped model at `precisions` on the test split of a freshly
 /// generated cockpit set of `count` images (a seed the model never saw).
@@ -76,10 +76,7 @@ fn answers_held_out_questions_in_float_and_default_integer() {
 /// limit, 31 questions here). Float only: the integer schemes are covered above, and their
 /// scalar kernels would make 1000 questions slow.
 const PER_TYPE_MARGIN: f64 = 0.15;
-const PER_TYPE_IMAGES: usize = 3000;
-/// Types the shipped model is known not to read, printed but not asserted: the speed limit
-/// (12 % on the test split against 15 % for the most common limit; see the model card).
-const KNOWN_WEAK: &[&str] = &["speed_limit"];
+const PER_TYPE_IMAGES: usize = 3000; // measured: weakest margin speed_limit 0.323 vs 0.097
 
 #[test]
 fn every_question_type_clearly_beats_its_majority_answer_in_float() {
@@ -93,7 +90,7 @@ fn every_question_type_clearly_beats_its_majority_answer_in_float() {
         let acc = t["float"].as_f64().unwrap();
         println!("{kind:16} {n:4} questions: float {acc:.3}, majority {majority:.3}");
         assert!(n >= 30, "{kind}: only {n} questions");
-        if acc < majority + PER_TYPE_MARGIN && !KNOWN_WEAK.contains(&kind.as_str()) {
+        if acc < majority + PER_TYPE_MARGIN {
             failures.push(format!("{kind}: {acc:.3} vs majority {majority:.3}"));
         }
     }
@@ -170,14 +167,14 @@ const SAMPLES: &[(&str, &str, &str)] = &[
 /// Vision-feature SQNR bars (dB), each just under its measurement (see the model card) so a
 /// regression shows: the default scheme with GPTQ rounding (the bar is 35 dB), the same
 /// with nearest rounding, and 16-bit weights (what the integer runtime itself costs).
-const VISION_BAR_DEFAULT: f64 = 42.0; // measured 43.58
-const VISION_BAR_NEAREST: f64 = 34.0; // measured 35.23
-const VISION_BAR_W16: f64 = 50.0; // measured 52.50
+const VISION_BAR_DEFAULT: f64 = 42.0; // measured 43.53
+const VISION_BAR_NEAREST: f64 = 31.0; // measured 32.94
+const VISION_BAR_W16: f64 = 53.0; // measured 55.24
 
 /// Vision quantization error on trained weights, measured by `autoneural report` on `quantize`d
 /// directories over held-out images (calibrated on training images): the integer runtime itself
 /// costs little (16-bit weights and activations keep the visual tokens above 50 dB);
-/// int8 weights (the default scheme's vision W8A16) rounded to nearest cost about 17 dB on this
+/// int8 weights (the default scheme's vision W8A16) rounded to nearest cost about 22 dB on this
 /// 277k-parameter encoder, and GPTQ rounding against the calibration inputs wins half of it back.
 #[test]
 fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
