@@ -43,7 +43,7 @@ Validation exact match is teacher-forced: an answer counts as correct when the a
 answer position (and at the closing <|im_end|>) is the reference token, which is exactly when greedy
 decoding reproduces the answer and stops.
 
-Usage (from the repository root, 55 minutes on the 2-core development machine; TRAIN_THREADS=N sets
+Usage (from the repository root, 57 minutes on the 2-core development machine; TRAIN_THREADS=N sets
 torch threads):
   cargo run --release -- dataset cockpit --count 24000 --seed 1 --out data/cockpit-24k
   /work/.venv/bin/python python/train_cockpit.py --dataset data/cockpit-24k \
