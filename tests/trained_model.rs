@@ -72,11 +72,13 @@ fn answers_held_out_questions_in_float_and_default_integer() {
 }
 
 /// Every question type, in float, beats always answering its most common answer by at least
-/// `PER_TYPE_MARGIN` (absolute) on a held-out set large enough for the rarest type (the speed
-/// limit, 31 questions here). Float only: the integer schemes are covered above, and their
-/// scalar kernels would make 1000 questions slow.
+/// `PER_TYPE_MARGIN` (absolute) and reaches `PER_TYPE_FLOOR`, just under the shipped model's
+/// weakest type so a regression on one type shows, on a held-out set large enough for the rarest
+/// type (the speed limit, 31 questions here). Float only: the integer schemes are covered above,
+/// and their scalar kernels would make 1000 questions slow.
 const PER_TYPE_MARGIN: f64 = 0.15;
-const PER_TYPE_IMAGES: usize = 3000; // measured: weakest margin speed_limit 0.323 vs 0.097
+const PER_TYPE_FLOOR: f64 = 0.90; // measured: every type 1.000
+const PER_TYPE_IMAGES: usize = 3000;
 
 #[test]
 fn every_question_type_clearly_beats_its_majority_answer_in_float() {
@@ -90,13 +92,13 @@ fn every_question_type_clearly_beats_its_majority_answer_in_float() {
         let acc = t["float"].as_f64().unwrap();
         println!("{kind:16} {n:4} questions: float {acc:.3}, majority {majority:.3}");
         assert!(n >= 30, "{kind}: only {n} questions");
-        if acc < majority + PER_TYPE_MARGIN {
+        if acc < majority + PER_TYPE_MARGIN || acc < PER_TYPE_FLOOR {
             failures.push(format!("{kind}: {acc:.3} vs majority {majority:.3}"));
         }
     }
     assert!(
         failures.is_empty(),
-        "not clearly above the majority answer: {failures:?}"
+        "below the floor {PER_TYPE_FLOOR} or not clearly above the majority answer: {failures:?}"
     );
 }
 
