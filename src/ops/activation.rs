@@ -47,7 +47,8 @@ pub fn silu(x: f32) -> f32 {
 }
 
 /// The activation functions a config can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Activation {
     GeluTanh,
     GeluErf,

@@ -22,6 +22,8 @@
 //! `layers.{i}.residual1`, `layers.{i}.ffn_norm`, `layers.{i}.feed_forward.{w1,w3,act,w2}`,
 //! `layers.{i}` (layer output), `embedding_norm`, and `lm_head` (from [`Lfm2Model::lm_head`]).
 
+pub mod graph;
+
 use crate::error::{Error, Result};
 use crate::nn::Linear;
 use crate::observe::{Observer, OpInput};

@@ -1,0 +1,616 @@
+//! The float executor: runs a [`Graph`] node by node with the float kernels in [`crate::ops`],
+//! reporting every observed value (and every weighted node's input) to the [`Observer`].
+//!
+//! A [`FloatProgram`] is the graph plus its weights and per-node prepared data; it is immutable,
+//! so one program serves any number of sequences, each with its own [`SequenceState`]. Values
+//! are freed after their last use, and a node whose input dies with it works in place on it.
+
+use super::state::{SequenceState, SlotData};
+use crate::error::{Error, Result};
+use crate::graph::{bind_shape, Bindings, Dim, Elem, Graph, Node, Op, ValueId};
+use crate::observe::{Observer, OpInput};
+use crate::ops::attention::{attention, AttnShape, Mask};
+use crate::ops::conv::{conv2d, pointwise_from_tokens, pointwise_to_tokens, Conv2dSpec, Pad2d};
+use crate::ops::gemm;
+use crate::ops::norm::{rms_norm_channels, rms_norm_rows};
+use crate::ops::pool::{avg_pool2d, concat_channels, interpolate_bilinear, interpolate_nearest};
+use crate::ops::rope::Rope;
+use crate::tensor::Tensor;
+use crate::weights::WeightStore;
+use rayon::prelude::*;
+
+/// A value at run time.
+#[derive(Clone, Debug)]
+pub enum Val {
+    F(Tensor),
+    Ids(Vec<u32>),
+}
+
+impl Val {
+    fn dims(&self) -> Vec<usize> {
+        match self {
+            Val::F(t) => t.shape().to_vec(),
+            Val::Ids(ids) => vec![ids.len()],
+        }
+    }
+}
+
+/// Per-node data derived once from the weights.
+enum Prep {
+    None,
+    /// A causal conv's `[H, L]` kernel transposed to `[L, H]` for the token-major loop.
+    ConvLh(Vec<f32>),
+    Rope(Rope),
+}
+
+pub struct FloatProgram {
+    pub graph: Graph,
+    params: Vec<Tensor>,
+    prep: Vec<Prep>,
+}
+
+impl FloatProgram {
+    /// A program over `params` (one tensor per [`Graph::params`] entry, in order).
+    pub fn new(graph: Graph, params: Vec<Tensor>) -> Result<Self> {
+        if params.len() != graph.params.len() {
+            return Err(Error::input(format!(
+                "{} weights for a graph of {}",
+                params.len(),
+                graph.params.len()
+            )));
+        }
+        for (p, t) in graph.params.iter().zip(&params) {
+            if t.shape() != p.shape {
+                return Err(Error::TensorShape {
+                    name: p.key.clone(),
+                    actual: t.shape().to_vec(),
+                    expected: p.shape.clone(),
+                });
+            }
+        }
+        let prep = graph
+            .nodes
+            .iter()
+            .map(|n| prepare(n, &params))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            graph,
+            params,
+            prep,
+        })
+    }
+
+    /// Loads every weight of `graph` from a checkpoint, by key, checking shapes.
+    pub fn load(graph: Graph, store: &WeightStore) -> Result<Self> {
+        let params = graph
+            .params
+            .iter()
+            .map(|p| store.load_shaped(&p.key, &p.shape))
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(graph, params)
+    }
+
+    /// Loads `graph` with the weights of another program built from the same checkpoint (a
+    /// vision graph for another input size shares every weight).
+    pub fn with_params_of(graph: Graph, other: &FloatProgram) -> Result<Self> {
+        if graph.params != other.graph.params {
+            return Err(Error::input(
+                "the graphs do not declare the same weights, so they cannot share them",
+            ));
+        }
+        Self::new(graph, other.params.clone())
+    }
+
+    pub fn param(&self, key: &str) -> Option<&Tensor> {
+        let i = self.graph.params.iter().position(|p| p.key == key)?;
+        Some(&self.params[i])
+    }
+
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// A fresh decode state for up to `context` positions.
+    pub fn new_state(&self, context: usize) -> SequenceState {
+        SequenceState::new(&self.graph.states, context)
+    }
+
+    /// Runs the nodes needed for `outputs` given `feeds` (graph inputs, or any value to start
+    /// from: a supplied value's producer is skipped). Stateful nodes read and update `state` and
+    /// the position advances by the rows of the call.
+    pub fn run(
+        &self,
+        feeds: Vec<(ValueId, Val)>,
+        outputs: &[ValueId],
+        mut state: Option<&mut SequenceState>,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Tensor>> {
+        let g = &self.graph;
+        let given: Vec<ValueId> = feeds.iter().map(|(v, _)| *v).collect();
+        let sched = g.schedule(&given, outputs);
+        let b = bindings(g, &feeds)?;
+        let stateful = sched.iter().any(|&i| g.nodes[i].op.uses_position());
+        let start = match (&state, stateful) {
+            (Some(s), true) => {
+                s.check(&g.states, b.seq)?;
+                s.len()
+            }
+            (None, true) => {
+                return Err(Error::input(
+                    "this part of the model keeps decode state: pass a sequence state",
+                ))
+            }
+            _ => 0,
+        };
+        let mut last = vec![None; g.values.len()];
+        for &i in &sched {
+            for v in &g.nodes[i].inputs {
+                last[v.0 as usize] = Some(i);
+            }
+        }
+        for o in outputs {
+            last[o.0 as usize] = Some(usize::MAX);
+        }
+        let mut vals: Vec<Option<Val>> = vec![None; g.values.len()];
+        for (v, val) in feeds {
+            if let (Some(p), Val::F(t)) = (g.producer(v), &val) {
+                if g.nodes[p].observed && obs.enabled() {
+                    obs.observe(&g.nodes[p].name, t);
+                }
+            }
+            vals[v.0 as usize] = Some(val);
+        }
+        for &i in &sched {
+            let node = &g.nodes[i];
+            report_input(node, &vals, &self.params, obs);
+            let slot = state.as_deref_mut();
+            let y = self
+                .eval(i, node, &mut vals, &last, slot, start, b)
+                .map_err(|e| match e {
+                    Error::Input(m) => Error::input(format!("`{}`: {m}", node.name)),
+                    e => e,
+                })?;
+            for v in &node.inputs {
+                if last[v.0 as usize] == Some(i) {
+                    vals[v.0 as usize] = None;
+                }
+            }
+            if node.observed && obs.enabled() {
+                obs.observe(&node.name, &y);
+            }
+            vals[node.output.0 as usize] = Some(Val::F(y));
+        }
+        if stateful {
+            if let Some(s) = state {
+                s.advance(b.seq);
+            }
+        }
+        outputs
+            .iter()
+            .map(|o| match &vals[o.0 as usize] {
+                Some(Val::F(t)) => Ok(t.clone()),
+                _ => Err(Error::input(format!(
+                    "`{}` is not a float value of this run",
+                    g.value(*o).name
+                ))),
+            })
+            .collect()
+    }
+
+    /// Input `k` of `node`: moved out when this node is its last reader (and reads it once),
+    /// copied otherwise.
+    fn take(
+        &self,
+        vals: &mut [Option<Val>],
+        last: &[Option<usize>],
+        node: &Node,
+        i: usize,
+        k: usize,
+    ) -> Tensor {
+        let v = node.inputs[k].0 as usize;
+        let once = node.inputs.iter().filter(|x| x.0 as usize == v).count() == 1;
+        if last[v] == Some(i) && once {
+            if let Some(Val::F(t)) = vals[v].take() {
+                return t;
+            }
+        }
+        self.get(vals, node, k).clone()
+    }
+
+    fn get<'v>(&self, vals: &'v [Option<Val>], node: &Node, k: usize) -> &'v Tensor {
+        match &vals[node.inputs[k].0 as usize] {
+            Some(Val::F(t)) => t,
+            _ => panic!("`{}`: input {k} is not a computed float value", node.name),
+        }
+    }
+
+    fn p(&self, id: crate::graph::ParamId) -> &Tensor {
+        &self.params[id.0 as usize]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn eval(
+        &self,
+        i: usize,
+        node: &Node,
+        vals: &mut [Option<Val>],
+        last: &[Option<usize>],
+        state: Option<&mut SequenceState>,
+        start: usize,
+        b: Bindings,
+    ) -> Result<Tensor> {
+        let out_shape = bind_shape(&self.graph.value(node.output).shape, b);
+        Ok(match &node.op {
+            Op::Embedding { table } => {
+                let ids = match &vals[node.inputs[0].0 as usize] {
+                    Some(Val::Ids(ids)) => ids,
+                    _ => return Err(Error::input("embedding input must be token ids")),
+                };
+                let t = self.p(*table);
+                let (v, h) = (t.dim(0), t.dim(1));
+                let mut out = Vec::with_capacity(ids.len() * h);
+                for (pos, &id) in ids.iter().enumerate() {
+                    if id as usize >= v {
+                        return Err(Error::input(format!(
+                            "token id {id} at position {pos} is outside the vocabulary ({v} tokens)"
+                        )));
+                    }
+                    out.extend_from_slice(t.row(id as usize));
+                }
+                Tensor::from_parts(&[ids.len(), h], out)
+            }
+            Op::Linear { weight, bias } => {
+                let x = self.get(vals, node, 0);
+                let w = self.p(*weight);
+                let (out, inp) = (w.dim(0), w.dim(1));
+                let t = x.numel() / inp;
+                let y = gemm::linear(
+                    x.data(),
+                    t,
+                    w.data(),
+                    out,
+                    inp,
+                    bias.map(|b| self.p(b).data()),
+                );
+                Tensor::from_parts(&out_shape, y)
+            }
+            Op::RmsNorm { weight, eps } => {
+                let mut x = self.take(vals, last, node, i, 0);
+                let w = self.p(*weight);
+                rms_norm_rows(x.data_mut(), w.numel(), w.data(), *eps);
+                x
+            }
+            Op::RmsNorm2d { weight, eps } => {
+                let mut x = self.take(vals, last, node, i, 0);
+                let c = x.dim(0);
+                rms_norm_channels(x.data_mut(), c, self.p(*weight).data(), *eps);
+                x
+            }
+            Op::Slice { start: s0, len } => {
+                let x = self.get(vals, node, 0);
+                let d = x.dim(x.rank() - 1);
+                let mut y = Vec::with_capacity(x.numel() / d * len);
+                for row in x.data().chunks_exact(d) {
+                    y.extend_from_slice(&row[*s0..s0 + len]);
+                }
+                Tensor::from_parts(&out_shape, y)
+            }
+            Op::Add | Op::Mul => {
+                let mut a = self.take(vals, last, node, i, 0);
+                let bt = self.get(vals, node, 1);
+                let add = matches!(node.op, Op::Add);
+                a.data_mut()
+                    .par_chunks_mut(1 << 14)
+                    .zip(bt.data().par_chunks(1 << 14))
+                    .for_each(|(x, y)| {
+                        if add {
+                            x.iter_mut().zip(y).for_each(|(u, v)| *u += v);
+                        } else {
+                            x.iter_mut().zip(y).for_each(|(u, v)| *u *= v);
+                        }
+                    });
+                a
+            }
+            Op::Act(act) => {
+                let mut x = self.take(vals, last, node, i, 0);
+                act.apply_inplace(x.data_mut());
+                x
+            }
+            Op::ChannelScale { gamma } => {
+                let mut x = self.take(vals, last, node, i, 0);
+                let hw = x.numel() / x.dim(0);
+                x.data_mut()
+                    .par_chunks_mut(hw.max(1))
+                    .zip(self.p(*gamma).data())
+                    .for_each(|(p, &g)| p.iter_mut().for_each(|v| *v *= g));
+                x
+            }
+            Op::CausalConv1d { bias, state: s, .. } => {
+                let Prep::ConvLh(w_lh) = &self.prep[i] else {
+                    unreachable!("prepared with the program")
+                };
+                let x = self.get(vals, node, 0);
+                let state = state.expect("checked by run");
+                let SlotData::F32(window) = state.slot_mut(s.0 as usize) else {
+                    return Err(Error::input("float conv state expected"));
+                };
+                let (t, h) = (x.dim(0), x.dim(1));
+                let l = w_lh.len() / h;
+                causal_conv1d(
+                    x.data(),
+                    t,
+                    h,
+                    l,
+                    w_lh,
+                    bias.map(|b| self.p(b).data()),
+                    window,
+                )
+            }
+            Op::Rope { heads, .. } => {
+                let Prep::Rope(rope) = &self.prep[i] else {
+                    unreachable!("prepared with the program")
+                };
+                let mut x = self.take(vals, last, node, i, 0);
+                rope.apply(x.data_mut(), *heads, start);
+                x
+            }
+            Op::CachedAttention {
+                heads,
+                kv_heads,
+                head_dim,
+                scale,
+                k,
+                v,
+            } => {
+                let state = state.expect("checked by run");
+                let (q, kn, vn) = (
+                    self.get(vals, node, 0),
+                    self.get(vals, node, 1),
+                    self.get(vals, node, 2),
+                );
+                let (SlotData::F32(kc), SlotData::F32(vc)) =
+                    state.slot_pair_mut(k.0 as usize, v.0 as usize)
+                else {
+                    return Err(Error::input("float K/V state expected"));
+                };
+                kc.extend_from_slice(kn.data());
+                vc.extend_from_slice(vn.data());
+                let t = q.dim(0);
+                let o = attention(
+                    q.data(),
+                    kc,
+                    vc,
+                    t,
+                    start + t,
+                    AttnShape {
+                        n_heads: *heads,
+                        n_kv: *kv_heads,
+                        d: *head_dim,
+                        dv: *head_dim,
+                    },
+                    *scale,
+                    Mask::Causal { offset: start },
+                );
+                Tensor::from_parts(&out_shape, o)
+            }
+            Op::Attention {
+                heads,
+                kv_heads,
+                d,
+                dv,
+                scale,
+            } => {
+                let (q, k, v) = (
+                    self.get(vals, node, 0),
+                    self.get(vals, node, 1),
+                    self.get(vals, node, 2),
+                );
+                let o = attention(
+                    q.data(),
+                    k.data(),
+                    v.data(),
+                    q.dim(0),
+                    k.dim(0),
+                    AttnShape {
+                        n_heads: *heads,
+                        n_kv: *kv_heads,
+                        d: *d,
+                        dv: *dv,
+                    },
+                    *scale,
+                    Mask::None,
+                );
+                Tensor::from_parts(&out_shape, o)
+            }
+            Op::Conv2d {
+                weight,
+                bias,
+                stride,
+                dilation,
+                groups,
+                pad,
+            } => {
+                let x = self.get(vals, node, 0);
+                let spec = conv_spec(*stride, *dilation, *groups, pad);
+                conv2d(x, self.p(*weight), bias.map(|b| self.p(b).data()), spec)
+            }
+            Op::PointwiseToTokens { weight } => {
+                let x = self.get(vals, node, 0);
+                let w = self.p(*weight);
+                let (c, hw) = (x.dim(0), x.dim(1) * x.dim(2));
+                let y = pointwise_to_tokens(x.data(), c, hw, w.data(), w.dim(0));
+                Tensor::from_parts(&out_shape, y)
+            }
+            Op::PointwiseFromTokens { weight, .. } => {
+                let x = self.get(vals, node, 0);
+                let w = self.p(*weight);
+                let y = pointwise_from_tokens(x.data(), x.dim(0), x.dim(1), w.data(), w.dim(0));
+                Tensor::from_parts(&out_shape, y)
+            }
+            Op::ResizeNearest { h, w } => interpolate_nearest(self.get(vals, node, 0), *h, *w),
+            Op::ResizeBilinear { h, w } => interpolate_bilinear(self.get(vals, node, 0), *h, *w),
+            Op::AvgPool { kh, kw, sh, sw } => {
+                avg_pool2d(self.get(vals, node, 0), *kh, *kw, *sh, *sw)
+            }
+            Op::Concat => {
+                let xs: Vec<&Tensor> = (0..node.inputs.len())
+                    .map(|k| self.get(vals, node, k))
+                    .collect();
+                concat_channels(&xs)
+            }
+            Op::ToTokens => {
+                let x = self.take(vals, last, node, i, 0);
+                let (c, hw) = (x.dim(0), x.dim(1) * x.dim(2));
+                x.reshape(&[c, hw])?.transpose2d()
+            }
+        })
+    }
+}
+
+fn conv_spec(stride: usize, dilation: usize, groups: usize, pad: &[usize; 4]) -> Conv2dSpec {
+    Conv2dSpec::new(
+        stride,
+        dilation,
+        groups,
+        Pad2d {
+            top: pad[0],
+            bottom: pad[1],
+            left: pad[2],
+            right: pad[3],
+        },
+    )
+}
+
+/// The depthwise causal conv of `x [T, H]` with its `[L - 1, H]` left context `window`, which
+/// then holds the last `L - 1` rows of `[window; x]`.
+fn causal_conv1d(
+    x: &[f32],
+    t: usize,
+    h: usize,
+    l: usize,
+    w_lh: &[f32],
+    bias: Option<&[f32]>,
+    window: &mut [f32],
+) -> Tensor {
+    let keep = l - 1;
+    let mut ext = Vec::with_capacity((keep + t) * h);
+    ext.extend_from_slice(window);
+    ext.extend_from_slice(x);
+    let mut conv = vec![0.0f32; t * h];
+    for (i, out) in conv.chunks_exact_mut(h).enumerate() {
+        if let Some(b) = bias {
+            out.copy_from_slice(b);
+        }
+        for j in 0..l {
+            let src = &ext[(i + j) * h..(i + j + 1) * h];
+            let wj = &w_lh[j * h..(j + 1) * h];
+            for ((o, &s), &w) in out.iter_mut().zip(src).zip(wj) {
+                *o += w * s;
+            }
+        }
+    }
+    window.copy_from_slice(&ext[t * h..]);
+    Tensor::from_parts(&[t, h], conv)
+}
+
+fn prepare(node: &Node, params: &[Tensor]) -> Result<Prep> {
+    Ok(match &node.op {
+        Op::CausalConv1d { weight, .. } => {
+            let w = &params[weight.0 as usize];
+            let (h, l) = (w.dim(0), w.numel() / w.dim(0));
+            let mut lh = vec![0.0f32; h * l];
+            for c in 0..h {
+                for j in 0..l {
+                    lh[j * h + c] = w.data()[c * l + j];
+                }
+            }
+            Prep::ConvLh(lh)
+        }
+        Op::Rope {
+            head_dim, theta, ..
+        } => Prep::Rope(Rope::new(*head_dim, *theta)?),
+        _ => Prep::None,
+    })
+}
+
+/// The sequence length of this call, from the fed values' `Seq` dimensions, after checking every
+/// feed against its declared shape.
+fn bindings(g: &Graph, feeds: &[(ValueId, Val)]) -> Result<Bindings> {
+    let mut seq = None;
+    for (v, val) in feeds {
+        let info = g.value(*v);
+        let dims = val.dims();
+        let kind_ok = matches!(
+            (val, info.elem),
+            (Val::Ids(_), Elem::Token) | (Val::F(_), Elem::F32)
+        );
+        let mut ok = kind_ok && dims.len() == info.shape.len();
+        for (d, sym) in dims.iter().zip(&info.shape) {
+            match sym {
+                Dim::Fixed(n) => ok &= d == n,
+                Dim::Seq => match seq {
+                    None => seq = Some(*d),
+                    Some(s) => ok &= s == *d,
+                },
+                _ => ok = false,
+            }
+        }
+        if !ok {
+            return Err(Error::input(format!(
+                "`{}` must be {} ({:?}), got {dims:?}",
+                info.name,
+                crate::graph::shape_text(&info.shape),
+                info.elem
+            )));
+        }
+    }
+    let seq = seq.unwrap_or(0);
+    if feeds
+        .iter()
+        .any(|(v, _)| g.value(*v).shape.contains(&Dim::Seq))
+        && seq == 0
+    {
+        return Err(Error::input("a call needs at least one row"));
+    }
+    Ok(Bindings { seq, past: 0 })
+}
+
+/// Reports a weighted node's input to observers that want inputs (GPTQ's Gram matrices), seen
+/// the way its weight sees it.
+fn report_input(node: &Node, vals: &[Option<Val>], params: &[Tensor], obs: &mut dyn Observer) {
+    if !obs.wants_inputs() {
+        return;
+    }
+    let Some(Some(Val::F(x))) = node.inputs.first().map(|v| &vals[v.0 as usize]) else {
+        return;
+    };
+    let input = match &node.op {
+        Op::Linear { .. } | Op::PointwiseFromTokens { .. } => OpInput::Tokens {
+            x: x.data(),
+            tokens: x.dim(0),
+            features: x.dim(x.rank() - 1),
+        },
+        Op::PointwiseToTokens { .. } => OpInput::Channels {
+            x: x.data(),
+            channels: x.dim(0),
+            positions: x.dim(1) * x.dim(2),
+        },
+        Op::Conv2d {
+            weight,
+            stride,
+            dilation,
+            groups,
+            pad,
+            ..
+        } => {
+            let w = &params[weight.0 as usize];
+            OpInput::Conv {
+                x,
+                kernel: (w.dim(2), w.dim(3)),
+                spec: conv_spec(*stride, *dilation, *groups, pad),
+            }
+        }
+        _ => return,
+    };
+    obs.observe_input(&node.name, input);
+}

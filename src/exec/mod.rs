@@ -1,0 +1,8 @@
+//! Executors over [`crate::graph::Graph`]: [`float::FloatProgram`] runs the float graph with the
+//! kernels in [`crate::ops`]; each sequence owns a [`state::SequenceState`].
+
+pub mod float;
+pub mod state;
+
+pub use float::{FloatProgram, Val};
+pub use state::{SequenceState, SlotData};
