@@ -156,6 +156,9 @@ impl FloatProgram {
             if let (Some(p), Val::F(t)) = (g.producer(v), &val) {
                 if g.nodes[p].observed && obs.enabled() {
                     obs.observe(&g.nodes[p].name, t);
+                    for a in &g.nodes[p].aliases {
+                        obs.observe(a, t);
+                    }
                 }
             }
             vals[v.0 as usize] = Some(val);
@@ -177,6 +180,9 @@ impl FloatProgram {
             }
             if node.observed && obs.enabled() {
                 obs.observe(&node.name, &y);
+                for a in &node.aliases {
+                    obs.observe(a, &y);
+                }
             }
             vals[node.output.0 as usize] = Some(Val::F(y));
         }

@@ -185,8 +185,25 @@ impl<'a> GraphBuilder<'a> {
             inputs: inputs.to_vec(),
             output,
             observed,
+            aliases: Vec::new(),
         });
         Ok(output)
+    }
+
+    /// Also reports `v` (a node output) as `name`.
+    pub fn alias(&mut self, v: ValueId, name: &str) -> Result<()> {
+        let taken = self.g.find(name).is_some()
+            || self.g.nodes.iter().any(|n| n.aliases.iter().any(|a| a == name));
+        let node = self.g.nodes.iter_mut().find(|n| n.output == v);
+        match node {
+            Some(n) if !taken => {
+                n.aliases.push(name.to_string());
+                Ok(())
+            }
+            _ => Err(Error::config(format!(
+                "cannot report `{name}` as an alias (taken, or not a node output)"
+            ))),
+        }
     }
 
     pub fn shape(&self, v: ValueId) -> &[Dim] {

@@ -151,6 +151,10 @@ pub struct Node<O = Op> {
     /// Whether executors report the output to observers (internal steps such as the chunks of a
     /// split or the SiLU inside SwiGLU's `act` have no name of their own in the reference).
     pub observed: bool,
+    /// Further names the output is reported under (a block without a residual reports its last
+    /// op's output as the block's output too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// A weight, by its full checkpoint key.
