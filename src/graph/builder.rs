@@ -193,7 +193,11 @@ impl<'a> GraphBuilder<'a> {
     /// Also reports `v` (a node output) as `name`.
     pub fn alias(&mut self, v: ValueId, name: &str) -> Result<()> {
         let taken = self.g.find(name).is_some()
-            || self.g.nodes.iter().any(|n| n.aliases.iter().any(|a| a == name));
+            || self
+                .g
+                .nodes
+                .iter()
+                .any(|n| n.aliases.iter().any(|a| a == name));
         let node = self.g.nodes.iter_mut().find(|n| n.output == v);
         match node {
             Some(n) if !taken => {

@@ -21,6 +21,7 @@
 
 pub mod builder;
 pub mod op;
+pub mod qop;
 
 pub use builder::{GraphBuilder, WeightSource};
 pub use op::Op;

@@ -38,18 +38,17 @@
 use crate::error::{Error, Result};
 use crate::observe::{NoObserver, Observer};
 use crate::ops::attention::Mask;
-use crate::quant::arith::{requantize, Multiplier};
+use crate::quant::arith::Multiplier;
 use crate::quant::ops::attention::QAttention;
 use crate::quant::ops::conv1d::QCausalConv1d;
 use crate::quant::ops::elementwise::{QAdd, QMul};
 use crate::quant::ops::embedding::QEmbedding;
-use crate::quant::ops::linear::{dot_grouped, QLinear, QMatrix};
+use crate::quant::ops::linear::{linear_rows, QLinear, QMatrix};
 use crate::quant::ops::lut::QLut;
 use crate::quant::ops::norm::QRmsNorm;
 use crate::quant::ops::rope::QRope;
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// The shape facts of the float config the runtime needs.
@@ -246,9 +245,9 @@ pub struct QTiedHead {
 }
 
 impl QTiedHead {
-    /// Exactly [`QLinear::forward_rows`]'s arithmetic (no bias) over `table`.
+    /// [`linear_rows`] (no bias) over `table`.
     fn forward(&self, table: &QMatrix, x: &QTensor) -> QTensor {
-        let (inp, out) = (table.inp, table.out);
+        let inp = table.inp;
         assert_eq!(
             x.shape.last().copied(),
             Some(inp),
@@ -257,33 +256,9 @@ impl QTiedHead {
         );
         assert_eq!(x.q, self.x, "lm_head: input quantization differs");
         let t = x.numel() / inp;
-        let zp = self.x.zero_point;
-        let xc: Vec<i32> = x.data.iter().map(|&v| v as i32 - zp).collect();
-        let (zy, by, group) = (self.y.zero_point, self.y.bits, table.group);
-        let cols: Vec<Vec<i16>> = (0..out)
-            .into_par_iter()
-            .map_init(
-                || vec![0i16; inp],
-                |buf, o| {
-                    table.row_into(o, buf);
-                    let gm = table.row_group_mult(o);
-                    xc.chunks_exact(inp)
-                        .map(|xr| {
-                            let acc = dot_grouped(xr, buf, gm, group);
-                            requantize(acc, self.mult[o], zy, by) as i16
-                        })
-                        .collect()
-                },
-            )
-            .collect();
-        let mut y = vec![0i16; t * out];
-        for (o, col) in cols.iter().enumerate() {
-            for (ti, &v) in col.iter().enumerate() {
-                y[ti * out + o] = v;
-            }
-        }
+        let y = linear_rows(table, None, &self.mult, (self.x, self.y), &x.data, t);
         let mut shape = x.shape.clone();
-        *shape.last_mut().expect("checked above") = out;
+        *shape.last_mut().expect("checked above") = table.out;
         QTensor::new(&shape, y, self.y)
     }
 }

@@ -308,37 +308,58 @@ impl QLinear {
 
     /// The raw integer rows: `x` is `[t, in]` row-major, returns `[t, out]`.
     pub fn forward_rows(&self, x: &[i16], t: usize) -> Vec<i16> {
-        let (inp, out) = (self.in_features(), self.out_features());
-        assert_eq!(x.len(), t * inp);
-        let zp = self.x.zero_point;
-        let xc: Vec<i32> = x.iter().map(|&v| v as i32 - zp).collect();
-        let (zy, by, group) = (self.y.zero_point, self.y.bits, self.weight.group);
-        // One task per output row: unpack it once, then run it over every token.
-        let cols: Vec<Vec<i16>> = (0..out)
-            .into_par_iter()
-            .map_init(
-                || vec![0i16; inp],
-                |buf, o| {
-                    self.weight.row_into(o, buf);
-                    let gm = self.weight.row_group_mult(o);
-                    let b = self.bias.as_ref().map_or(0, |b| b[o]);
-                    xc.chunks_exact(inp)
-                        .map(|xr| {
-                            let acc = dot_grouped(xr, buf, gm, group) + b;
-                            requantize(acc, self.mult[o], zy, by) as i16
-                        })
-                        .collect()
-                },
-            )
-            .collect();
-        let mut y = vec![0i16; t * out];
-        for (o, col) in cols.iter().enumerate() {
-            for (ti, &v) in col.iter().enumerate() {
-                y[ti * out + o] = v;
-            }
-        }
-        y
+        linear_rows(
+            &self.weight,
+            self.bias.as_deref(),
+            &self.mult,
+            (self.x, self.y),
+            x,
+            t,
+        )
     }
+}
+
+/// THE integer linear kernel: `x [t, weight.inp]` (raw integers in `q.0`) times `weight^T`, plus
+/// the bias in accumulator units, requantized per output row into `q.1`. Shared by [`QLinear`]
+/// and the tied output projection that reads an embedding table as its weight.
+pub fn linear_rows(
+    weight: &QMatrix,
+    bias: Option<&[i64]>,
+    mult: &[Multiplier],
+    q: (ActQuant, ActQuant),
+    x: &[i16],
+    t: usize,
+) -> Vec<i16> {
+    let (inp, out) = (weight.inp, weight.out);
+    assert_eq!(x.len(), t * inp);
+    let zp = q.0.zero_point;
+    let xc: Vec<i32> = x.iter().map(|&v| v as i32 - zp).collect();
+    let (zy, by, group) = (q.1.zero_point, q.1.bits, weight.group);
+    // One task per output row: unpack it once, then run it over every token.
+    let cols: Vec<Vec<i16>> = (0..out)
+        .into_par_iter()
+        .map_init(
+            || vec![0i16; inp],
+            |buf, o| {
+                weight.row_into(o, buf);
+                let gm = weight.row_group_mult(o);
+                let b = bias.map_or(0, |b| b[o]);
+                xc.chunks_exact(inp)
+                    .map(|xr| {
+                        let acc = dot_grouped(xr, buf, gm, group) + b;
+                        requantize(acc, mult[o], zy, by) as i16
+                    })
+                    .collect()
+            },
+        )
+        .collect();
+    let mut y = vec![0i16; t * out];
+    for (o, col) in cols.iter().enumerate() {
+        for (ti, &v) in col.iter().enumerate() {
+            y[ti * out + o] = v;
+        }
+    }
+    y
 }
 
 /// Helpers shared by the integer ops' tests: a seeded LCG, float references in `f64`, and the

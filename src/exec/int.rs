@@ -1,0 +1,274 @@
+//! The integer executor: runs a lowered graph (`Graph<QOp>`) with the scalar integer references
+//! in [`crate::quant::ops`]. Integers only between the edges (float arithmetic is denied here);
+//! observers get each observed value dequantized under its float name, so the two paths can be
+//! compared op by op.
+#![deny(clippy::float_arithmetic)]
+
+use super::state::{SequenceState, SlotData};
+use crate::error::{Error, Result};
+use crate::graph::qop::QOp;
+use crate::graph::{Dim, Elem, Graph, Node, ValueId};
+use crate::observe::Observer;
+use crate::ops::attention::Mask;
+use crate::quant::ops::linear::linear_rows;
+use crate::quant::params::ActQuant;
+use crate::quant::tensor::QTensor;
+use serde::{Deserialize, Serialize};
+
+/// A value at run time.
+#[derive(Clone, Debug)]
+pub enum QVal {
+    Q(QTensor),
+    Ids(Vec<u32>),
+}
+
+/// The lowered graph of one model part: immutable, shared by every sequence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntProgram {
+    pub graph: Graph<QOp>,
+}
+
+impl IntProgram {
+    pub fn new(graph: Graph<QOp>) -> Self {
+        Self { graph }
+    }
+
+    /// A fresh decode state for up to `context` positions (windows at their zero points).
+    pub fn new_state(&self, context: usize) -> SequenceState {
+        SequenceState::new(&self.graph.states, context)
+    }
+
+    /// The quantization of value `v`.
+    pub fn quant(&self, v: ValueId) -> Result<ActQuant> {
+        match self.graph.value(v).elem {
+            Elem::Q(q) => Ok(q),
+            _ => Err(Error::input(format!(
+                "`{}` is not an integer value",
+                self.graph.value(v).name
+            ))),
+        }
+    }
+
+    /// Runs the nodes needed for `outputs` from `feeds` (see `FloatProgram::run`).
+    pub fn run(
+        &self,
+        feeds: Vec<(ValueId, QVal)>,
+        outputs: &[ValueId],
+        mut state: Option<&mut SequenceState>,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<QTensor>> {
+        let g = &self.graph;
+        let given: Vec<ValueId> = feeds.iter().map(|(v, _)| *v).collect();
+        let sched = g.schedule(&given, outputs);
+        let seq = self.check_feeds(&feeds)?;
+        let stateful = sched.iter().any(|&i| g.nodes[i].op.uses_position());
+        let start = match (&state, stateful) {
+            (Some(s), true) => {
+                s.check(&g.states, seq)?;
+                s.len()
+            }
+            (None, true) => {
+                return Err(Error::input(
+                    "this part of the model keeps decode state: pass a sequence state",
+                ))
+            }
+            _ => 0,
+        };
+        let mut last = vec![None; g.values.len()];
+        for &i in &sched {
+            for v in &g.nodes[i].inputs {
+                last[v.0 as usize] = Some(i);
+            }
+        }
+        for o in outputs {
+            last[o.0 as usize] = Some(usize::MAX);
+        }
+        let mut vals: Vec<Option<QVal>> = vec![None; g.values.len()];
+        for (v, val) in feeds {
+            if let (Some(p), QVal::Q(t)) = (g.producer(v), &val) {
+                report(&g.nodes[p], t, obs);
+            }
+            vals[v.0 as usize] = Some(val);
+        }
+        for &i in &sched {
+            let node = &g.nodes[i];
+            let slot = state.as_deref_mut();
+            let y = self.eval(node, &vals, slot, start).map_err(|e| match e {
+                Error::Input(m) => Error::input(format!("`{}`: {m}", node.name)),
+                e => e,
+            })?;
+            for v in &node.inputs {
+                if last[v.0 as usize] == Some(i) {
+                    vals[v.0 as usize] = None;
+                }
+            }
+            report(node, &y, obs);
+            vals[node.output.0 as usize] = Some(QVal::Q(y));
+        }
+        if stateful {
+            if let Some(s) = state {
+                s.advance(seq);
+            }
+        }
+        outputs
+            .iter()
+            .map(|o| match &vals[o.0 as usize] {
+                Some(QVal::Q(t)) => Ok(t.clone()),
+                _ => Err(Error::input(format!(
+                    "`{}` is not an integer value of this run",
+                    g.value(*o).name
+                ))),
+            })
+            .collect()
+    }
+
+    /// Checks every feed against its declared shape and quantization; returns the rows (`Seq`).
+    fn check_feeds(&self, feeds: &[(ValueId, QVal)]) -> Result<usize> {
+        let g = &self.graph;
+        let mut seq = None;
+        for (v, val) in feeds {
+            let info = g.value(*v);
+            let (dims, ok_kind) = match (val, info.elem) {
+                (QVal::Ids(ids), Elem::Token) => (vec![ids.len()], true),
+                (QVal::Q(t), Elem::Q(q)) => (t.shape.clone(), t.q == q),
+                (QVal::Q(t), _) => (t.shape.clone(), false),
+                (QVal::Ids(ids), _) => (vec![ids.len()], false),
+            };
+            let mut ok = ok_kind && dims.len() == info.shape.len();
+            for (d, sym) in dims.iter().zip(&info.shape) {
+                match sym {
+                    Dim::Fixed(n) => ok &= d == n,
+                    Dim::Seq => match seq {
+                        None => seq = Some(*d),
+                        Some(s) => ok &= s == *d,
+                    },
+                    _ => ok = false,
+                }
+            }
+            if !ok {
+                return Err(Error::input(format!(
+                    "`{}` must be {} in {:?}, got {dims:?}{}",
+                    info.name,
+                    crate::graph::shape_text(&info.shape),
+                    info.elem,
+                    match val {
+                        QVal::Q(t) => format!(" in {:?}", t.q),
+                        QVal::Ids(_) => String::new(),
+                    }
+                )));
+            }
+        }
+        let seq = seq.unwrap_or(0);
+        if feeds
+            .iter()
+            .any(|(v, _)| g.value(*v).shape.contains(&Dim::Seq))
+            && seq == 0
+        {
+            return Err(Error::input("a call needs at least one row"));
+        }
+        Ok(seq)
+    }
+
+    fn get<'v>(&self, vals: &'v [Option<QVal>], node: &Node<QOp>, k: usize) -> &'v QTensor {
+        match &vals[node.inputs[k].0 as usize] {
+            Some(QVal::Q(t)) => t,
+            _ => panic!("`{}`: input {k} is not a computed integer value", node.name),
+        }
+    }
+
+    fn eval(
+        &self,
+        node: &Node<QOp>,
+        vals: &[Option<QVal>],
+        state: Option<&mut SequenceState>,
+        start: usize,
+    ) -> Result<QTensor> {
+        let x = || self.get(vals, node, 0);
+        Ok(match &node.op {
+            QOp::Embedding(e) => match &vals[node.inputs[0].0 as usize] {
+                Some(QVal::Ids(ids)) => e.forward(ids)?,
+                _ => return Err(Error::input("embedding input must be token ids")),
+            },
+            QOp::Linear(l) => l.forward(x()),
+            QOp::TiedLinear {
+                table,
+                mult,
+                x: qx,
+                y,
+            } => {
+                let QOp::Embedding(e) = &self.graph.nodes[*table].op else {
+                    return Err(Error::input(
+                        "a tied projection must name an embedding node",
+                    ));
+                };
+                let (x, w) = (x(), &e.table);
+                if x.q != *qx || x.shape.last() != Some(&w.inp) {
+                    return Err(Error::input(format!(
+                        "tied projection input {:?} in {:?}, expected [..., {}] in {qx:?}",
+                        x.shape, x.q, w.inp
+                    )));
+                }
+                let t = x.numel() / w.inp;
+                let data = linear_rows(w, None, mult, (*qx, *y), &x.data, t);
+                let mut shape = x.shape.clone();
+                *shape.last_mut().expect("checked above") = w.out;
+                QTensor::new(&shape, data, *y)
+            }
+            QOp::RmsNorm(n) => n.forward(x()),
+            QOp::Slice { start: s0, len } => {
+                let x = x();
+                let d = *x.shape.last().expect("sliced values have a last dim");
+                let mut data = Vec::with_capacity(x.numel() / d * len);
+                for row in x.data.chunks_exact(d) {
+                    data.extend_from_slice(&row[*s0..s0 + len]);
+                }
+                let mut shape = x.shape.clone();
+                *shape.last_mut().expect("checked above") = *len;
+                QTensor::new(&shape, data, x.q)
+            }
+            QOp::Add(a) => a.forward(x(), self.get(vals, node, 1)),
+            QOp::Mul(m) => m.forward(x(), self.get(vals, node, 1)),
+            QOp::Lut(l) => l.forward(x()),
+            QOp::CausalConv1d { conv, state: s } => {
+                let state = state.expect("checked by run");
+                let SlotData::I16(window) = state.slot_mut(s.0 as usize) else {
+                    return Err(Error::input("integer conv state expected"));
+                };
+                conv.forward(x(), window)
+            }
+            QOp::Rope { rope, heads } => rope.forward(x(), *heads, start),
+            QOp::CachedAttention { attn, k, v } => {
+                let state = state.expect("checked by run");
+                let (q, kn, vn) = (x(), self.get(vals, node, 1), self.get(vals, node, 2));
+                let (SlotData::I16(kc), SlotData::I16(vc)) =
+                    state.slot_pair_mut(k.0 as usize, v.0 as usize)
+                else {
+                    return Err(Error::input("integer K/V state expected"));
+                };
+                kc.extend_from_slice(&kn.data);
+                vc.extend_from_slice(&vn.data);
+                let t = q.shape[0];
+                let o = attn.forward_raw(
+                    &q.data,
+                    kc,
+                    vc,
+                    t,
+                    start + t,
+                    Mask::Causal { offset: start },
+                );
+                QTensor::new(&[t, attn.n_heads * attn.dv], o, attn.out)
+            }
+        })
+    }
+}
+
+/// Reports an observed node's output (dequantized) under its name and aliases.
+fn report(node: &Node<QOp>, y: &QTensor, obs: &mut dyn Observer) {
+    if node.observed && obs.enabled() {
+        let f = y.dequantize();
+        obs.observe(&node.name, &f);
+        for a in &node.aliases {
+            obs.observe(a, &f);
+        }
+    }
+}
