@@ -258,8 +258,57 @@ impl IntProgram {
                 );
                 QTensor::new(&[t, attn.n_heads * attn.dv], o, attn.out)
             }
+            QOp::Attention(a) => a.forward(
+                x(),
+                self.get(vals, node, 1),
+                self.get(vals, node, 2),
+                Mask::None,
+            ),
+            QOp::Conv2d(c) => c.forward(x()),
+            QOp::RmsNorm2d(n) => n.forward(x()),
+            QOp::ChannelScale(s) => s.forward(x()),
+            QOp::PointwiseToTokens(l) => l.forward(&map_to_tokens(x())),
+            QOp::PointwiseFromTokens { linear, h, w } => {
+                tokens_to_map(&linear.forward(x()), *h, *w)
+            }
+            QOp::ResizeNearest(r) => r.forward(x()),
+            QOp::AvgPool(p) => p.forward(x()),
+            QOp::Concat(c) => {
+                let xs: Vec<&QTensor> = (0..node.inputs.len())
+                    .map(|k| self.get(vals, node, k))
+                    .collect();
+                c.forward(&xs)
+            }
+            QOp::ToTokens => map_to_tokens(x()),
         })
     }
+}
+
+/// `[C, H, W]` map -> `[H * W, C]` token rows (an integer copy).
+pub fn map_to_tokens(x: &QTensor) -> QTensor {
+    assert_eq!(x.shape.len(), 3, "map_to_tokens: {:?}", x.shape);
+    let (c, hw) = (x.shape[0], x.shape[1] * x.shape[2]);
+    let mut data = vec![0i16; c * hw];
+    for (ch, plane) in x.data.chunks_exact(hw.max(1)).enumerate() {
+        for (p, &v) in plane.iter().enumerate() {
+            data[p * c + ch] = v;
+        }
+    }
+    QTensor::new(&[hw, c], data, x.q)
+}
+
+/// `[H * W, C]` token rows -> `[C, H, W]` map (an integer copy).
+pub fn tokens_to_map(x: &QTensor, h: usize, w: usize) -> QTensor {
+    assert_eq!(x.shape.len(), 2, "tokens_to_map: {:?}", x.shape);
+    let (hw, c) = (x.shape[0], x.shape[1]);
+    assert_eq!(hw, h * w, "tokens_to_map: {hw} tokens for {h}x{w}");
+    let mut data = vec![0i16; c * hw];
+    for (p, row) in x.data.chunks_exact(c.max(1)).enumerate() {
+        for (ch, &v) in row.iter().enumerate() {
+            data[ch * hw + p] = v;
+        }
+    }
+    QTensor::new(&[c, h, w], data, x.q)
 }
 
 /// Reports an observed node's output (dequantized) under its name and aliases.

@@ -5,12 +5,14 @@
 use super::StateId;
 use crate::quant::arith::Multiplier;
 use crate::quant::ops::attention::QAttention;
+use crate::quant::ops::conv::QConv2d;
 use crate::quant::ops::conv1d::QCausalConv1d;
-use crate::quant::ops::elementwise::{QAdd, QMul};
+use crate::quant::ops::elementwise::{QAdd, QChannelScale, QMul};
 use crate::quant::ops::embedding::QEmbedding;
 use crate::quant::ops::linear::QLinear;
 use crate::quant::ops::lut::QLut;
-use crate::quant::ops::norm::QRmsNorm;
+use crate::quant::ops::norm::{QRmsNorm, QRmsNorm2d};
+use crate::quant::ops::pool::{QAvgPool2d, QConcat, QUpsampleNearest};
 use crate::quant::ops::rope::QRope;
 use crate::quant::params::ActQuant;
 use serde::{Deserialize, Serialize};
@@ -52,6 +54,25 @@ pub enum QOp {
         k: StateId,
         v: StateId,
     },
+    /// Unmasked attention on token rows (the vision MQA).
+    Attention(QAttention),
+    Conv2d(QConv2d),
+    RmsNorm2d(QRmsNorm2d),
+    ChannelScale(QChannelScale),
+    /// A 1x1 conv from a `[C, H, W]` map to `[H * W, D]` tokens: the map's tokens through a
+    /// linear layer.
+    PointwiseToTokens(QLinear),
+    /// A 1x1 conv from `[h * w, D]` tokens to a `[C, h, w]` map.
+    PointwiseFromTokens {
+        linear: QLinear,
+        h: usize,
+        w: usize,
+    },
+    ResizeNearest(QUpsampleNearest),
+    AvgPool(QAvgPool2d),
+    Concat(QConcat),
+    /// `[C, H, W] -> [H * W, C]`, same quantization.
+    ToTokens,
 }
 
 impl QOp {
@@ -68,6 +89,16 @@ impl QOp {
             QOp::CausalConv1d { .. } => "causal_conv1d",
             QOp::Rope { .. } => "rope",
             QOp::CachedAttention { .. } => "cached_attention",
+            QOp::Attention(_) => "attention",
+            QOp::Conv2d(_) => "conv2d",
+            QOp::RmsNorm2d(_) => "rms_norm_2d",
+            QOp::ChannelScale(_) => "channel_scale",
+            QOp::PointwiseToTokens(_) => "pointwise_to_tokens",
+            QOp::PointwiseFromTokens { .. } => "pointwise_from_tokens",
+            QOp::ResizeNearest(_) => "resize_nearest",
+            QOp::AvgPool(_) => "avg_pool",
+            QOp::Concat(_) => "concat",
+            QOp::ToTokens => "to_tokens",
         }
     }
 

@@ -21,22 +21,28 @@ use crate::graph::qop::QOp;
 use crate::graph::{Elem, Graph, Node, Op, ValueId};
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnShape;
+use crate::ops::conv::{Conv2dSpec, Pad2d};
 use crate::ops::rope::Rope;
 use crate::quant::arith::{check_reduction, qmax, qmin};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
 use crate::quant::gptq;
+use crate::quant::ops::elementwise::ChannelAxis;
 use crate::quant::ops::linear::centered_abs_max;
 use crate::quant::ops::linear::QMatrix;
 use crate::quant::params::{
     quantize_weight, ActQuant, Granularity, QuantWeight, WeightRange, GROUP_SCALE_BITS,
 };
 use crate::quant::prepare::attention::attention;
+use crate::quant::prepare::conv::conv2d_from_quantized;
 use crate::quant::prepare::conv1d::causal_conv1d_from_quantized;
+use crate::quant::prepare::elementwise::channel_scale;
 use crate::quant::prepare::elementwise::{add, mul};
 use crate::quant::prepare::embedding::embedding_from_quantized;
 use crate::quant::prepare::linear::{linear_from_quantized, row_requant};
 use crate::quant::prepare::lut::{lut, LutFn};
 use crate::quant::prepare::norm::rms_norm;
+use crate::quant::prepare::norm::rms_norm_2d;
+use crate::quant::prepare::pool::{avg_pool2d, concat_channels, upsample_nearest};
 use crate::quant::prepare::rope::rope_from_inv_freq;
 use crate::quant::scheme::{Part, Precision, Scheme};
 
@@ -415,6 +421,103 @@ pub fn lower(
                 states[v.0 as usize].elem = Elem::Q(qv);
                 (QOp::CachedAttention { attn, k: *k, v: *v }, y)
             }
+            Op::Attention {
+                heads,
+                kv_heads,
+                d,
+                dv,
+                scale,
+            } => {
+                let y = c.act(name)?;
+                let shape = AttnShape {
+                    n_heads: *heads,
+                    n_kv: *kv_heads,
+                    d: *d,
+                    dv: *dv,
+                };
+                let a = attention(shape, *scale, q(0)?, q(1)?, q(2)?, y).map_err(&at)?;
+                (QOp::Attention(a), y)
+            }
+            Op::Conv2d {
+                weight,
+                bias,
+                stride,
+                dilation,
+                groups,
+                pad,
+            } => {
+                let w = p(*weight);
+                let (c_out, cpg, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
+                let qw = c.weight(name, w.data(), c_out, cpg * kh * kw)?;
+                let y = c.act(name)?;
+                let spec = Conv2dSpec::new(
+                    *stride,
+                    *dilation,
+                    *groups,
+                    Pad2d {
+                        top: pad[0],
+                        bottom: pad[1],
+                        left: pad[2],
+                        right: pad[3],
+                    },
+                );
+                let b = bias.map(|b| p(b).data());
+                let conv =
+                    conv2d_from_quantized(&qw, cpg, (kh, kw), b, spec, q(0)?, y).map_err(&at)?;
+                (QOp::Conv2d(conv), y)
+            }
+            Op::RmsNorm2d { weight, eps } => {
+                let y = c.act(name)?;
+                let n = rms_norm_2d(p(*weight).data(), *eps, q(0)?, y).map_err(&at)?;
+                (QOp::RmsNorm2d(n), y)
+            }
+            Op::ChannelScale { gamma } => {
+                let y = c.act(name)?;
+                let s =
+                    channel_scale(p(*gamma).data(), ChannelAxis::First, q(0)?, y).map_err(&at)?;
+                (QOp::ChannelScale(s), y)
+            }
+            Op::PointwiseToTokens { weight } | Op::PointwiseFromTokens { weight, .. } => {
+                let w = p(*weight);
+                let qw = c.weight(name, w.data(), w.dim(0), w.dim(1))?;
+                let y = c.act(name)?;
+                let l = linear_from_quantized(&qw, None, q(0)?, y).map_err(&at)?;
+                match &node.op {
+                    Op::PointwiseFromTokens { h, w, .. } => (
+                        QOp::PointwiseFromTokens {
+                            linear: l,
+                            h: *h,
+                            w: *w,
+                        },
+                        y,
+                    ),
+                    _ => (QOp::PointwiseToTokens(l), y),
+                }
+            }
+            Op::ResizeNearest { h, w } => {
+                let s = &values[node.inputs[0].0 as usize].shape;
+                let (ih, iw) = (dim(s, 1)?, dim(s, 2)?);
+                let r = upsample_nearest(ih, iw, *h, *w).map_err(&at)?;
+                (QOp::ResizeNearest(r), q(0)?)
+            }
+            Op::AvgPool { kh, kw, sh, sw } => {
+                if (kh, kw) != (sh, sw) {
+                    return Err(at(Error::input(
+                        "the integer average pool needs stride = kernel",
+                    )));
+                }
+                let y = c.act(name)?;
+                (
+                    QOp::AvgPool(avg_pool2d(*kh, *kw, q(0)?, y).map_err(&at)?),
+                    y,
+                )
+            }
+            Op::Concat => {
+                let y = c.act(name)?;
+                let ins = (0..node.inputs.len()).map(q).collect::<Result<Vec<_>>>()?;
+                (QOp::Concat(concat_channels(&ins, y).map_err(&at)?), y)
+            }
+            Op::ToTokens => (QOp::ToTokens, q(0)?),
             other => {
                 return Err(Error::input(format!(
                     "{part} op `{name}`: {} has no integer lowering yet",
@@ -439,6 +542,16 @@ pub fn lower(
         params: Vec::new(),
         states,
         ports: g.ports.clone(),
+    })
+}
+
+/// The fixed size of axis `i` of a shape.
+fn dim(s: &[crate::graph::Dim], i: usize) -> Result<usize> {
+    s.get(i).and_then(|d| d.fixed()).ok_or_else(|| {
+        Error::input(format!(
+            "axis {i} of {} is not fixed",
+            crate::graph::shape_text(s)
+        ))
     })
 }
 
