@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+pub mod graph;
+
 // ------------------------------------------------------------------------------------------------
 // Config
 // ------------------------------------------------------------------------------------------------
@@ -2216,7 +2218,7 @@ mod tests {
     }
 
     /// A safetensors checkpoint with the arch's keys filled with a deterministic pattern.
-    fn synthetic_weights(arch: &EncoderArch, dir: &std::path::Path) -> Weights {
+    pub(super) fn synthetic_weights(arch: &EncoderArch, dir: &std::path::Path) -> Weights {
         let tensors = arch.tensors();
         let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (ti, (k, s)) in tensors.iter().enumerate() {
