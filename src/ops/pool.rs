@@ -76,8 +76,9 @@ pub fn interpolate_nearest(x: &Tensor, oh: usize, ow: usize) -> Tensor {
 
 /// Source index and weights of one output position for linear interpolation with
 /// `align_corners=False` (PyTorch `area_pixel_compute_source_index` and
-/// `compute_indices_weights_linear`): `(i0, i1, w0, w1)`.
-fn linear_coeffs(dst: usize, input: usize, output: usize) -> (usize, usize, f32, f32) {
+/// `compute_indices_weights_linear`): `(i0, i1, w0, w1)`. Also tabulated by the integer resize
+/// (`quant::prepare::pool::resize_bilinear`), so both paths sample the same taps.
+pub(crate) fn linear_coeffs(dst: usize, input: usize, output: usize) -> (usize, usize, f32, f32) {
     let scale = input as f32 / output as f32;
     let src = (scale * (dst as f32 + 0.5) - 0.5).max(0.0);
     let i0 = (src as usize).min(input - 1);

@@ -1,6 +1,7 @@
 //! Integer pooling, resizing and concatenation on `[C, H, W]` maps (the MSFA's ops):
 //! [`QAvgPool2d`] (kernel = stride, no padding: sum, then one requantization),
-//! [`QUpsampleNearest`] (pure index copy with the float path's index rule, same parameters) and
+//! [`QUpsampleNearest`] (pure index copy with the float path's index rule, same parameters),
+//! [`QResizeBilinear`] (four tabulated taps with fixed-point weights, one requantization) and
 //! [`QConcat`] (every input requantized to the output parameters).
 
 use super::elementwise::QRequantize;
@@ -132,6 +133,173 @@ impl QUpsampleNearest {
                 }
             });
         QTensor::new(&[c, oh, ow], y, x.q)
+    }
+}
+
+/// Fractional bits `F` of the bilinear weights of [`QResizeBilinear`]: a weight `l` in `[0, 1]` is
+/// stored as the integer `round(l * 2^F)`.
+///
+/// Why 20 and not 15 or 16: rounding a weight to `F` bits moves the output by up to
+/// `2^-F * 2^bits_x` input steps (see [`QResizeBilinear`]), a whole output step at `F = 16` for a
+/// 16-bit map resized in its own quantization, on top of the final rounding's half step. At
+/// `F = 20` that term is at most 1/16 of a step there, and the accumulator stays far inside
+/// `i64` (`|acc| <= 65535 * 2^(2F) < 2^56`). Narrower weights would only help a 32-bit kernel,
+/// which 16-bit activations rule out anyway (`2^16 * 2^15` already overflows `i32`). Measured on
+/// the tests' resizes (16-bit checkerboards, worst output): 1.68 steps at `F = 15`, 0.94 at
+/// `F = 16`, 0.52 at `F = 20`.
+pub const RESIZE_WEIGHT_BITS: u32 = 20;
+
+/// `2^F`: the sum of the two weights of every [`LinearTap`].
+pub const RESIZE_WEIGHT_ONE: u32 = 1 << RESIZE_WEIGHT_BITS;
+
+/// One output row (or column) of a bilinear resize: source indices `i0`, `i1` and their weights,
+/// integers of [`RESIZE_WEIGHT_BITS`] fractional bits with `w0 + w1 == 2^F`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinearTap {
+    pub i0: usize,
+    pub i1: usize,
+    pub w0: u32,
+    pub w1: u32,
+}
+
+impl LinearTap {
+    fn check(&self, axis: &str, k: usize, len: usize) -> Result<()> {
+        if self.i0 >= len || self.i1 >= len {
+            return Err(Error::input(format!(
+                "QResizeBilinear: {axis} tap {k} reads indices {} and {}, outside an input of {len}",
+                self.i0, self.i1
+            )));
+        }
+        if self.w0 as u64 + self.w1 as u64 != RESIZE_WEIGHT_ONE as u64 {
+            return Err(Error::input(format!(
+                "QResizeBilinear: {axis} tap {k} has weights {} + {} != 2^{RESIZE_WEIGHT_BITS}",
+                self.w0, self.w1
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False)` (no antialias) of an
+/// `h x w` map. The taps of every output row and column are tabulated at conversion time with
+/// the float path's rule ([`crate::ops::pool::linear_coeffs`], PyTorch's `f32` source index),
+/// so both paths read the same pixels; with `F` = [`RESIZE_WEIGHT_BITS`]:
+///
+/// `y = requantize(sum_{i, j} (x[y_i, x_j] - z_x) * wy_i * wx_j, s_x / (s_y * 2^(2F)), z_y)`.
+///
+/// Weights: each axis's fraction `l` (the `f32` weight of `i1`) becomes `w1 = round(l * 2^F)`,
+/// `w0 = 2^F - w1`, so the weights sum to one exactly: a constant map stays constant, taps on the
+/// same pixel (the clamped edge) copy it exactly, and at the identity size the op is exactly
+/// the requantization `s_x / s_y` (the multiplier differs from it by the power of two only).
+///
+/// Error bound, in output steps, against the exact real interpolation of the dequantized input
+/// with the float path's `f32` weights: each integer weight is within `2^-(F+1)` of its `f32`
+/// weight (plus the `2^-25` by which `f32` rounds `1 - l`), and the weight errors of one axis
+/// cancel up to the difference of two taps (at most `2^bits_x - 1` input steps), so
+///
+/// `|y - exact| <= 1/2 + (2^-F + 2^-24 + 2^-31) * 2^bits_x * s_x / s_y`
+///
+/// (final rounding; weight rounding; the float weights' own sum error and the 31-bit
+/// multiplier). For `F = 20` this is within one step whenever the input's full range spans at
+/// most 2^18 output steps (`<= 0.77`), e.g. any 16-bit map resized in its own quantization
+/// (`<= 0.57`).
+/// The result does not depend on the thread count: each output is one exact integer sum.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QResizeBilinear {
+    pub h: usize,
+    pub w: usize,
+    /// One per output row (`oh` entries, indices `< h`).
+    pub rows: Vec<LinearTap>,
+    /// One per output column (`ow` entries, indices `< w`).
+    pub cols: Vec<LinearTap>,
+    /// `s_x / (s_y * 2^(2F))`.
+    pub mult: Multiplier,
+    pub x: ActQuant,
+    pub y: ActQuant,
+}
+
+impl QResizeBilinear {
+    /// Validates the tables (non-empty, indices inside `h x w`, each pair of weights summing to
+    /// `2^F`), the quantizations and the multiplier, and proves the accumulator bound.
+    pub fn new(
+        h: usize,
+        w: usize,
+        rows: Vec<LinearTap>,
+        cols: Vec<LinearTap>,
+        mult: Multiplier,
+        x: ActQuant,
+        y: ActQuant,
+    ) -> Result<Self> {
+        check_act("QResizeBilinear", "input", &x)?;
+        check_act("QResizeBilinear", "output", &y)?;
+        if h == 0 || w == 0 || rows.is_empty() || cols.is_empty() {
+            return Err(Error::input(format!(
+                "QResizeBilinear: empty size {h}x{w} -> {}x{}",
+                rows.len(),
+                cols.len()
+            )));
+        }
+        for (k, t) in rows.iter().enumerate() {
+            t.check("row", k, h)?;
+        }
+        for (k, t) in cols.iter().enumerate() {
+            t.check("column", k, w)?;
+        }
+        // The range `Multiplier::apply` is written for (a right shift of at most 127 bits).
+        if (mult.m != 0 && mult.m < 1 << 30) || !(-96..=127).contains(&mult.shift) {
+            return Err(Error::input(format!(
+                "QResizeBilinear: multiplier {mult:?} outside m in [2^30, 2^31) (or 0), shift in [-96, 127]"
+            )));
+        }
+        // Four taps of |x - z_x| <= 65535 (any i16 against any 16-bit zero point) times
+        // wy * wx <= 2^(2F); the weights summing to 2^F per axis even bound the sum by
+        // 65535 * 2^(2F).
+        let one = RESIZE_WEIGHT_ONE as i64;
+        check_reduction("QResizeBilinear", 4, 65535, one * one, 0)?;
+        Ok(Self {
+            h,
+            w,
+            rows,
+            cols,
+            mult,
+            x,
+            y,
+        })
+    }
+
+    pub fn out_size(&self) -> (usize, usize) {
+        (self.rows.len(), self.cols.len())
+    }
+
+    pub fn forward(&self, x: &QTensor) -> QTensor {
+        let (c, h, w) = chw(x, "QResizeBilinear");
+        assert!(
+            h == self.h && w == self.w,
+            "QResizeBilinear: input {h}x{w}, prepared for {}x{}",
+            self.h,
+            self.w
+        );
+        assert_eq!(x.q, self.x, "QResizeBilinear: input quantization differs");
+        let (oh, ow) = self.out_size();
+        let zp = self.x.zero_point as i64;
+        let mut y = vec![0i16; c * oh * ow];
+        y.par_chunks_mut(oh * ow)
+            .zip(x.data.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                for (drow, ty) in dst.chunks_exact_mut(ow).zip(&self.rows) {
+                    let r0 = &src[ty.i0 * w..(ty.i0 + 1) * w];
+                    let r1 = &src[ty.i1 * w..(ty.i1 + 1) * w];
+                    let (wy0, wy1) = (ty.w0 as i64, ty.w1 as i64);
+                    for (o, tx) in drow.iter_mut().zip(&self.cols) {
+                        let (wx0, wx1) = (tx.w0 as i64, tx.w1 as i64);
+                        let row =
+                            |r: &[i16]| wx0 * (r[tx.i0] as i64 - zp) + wx1 * (r[tx.i1] as i64 - zp);
+                        let acc = wy0 * row(r0) + wy1 * row(r1);
+                        *o = requantize(acc, self.mult, self.y.zero_point, self.y.bits) as i16;
+                    }
+                }
+            });
+        QTensor::new(&[c, oh, ow], y, self.y)
     }
 }
 
@@ -281,6 +449,347 @@ mod tests {
         }
         assert_eq!(prep::upsample_nearest(2, 2, 82, 82).unwrap().ys[41], 0);
         assert!(prep::upsample_nearest(0, 2, 4, 4).is_err());
+    }
+
+    /// The exact real bilinear resize (in `f64`) of `[c, h, w]` real values with the float
+    /// path's own `f32` coefficients.
+    fn bilinear_reference(
+        xr: &[f64],
+        c: usize,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+    ) -> Vec<f64> {
+        use crate::ops::pool::linear_coeffs;
+        let ys: Vec<_> = (0..oh).map(|i| linear_coeffs(i, h, oh)).collect();
+        let xs: Vec<_> = (0..ow).map(|i| linear_coeffs(i, w, ow)).collect();
+        let mut out = Vec::with_capacity(c * oh * ow);
+        for ch in 0..c {
+            let src = &xr[ch * h * w..(ch + 1) * h * w];
+            for &(y0, y1, wy0, wy1) in &ys {
+                for &(x0, x1, wx0, wx1) in &xs {
+                    let (wy0, wy1, wx0, wx1) = (wy0 as f64, wy1 as f64, wx0 as f64, wx1 as f64);
+                    out.push(
+                        wy0 * (wx0 * src[y0 * w + x0] + wx1 * src[y0 * w + x1])
+                            + wy1 * (wx0 * src[y1 * w + x0] + wx1 * src[y1 * w + x1]),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// The sizes the MSFA meets at non-dividing resolutions: downsizing by non-integer and
+    /// integer-ish factors, and upsizing.
+    const RESIZES: [(usize, usize, usize, usize); 4] = [
+        (20, 20, 16, 16),
+        (13, 9, 8, 8),
+        (10, 10, 3, 3),
+        (5, 7, 12, 11),
+    ];
+
+    #[test]
+    fn resize_bilinear_within_one_step() {
+        let mut rng = Lcg::new(34);
+        let mut worst = 0.0f64;
+        let c = 3;
+        for xq in quants() {
+            for &(h, w, oh, ow) in &RESIZES {
+                let mut x = rng.ints(c * h * w, &xq);
+                // Channel 0 is a qmin/qmax checkerboard: every tap pair differs by the full
+                // range, the worst case for the rounding of the weights.
+                for (i, v) in x[..h * w].iter_mut().enumerate() {
+                    let b = if (i / w + i % w) % 2 == 0 {
+                        qmax(xq.bits)
+                    } else {
+                        qmin(xq.bits)
+                    };
+                    *v = b as i16;
+                }
+                let xr = deq(&x, &xq);
+                let r = bilinear_reference(&xr, c, h, w, oh, ow);
+                // The reference is the float op (up to its f32 rounding).
+                let xd = Tensor::new(&[c, h, w], xr.iter().map(|&v| v as f32).collect()).unwrap();
+                let f = crate::ops::pool::interpolate_bilinear(&xd, oh, ow);
+                assert_eq!(f.shape(), &[c, oh, ow]);
+                let amax = xr.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                for (&fv, &rv) in f.data().iter().zip(&r) {
+                    assert!(
+                        (fv as f64 - rv).abs() <= 1e-6 * amax,
+                        "float op {fv} vs {rv}"
+                    );
+                }
+                for yq in [xq, out_quant(&r, 8, 0.7), out_quant(&r, 16, 0.7)] {
+                    let op = prep::resize_bilinear(h, w, oh, ow, xq, yq).unwrap();
+                    assert_eq!(op.out_size(), (oh, ow));
+                    let y = op.forward(&QTensor::new(&[c, h, w], x.clone(), xq));
+                    assert_eq!(y.shape, vec![c, oh, ow]);
+                    assert_eq!(y.q, yq);
+                    let what = format!("resize {h}x{w} -> {oh}x{ow} {xq:?} -> {yq:?}");
+                    let e = assert_within_one_step(&what, &y.data, &r, &yq);
+                    // The documented bound.
+                    let f = RESIZE_WEIGHT_BITS as i32;
+                    let bound = 0.5
+                        + (2f64.powi(-f) + 2f64.powi(-24) + 2f64.powi(-31))
+                            * 2f64.powi(xq.bits as i32)
+                            * xq.scale as f64
+                            / yq.scale as f64;
+                    assert!(e <= bound, "{what}: error {e} above the bound {bound}");
+                    worst = worst.max(e);
+                }
+            }
+        }
+        println!("QResizeBilinear: largest error {worst:.4} output steps");
+    }
+
+    #[test]
+    fn resize_bilinear_identity_size_is_a_requantization() {
+        let mut rng = Lcg::new(35);
+        let (c, h, w) = (2, 6, 7);
+        let other = ActQuant::from_range(-1.5, 2.0, 8, false);
+        for xq in quants() {
+            let x = QTensor::new(&[c, h, w], rng.ints(c * h * w, &xq), xq);
+            // In its own quantization: a bit-exact copy.
+            let op = prep::resize_bilinear(h, w, h, w, xq, xq).unwrap();
+            assert!(op
+                .rows
+                .iter()
+                .chain(&op.cols)
+                .all(|t| t.w0 == RESIZE_WEIGHT_ONE));
+            assert_eq!(op.forward(&x).data, x.data);
+            // Into other parameters: exactly QRequantize (same multiplier up to 2^(2F)).
+            for yq in [other, quants()[1], quants()[0]] {
+                let op = prep::resize_bilinear(h, w, h, w, xq, yq).unwrap();
+                let rq = crate::quant::prepare::elementwise::requantize(xq, yq).unwrap();
+                assert_eq!(op.mult.m, rq.mult.m);
+                assert_eq!(op.mult.shift, rq.mult.shift - 2 * RESIZE_WEIGHT_BITS as i32);
+                let want: Vec<i16> = x.data.iter().map(|&v| rq.apply(v)).collect();
+                assert_eq!(op.forward(&x).data, want, "{xq:?} -> {yq:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn resize_bilinear_keeps_constants_and_extremes_exact() {
+        // Weights summing to 2^F exactly: a constant map (even all qmin / qmax, the largest
+        // accumulators) resized in its own quantization is unchanged, at every size.
+        for xq in quants() {
+            for &(h, w, oh, ow) in &RESIZES {
+                let op = prep::resize_bilinear(h, w, oh, ow, xq, xq).unwrap();
+                for v in [qmin(xq.bits), qmax(xq.bits), xq.zero_point as i64 + 1] {
+                    let x = QTensor::new(&[2, h, w], vec![v as i16; 2 * h * w], xq);
+                    assert_eq!(op.forward(&x).data, vec![v as i16; 2 * oh * ow]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn resize_bilinear_taps_follow_the_float_rule() {
+        let half_unit = 0.5 / RESIZE_WEIGHT_ONE as f64;
+        for &(h, w, oh, ow) in &RESIZES {
+            let op = prep::resize_bilinear(h, w, oh, ow, quants()[0], quants()[1]).unwrap();
+            for (taps, n, out) in [(&op.rows, h, oh), (&op.cols, w, ow)] {
+                assert_eq!(taps.len(), out);
+                for (d, t) in taps.iter().enumerate() {
+                    let (i0, i1, w0, w1) = crate::ops::pool::linear_coeffs(d, n, out);
+                    assert_eq!((t.i0, t.i1), (i0, i1));
+                    assert_eq!(t.w0 + t.w1, RESIZE_WEIGHT_ONE);
+                    let unit = RESIZE_WEIGHT_ONE as f64;
+                    assert!((t.w1 as f64 / unit - w1 as f64).abs() <= half_unit);
+                    // w0 = 1 - l1 is itself rounded in f32 (by at most 2^-25).
+                    assert!((t.w0 as f64 / unit - w0 as f64).abs() <= half_unit + 2f64.powi(-25));
+                }
+            }
+        }
+        // 2 -> 4: source coordinates -0.25 (clamped), 0.25, 0.75, 1.25 (clamped edge: i0 == i1).
+        let op = prep::resize_bilinear(1, 2, 1, 4, quants()[0], quants()[0]).unwrap();
+        let one = RESIZE_WEIGHT_ONE;
+        let c: Vec<_> = op.cols.iter().map(|t| (t.i0, t.i1, t.w0, t.w1)).collect();
+        assert_eq!(
+            c,
+            vec![
+                (0, 1, one, 0),
+                (0, 1, one / 4 * 3, one / 4),
+                (0, 1, one / 4, one / 4 * 3),
+                (1, 1, one * 3 / 4, one / 4)
+            ]
+        );
+    }
+
+    /// Runs a (possibly hand-edited) op's fields through the constructor again, as loading does.
+    fn renew(op: QResizeBilinear) -> Result<QResizeBilinear> {
+        QResizeBilinear::new(op.h, op.w, op.rows, op.cols, op.mult, op.x, op.y)
+    }
+
+    #[test]
+    fn resize_bilinear_rejects_inconsistent_tables() {
+        let [xq, yq] = quants();
+        let good = prep::resize_bilinear(5, 7, 12, 11, xq, yq).unwrap();
+        assert_eq!(renew(good.clone()).unwrap(), good);
+        let tap = |i0, i1, w0, w1| LinearTap { i0, i1, w0, w1 };
+        let one = RESIZE_WEIGHT_ONE;
+        let mut rows_out = good.rows.clone();
+        rows_out[3].i1 = 5; // h = 5
+        let mut cols_out = good.cols.clone();
+        cols_out[10].i0 = 7; // w = 7
+        let mut rows_sum = good.rows.clone();
+        rows_sum[0].w1 += 1;
+        let mut cols_wrap = good.cols.clone();
+        cols_wrap[1] = tap(0, 1, u32::MAX, one + 1); // sums to 2^F only modulo 2^32
+        let bad: Vec<(&str, QResizeBilinear)> = vec![
+            (
+                "row index",
+                QResizeBilinear {
+                    rows: rows_out,
+                    ..good.clone()
+                },
+            ),
+            (
+                "column index",
+                QResizeBilinear {
+                    cols: cols_out,
+                    ..good.clone()
+                },
+            ),
+            (
+                "row weights",
+                QResizeBilinear {
+                    rows: rows_sum,
+                    ..good.clone()
+                },
+            ),
+            (
+                "column weights",
+                QResizeBilinear {
+                    cols: cols_wrap,
+                    ..good.clone()
+                },
+            ),
+            (
+                "weight above one",
+                QResizeBilinear {
+                    cols: vec![tap(0, 1, one + 1, 0)],
+                    ..good.clone()
+                },
+            ),
+            (
+                "no rows",
+                QResizeBilinear {
+                    rows: vec![],
+                    ..good.clone()
+                },
+            ),
+            (
+                "no columns",
+                QResizeBilinear {
+                    cols: vec![],
+                    ..good.clone()
+                },
+            ),
+            (
+                "zero height",
+                QResizeBilinear {
+                    h: 0,
+                    ..good.clone()
+                },
+            ),
+            (
+                "smaller input",
+                QResizeBilinear {
+                    w: 4,
+                    ..good.clone()
+                },
+            ),
+            (
+                "multiplier mantissa",
+                QResizeBilinear {
+                    mult: Multiplier { m: 5, shift: 0 },
+                    ..good.clone()
+                },
+            ),
+            (
+                "negative mantissa",
+                QResizeBilinear {
+                    mult: Multiplier {
+                        m: -(1 << 30),
+                        shift: 0,
+                    },
+                    ..good.clone()
+                },
+            ),
+            (
+                "multiplier shift",
+                QResizeBilinear {
+                    mult: Multiplier {
+                        m: 1 << 30,
+                        shift: i32::MIN,
+                    },
+                    ..good.clone()
+                },
+            ),
+            (
+                "input bits",
+                QResizeBilinear {
+                    x: ActQuant { bits: 17, ..xq },
+                    ..good.clone()
+                },
+            ),
+            (
+                "output zero point",
+                QResizeBilinear {
+                    y: ActQuant {
+                        zero_point: 40_000,
+                        ..yq
+                    },
+                    ..good.clone()
+                },
+            ),
+        ];
+        for (what, op) in bad {
+            let e = renew(op).expect_err(what);
+            assert!(e.to_string().contains("QResizeBilinear"), "{what}: {e}");
+        }
+        // A bad table survives deserialization (serde does not validate): loading must go
+        // through `new`.
+        let mut v = serde_json::to_value(&good).unwrap();
+        v["rows"][0]["i0"] = serde_json::json!(99);
+        let parsed: QResizeBilinear = serde_json::from_value(v).unwrap();
+        assert!(renew(parsed).is_err());
+        // The builder's own errors.
+        assert!(prep::resize_bilinear(0, 2, 4, 4, xq, yq).is_err());
+        assert!(prep::resize_bilinear(2, 2, 4, 0, xq, yq).is_err());
+        assert!(prep::resize_bilinear(2, 2, 4, 4, ActQuant { scale: 0.0, ..xq }, yq).is_err());
+        assert!(prep::resize_bilinear(
+            2,
+            2,
+            4,
+            4,
+            xq,
+            ActQuant {
+                scale: f32::NAN,
+                ..yq
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn resize_bilinear_does_not_depend_on_the_thread_count() {
+        let mut rng = Lcg::new(36);
+        let xq = quants()[1];
+        let (c, h, w, oh, ow) = (24, 40, 37, 27, 53);
+        let x = QTensor::new(&[c, h, w], rng.ints(c * h * w, &xq), xq);
+        let yq = ActQuant::from_range(-2.0, 2.5, 8, false);
+        let op = prep::resize_bilinear(h, w, oh, ow, xq, yq).unwrap();
+        let many = op.forward(&x);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| op.forward(&x));
+        assert_eq!(one, many);
     }
 
     #[test]
