@@ -79,7 +79,7 @@ impl Engine {
         }
         obs.set_part(Part::Text);
         let x = pipe.model.embed_prompt(ids, &embeds)?;
-        let mut cache = pipe.model.new_cache();
+        let mut state = pipe.model.new_state(ids.len() + CALIBRATION_ANSWER_TOKENS);
         let opts = GenerateOptions {
             max_new_tokens: CALIBRATION_ANSWER_TOKENS,
             stop_tokens: pipeline::stop_tokens(&pipe.model.config, &pipe.tokenizer),
@@ -87,8 +87,8 @@ impl Engine {
             context: pipe.model.config.text.max_position_embeddings,
         };
         let mut dec = FloatDecoder {
-            lm: &pipe.model.language_model,
-            cache: &mut cache,
+            lm: &pipe.model.text,
+            state: &mut state,
             prompt: Some(x),
             obs: &mut obs,
         };
@@ -192,11 +192,10 @@ impl Engine {
         match (self, images) {
             (Engine::Float(pipe), ImageEmbeddings::Float(embeds)) => {
                 let x = pipe.model.embed_prompt(ids, embeds)?;
-                let lm = &pipe.model.language_model;
-                let mut cache = lm.new_cache();
+                let mut state = pipe.model.new_state(request_context(ids, opts));
                 let mut dec = FloatDecoder {
-                    lm,
-                    cache: &mut cache,
+                    lm: &pipe.model.text,
+                    state: &mut state,
                     prompt: Some(x),
                     obs: &mut NoObserver,
                 };
@@ -227,13 +226,10 @@ impl Engine {
                 let features = enc.iter().map(|e| e.features.clone()).collect();
                 let embeddings: Vec<Tensor> = enc.into_iter().map(|e| e.embeddings).collect();
                 let x = pipe.model.embed_prompt(ids, &embeddings)?;
-                let lm = &pipe.model.language_model;
-                let mut cache = lm.new_cache();
-                let hidden = lm.forward(x, &mut cache, &mut NoObserver)?;
                 Ok(Intermediates {
                     features,
                     embeddings,
-                    logits: lm.logits(&hidden),
+                    logits: pipe.model.prompt_logits(x, &mut NoObserver)?,
                 })
             }
             Engine::Integer(q) => {
@@ -257,4 +253,9 @@ impl Engine {
             }
         }
     }
+}
+
+/// The positions one generation request can reach: its prompt and answer, within the context.
+fn request_context(ids: &[u32], opts: &GenerateOptions) -> usize {
+    opts.context.min(ids.len() + opts.max_new_tokens)
 }

@@ -1,8 +1,8 @@
 //! Autoregressive generation: one prefill over the prompt, then one token per step that reuses
-//! the LFM2 cache (rolling conv state + attention KV), never recomputing the prompt.
+//! the sequence state (rolling conv windows + attention K/V), never recomputing the prompt.
 
 use crate::error::{Error, Result};
-use crate::models::lfm2::{Lfm2Cache, Lfm2Model};
+use crate::exec::{FloatProgram, SequenceState, Val};
 use crate::observe::{NoObserver, Observer};
 use crate::tensor::Tensor;
 use rand::{Rng, SeedableRng};
@@ -168,10 +168,11 @@ pub trait Decoder {
     fn step(&mut self, token: u32) -> Result<Vec<f32>>;
 }
 
-/// The float LFM2 with its cache and the prompt embeddings (`[T, hidden]`) still to prefill.
+/// A float language-model program with its sequence state and the prompt embeddings
+/// (`[T, hidden]`) still to prefill.
 pub struct FloatDecoder<'a> {
-    pub lm: &'a Lfm2Model,
-    pub cache: &'a mut Lfm2Cache,
+    pub lm: &'a FloatProgram,
+    pub state: &'a mut SequenceState,
     pub prompt: Option<Tensor>,
     /// Sees every op of the prefill and of each step: `NoObserver` for inference, a calibration
     /// observer to calibrate on the generated positions too.
@@ -180,33 +181,56 @@ pub struct FloatDecoder<'a> {
 
 impl Decoder for FloatDecoder<'_> {
     fn cache_len(&self) -> usize {
-        self.cache.len()
+        self.state.len()
     }
     fn prefill(&mut self) -> Result<Vec<f32>> {
         let prompt = self
             .prompt
             .take()
             .ok_or_else(|| Error::input("the prompt was already consumed"))?;
-        let hidden = self.lm.forward(prompt, self.cache, self.obs)?;
+        let g = &self.lm.graph;
+        let (embeds, hidden, logits) = (g.port("embeds")?, g.port("hidden")?, g.port("logits")?);
         if self.obs.enabled() {
             // An observer sees the head on every prompt row, as on any other op.
-            let logits = self.lm.lm_head(&hidden, self.obs);
-            return Ok(last_row(&logits).into_data());
+            let out = self.lm.run(
+                vec![(embeds, Val::F(prompt))],
+                &[logits],
+                Some(self.state),
+                self.obs,
+            )?;
+            return Ok(last_row(&out[0]).into_data());
         }
-        Ok(self.lm.logits(&last_row(&hidden)).into_data())
+        let h = self.lm.run(
+            vec![(embeds, Val::F(prompt))],
+            &[hidden],
+            Some(self.state),
+            &mut NoObserver,
+        )?;
+        let out = self.lm.run(
+            vec![(hidden, Val::F(last_row(&h[0])))],
+            &[logits],
+            None,
+            &mut NoObserver,
+        )?;
+        Ok(out.into_iter().next().expect("one output").into_data())
     }
     fn step(&mut self, token: u32) -> Result<Vec<f32>> {
-        let x = self.lm.embed(&[token])?;
-        let hidden = self.lm.forward(x, self.cache, self.obs)?;
-        Ok(self.lm.lm_head(&hidden, self.obs).into_data())
+        let g = &self.lm.graph;
+        let out = self.lm.run(
+            vec![(g.port("ids")?, Val::Ids(vec![token]))],
+            &[g.port("logits")?],
+            Some(self.state),
+            self.obs,
+        )?;
+        Ok(out.into_iter().next().expect("one output").into_data())
     }
 }
 
-/// Prefills `prompt` (`[T, hidden]` input embeddings) into `cache` and generates. `on_token` sees
+/// Prefills `prompt` (`[T, hidden]` input embeddings) into `state` and generates. `on_token` sees
 /// every new token as soon as it is chosen (for streaming).
 pub fn generate(
-    lm: &Lfm2Model,
-    cache: &mut Lfm2Cache,
+    lm: &FloatProgram,
+    state: &mut SequenceState,
     prompt: Tensor,
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
@@ -214,7 +238,7 @@ pub fn generate(
     let prompt_len = prompt.dim(0);
     let mut dec = FloatDecoder {
         lm,
-        cache,
+        state,
         prompt: Some(prompt),
         obs: &mut NoObserver,
     };

@@ -7,7 +7,7 @@ mod common;
 
 use autoneural::exec::{FloatProgram, Val};
 use autoneural::graph::Graph;
-use autoneural::models::autoneural::AutoNeuralModel;
+use autoneural::models::legacy::LegacyModel as AutoNeuralModel;
 use autoneural::models::lfm2;
 use autoneural::models::{connector, mobilenetv5};
 use autoneural::observe::{Observer, OpInput};

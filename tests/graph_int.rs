@@ -5,7 +5,7 @@
 mod common;
 
 use autoneural::exec::{FloatProgram, IntProgram, QVal, SequenceState};
-use autoneural::models::autoneural::AutoNeuralModel;
+use autoneural::models::legacy::LegacyModel as AutoNeuralModel;
 use autoneural::models::lfm2;
 use autoneural::observe::{NoObserver, Observer, Recorder};
 use autoneural::quant::calibrate::{CalibrationObserver, CalibrationStats, RangeMethod, Rounding};

@@ -224,12 +224,11 @@ fn trained_request_runs() -> Vec<Run> {
 /// their float model is loaded without it: the language model, the only part a text-only request
 /// runs, is built from the same text statistics as with the tower.
 ///
-/// Names the float model's fields `vision_tower` and `multi_modal_projector`.
+/// Names the float model's field `vision`.
 fn text_only_float_engine(dir: &Path) -> Engine {
     let mut pipe = autoneural::pipeline::Pipeline::load(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    pipe.model.vision_tower = None;
-    pipe.model.multi_modal_projector = None;
+    pipe.model.vision = None;
     Engine::Float(Box::new(pipe))
 }
 

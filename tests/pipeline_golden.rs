@@ -31,10 +31,8 @@ fn every_golden_case_matches_the_reference() {
 
         // Prompt logits.
         let x = model.embed_prompt(&prompt_ids, &image_embeddings).unwrap();
-        let lm = &model.language_model;
-        let mut cache = lm.new_cache();
-        let hidden = lm.forward(x.clone(), &mut cache, &mut NoObserver).unwrap();
-        let e_logits = max_rel_err(&lm.logits(&hidden), &case.npy("logits.npy"));
+        let logits = model.prompt_logits(x.clone(), &mut NoObserver).unwrap();
+        let e_logits = max_rel_err(&logits, &case.npy("logits.npy"));
 
         // Greedy generation, never stopping early (the reference ignored EOS too).
         let want = case.ids("generated_ids");
@@ -44,8 +42,8 @@ fn every_golden_case_matches_the_reference() {
             sampling: SamplingParams::default(),
             context: model.config.text.max_position_embeddings,
         };
-        let mut cache = lm.new_cache();
-        let gen = generate(lm, &mut cache, x, &opts, &mut |_| Ok(())).unwrap();
+        let mut state = model.new_state(prompt_ids.len() + want.len());
+        let gen = generate(&model.text, &mut state, x, &opts, &mut |_| Ok(())).unwrap();
 
         // The chat template + tokenizer reproduce the reference prompt ids.
         let chat_ok = match case.json["user_text"].as_str() {

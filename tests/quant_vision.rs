@@ -20,7 +20,7 @@
 
 mod common;
 
-use autoneural::models::autoneural::AutoNeuralModel;
+use autoneural::models::legacy::LegacyModel as AutoNeuralModel;
 use autoneural::models::mobilenetv5::{Block, Conv2d, ConvNormAct, MobileNetV5Encoder};
 use autoneural::observe::{NoObserver, Observer, Recorder};
 use autoneural::quant::calibrate::{CalibrationObserver, CalibrationStats, Rounding, DEFAULT_BINS};

@@ -18,6 +18,7 @@ use crate::ops::rope::Rope;
 use crate::tensor::Tensor;
 use crate::weights::WeightStore;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// A value at run time.
 #[derive(Clone, Debug)]
@@ -36,6 +37,7 @@ impl Val {
 }
 
 /// Per-node data derived once from the weights.
+#[derive(Clone)]
 enum Prep {
     None,
     /// A causal conv's `[H, L]` kernel transposed to `[L, H]` for the token-major loop.
@@ -43,15 +45,21 @@ enum Prep {
     Rope(Rope),
 }
 
+#[derive(Clone)]
 pub struct FloatProgram {
     pub graph: Graph,
-    params: Vec<Tensor>,
+    /// Shared by programs of the same weights (vision graphs of other input sizes).
+    params: Arc<Vec<Tensor>>,
     prep: Vec<Prep>,
 }
 
 impl FloatProgram {
     /// A program over `params` (one tensor per [`Graph::params`] entry, in order).
     pub fn new(graph: Graph, params: Vec<Tensor>) -> Result<Self> {
+        Self::with_shared(graph, Arc::new(params))
+    }
+
+    fn with_shared(graph: Graph, params: Arc<Vec<Tensor>>) -> Result<Self> {
         if params.len() != graph.params.len() {
             return Err(Error::input(format!(
                 "{} weights for a graph of {}",
@@ -59,7 +67,7 @@ impl FloatProgram {
                 graph.params.len()
             )));
         }
-        for (p, t) in graph.params.iter().zip(&params) {
+        for (p, t) in graph.params.iter().zip(params.iter()) {
             if t.shape() != p.shape {
                 return Err(Error::TensorShape {
                     name: p.key.clone(),
@@ -98,7 +106,7 @@ impl FloatProgram {
                 "the graphs do not declare the same weights, so they cannot share them",
             ));
         }
-        Self::new(graph, other.params.clone())
+        Self::with_shared(graph, other.params.clone())
     }
 
     pub fn param(&self, key: &str) -> Option<&Tensor> {

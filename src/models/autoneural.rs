@@ -6,14 +6,16 @@
 //! `model.language_model.<LFM2 keys without "model.">`, optional `lm_head.weight`.
 
 use crate::error::{Error, Result};
-use crate::models::lfm2::{Lfm2Cache, Lfm2Config, Lfm2Model};
-use crate::models::mobilenetv5::{MobileNetV5Encoder, VisionConfig};
-use crate::nn::Linear;
-use crate::observe::{observe, Observer, OpInput};
+use crate::exec::{FloatProgram, SequenceState, Val};
+use crate::models::connector;
+use crate::models::lfm2::{self, Lfm2Config};
+use crate::models::mobilenetv5::{self, VisionConfig};
+use crate::observe::{NoObserver, Observer};
 use crate::ops::activation::Activation;
 use crate::tensor::Tensor;
-use crate::weights::{WeightStore, Weights};
+use crate::weights::WeightStore;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -102,60 +104,6 @@ impl AutoNeuralConfig {
     }
 }
 
-/// `model.multi_modal_projector`: linear_1 -> activation -> linear_2, with biases and no norm.
-pub struct MultiModalProjector {
-    pub linear_1: Linear,
-    pub act: Activation,
-    pub linear_2: Linear,
-}
-
-impl MultiModalProjector {
-    pub fn load(
-        w: &Weights,
-        in_dim: usize,
-        hidden: usize,
-        out_dim: usize,
-        act: Activation,
-    ) -> Result<Self> {
-        Ok(Self {
-            linear_1: Linear::load(&w.pp("linear_1"), in_dim, hidden, true)?,
-            act,
-            linear_2: Linear::load(&w.pp("linear_2"), hidden, out_dim, true)?,
-        })
-    }
-
-    pub fn param_count(&self) -> usize {
-        self.linear_1.param_count() + self.linear_2.param_count()
-    }
-
-    /// `[tokens, vision channels] -> [tokens, text hidden]`.
-    pub fn forward(&self, x: &Tensor, obs: &mut dyn Observer) -> Tensor {
-        observe_rows(obs, "multi_modal_projector.linear_1", x);
-        let mut h = self.linear_1.forward(x);
-        observe(obs, "multi_modal_projector", "linear_1", &h);
-        self.act.apply_inplace(h.data_mut());
-        observe(obs, "multi_modal_projector", "act", &h);
-        observe_rows(obs, "multi_modal_projector.linear_2", &h);
-        let y = self.linear_2.forward(&h);
-        observe(obs, "multi_modal_projector", "linear_2", &y);
-        y
-    }
-}
-
-/// Reports the `[tokens, features]` input of linear op `op` to observers that want inputs.
-fn observe_rows(obs: &mut dyn Observer, op: &str, x: &Tensor) {
-    if obs.wants_inputs() {
-        obs.observe_input(
-            op,
-            OpInput::Tokens {
-                x: x.data(),
-                tokens: x.dim(0),
-                features: x.dim(1),
-            },
-        );
-    }
-}
-
 /// Output of the vision side for one image.
 pub struct ImageEncoding {
     /// Encoder + MSFA output as `[tokens, channels]` (row-major over the output grid).
@@ -164,12 +112,35 @@ pub struct ImageEncoding {
     pub embeddings: Tensor,
 }
 
+/// Checkpoint roots of the three parts.
+pub const VISION_ROOT: &str = "model.vision_tower.timm_model";
+pub const CONNECTOR_ROOT: &str = "model";
+
+/// The checkpoint root of the language model: `model.language_model` inside AutoNeural, `model`
+/// in a plain LFM2 checkpoint.
+pub fn text_root(config: &AutoNeuralConfig) -> &'static str {
+    if config.vision.is_some() {
+        "model.language_model"
+    } else {
+        "model"
+    }
+}
+
+/// The vision side: the encoder graph at the config's image size (graphs for other sizes are
+/// built on demand and share its weights) and the connector.
+pub struct FloatVision {
+    pub config: VisionConfig,
+    pub encoder: FloatProgram,
+    pub connector: FloatProgram,
+}
+
+/// The float AutoNeural model (or a plain LFM2 one) as graph programs over its weights.
 pub struct AutoNeuralModel {
     pub config: AutoNeuralConfig,
-    pub vision_tower: Option<MobileNetV5Encoder>,
-    pub multi_modal_projector: Option<MultiModalProjector>,
-    pub language_model: Lfm2Model,
     pub store: Arc<WeightStore>,
+    /// The language model (ports `ids`, `embeds`, `hidden`, `logits`).
+    pub text: FloatProgram,
+    pub vision: Option<FloatVision>,
 }
 
 impl AutoNeuralModel {
@@ -187,59 +158,81 @@ impl AutoNeuralModel {
     }
 
     pub fn from_store(config: AutoNeuralConfig, store: Arc<WeightStore>) -> Result<Self> {
-        let root = Weights::new(store.clone());
-        let (vision_tower, multi_modal_projector, language_model) = match &config.vision {
-            None => {
-                let lm = Lfm2Model::load(&config.text, &root.pp("model"), Some(&root))?;
-                (None, None, lm)
-            }
-            Some(vcfg) => {
-                let encoder =
-                    MobileNetV5Encoder::load(vcfg, &root.pp("model.vision_tower.timm_model"))?;
-                let projector = MultiModalProjector::load(
-                    &root.pp("model.multi_modal_projector"),
-                    encoder.out_channels(),
+        let src = store.as_ref();
+        let text = lfm2::graph::build(&config.text, src, text_root(&config))?;
+        let text = FloatProgram::load(text, &store)?;
+        let vision = match &config.vision {
+            None => None,
+            Some(v) => {
+                let size = (v.image_size, v.image_size);
+                let encoder = mobilenetv5::graph::build(v, src, VISION_ROOT, size)?;
+                let encoder = FloatProgram::load(encoder, &store)?;
+                let features = encoder.graph.value(encoder.graph.port("features")?);
+                let in_dim = features.shape[1].fixed().unwrap_or(0);
+                let connector = connector::build(
+                    in_dim,
                     config.projector_hidden_size,
                     config.text.hidden_size,
                     config.projector_hidden_act,
+                    src,
+                    CONNECTOR_ROOT,
                 )?;
-                let lm =
-                    Lfm2Model::load(&config.text, &root.pp("model.language_model"), Some(&root))?;
-                (Some(encoder), Some(projector), lm)
+                Some(FloatVision {
+                    config: v.clone(),
+                    encoder,
+                    connector: FloatProgram::load(connector, &store)?,
+                })
             }
         };
         Ok(Self {
             config,
-            vision_tower,
-            multi_modal_projector,
-            language_model,
             store,
+            text,
+            vision,
         })
     }
 
     pub fn has_vision(&self) -> bool {
-        self.vision_tower.is_some()
+        self.vision.is_some()
     }
 
     /// Visual tokens each image turns into (0 for a text-only model).
     pub fn tokens_per_image(&self) -> usize {
-        self.vision_tower
+        self.config
+            .vision
             .as_ref()
-            .map_or(0, |v| v.tokens_per_image())
+            .map_or(0, |v| v.msfa_output_resolution * v.msfa_output_resolution)
+    }
+
+    /// The encoder program for `[3, h, w]` pixels: the loaded one at the config's size, a new
+    /// graph over the same weights otherwise.
+    pub fn encoder_for(&self, h: usize, w: usize) -> Result<Cow<'_, FloatProgram>> {
+        let v = self.vision.as_ref().ok_or_else(text_only)?;
+        if (h, w) == (v.config.image_size, v.config.image_size) {
+            return Ok(Cow::Borrowed(&v.encoder));
+        }
+        let g = mobilenetv5::graph::build(&v.config, self.store.as_ref(), VISION_ROOT, (h, w))?;
+        Ok(Cow::Owned(FloatProgram::with_params_of(g, &v.encoder)?))
     }
 
     /// Runs encoder + MSFA + connector on one preprocessed `[3, H, W]` image.
     pub fn encode_image(&self, pixels: &Tensor, obs: &mut dyn Observer) -> Result<ImageEncoding> {
-        let (Some(encoder), Some(projector)) = (&self.vision_tower, &self.multi_modal_projector)
-        else {
-            return Err(Error::input(
-                "this is a text-only model: it cannot take images",
-            ));
-        };
-        let map = encoder.forward(pixels, obs)?; // [C, R, R]
-        let (c, hw) = (map.dim(0), map.dim(1) * map.dim(2));
-        let features = map.reshape(&[c, hw])?.transpose2d();
-        let embeddings = projector.forward(&features, obs);
+        let v = self.vision.as_ref().ok_or_else(text_only)?;
+        let in_chans = v.encoder.graph.value(v.encoder.graph.port("pixels")?).shape[0];
+        if pixels.rank() != 3 || Some(pixels.dim(0)) != in_chans.fixed() {
+            return Err(Error::input(format!(
+                "vision encoder input must be [{in_chans}, H, W] pixels, got shape {:?}",
+                pixels.shape()
+            )));
+        }
+        let enc = self.encoder_for(pixels.dim(1), pixels.dim(2))?;
+        let g = &enc.graph;
+        let feed = vec![(g.port("pixels")?, Val::F(pixels.clone()))];
+        let features = take_one(enc.run(feed, &[g.port("features")?], None, obs)?);
+        let c = &v.connector;
+        let feed = vec![(c.graph.port("features")?, Val::F(features.clone()))];
+        let out = [c.graph.port("embeddings")?];
+        let embeddings = take_one(c.run(feed, &out, None, obs)?);
         Ok(ImageEncoding {
             features,
             embeddings,
@@ -259,7 +252,7 @@ impl AutoNeuralModel {
                 self.tokens_per_image()
             )));
         }
-        let mut x = self.language_model.embed(ids)?;
+        let mut x = self.embed(ids)?;
         let hidden = x.dim(1);
         let mut sources = image_embeddings
             .iter()
@@ -273,18 +266,55 @@ impl AutoNeuralModel {
         Ok(x)
     }
 
-    pub fn new_cache(&self) -> Lfm2Cache {
-        self.language_model.new_cache()
+    /// `embed_tokens(ids)`: `[T, hidden]`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let g = &self.text.graph;
+        let feed = vec![(g.port("ids")?, Val::Ids(ids.to_vec()))];
+        Ok(take_one(self.text.run(
+            feed,
+            &[g.port("embeds")?],
+            None,
+            &mut NoObserver,
+        )?))
+    }
+
+    /// Teacher-forced logits of every row of the prompt embeddings `x` (`[T, hidden]`) from a
+    /// fresh state; the observer sees every op, the head included.
+    pub fn prompt_logits(&self, x: Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
+        let g = &self.text.graph;
+        let mut state = self.new_state(x.dim(0));
+        let feed = vec![(g.port("embeds")?, Val::F(x))];
+        Ok(take_one(self.text.run(
+            feed,
+            &[g.port("logits")?],
+            Some(&mut state),
+            obs,
+        )?))
+    }
+
+    /// A fresh decode state for up to `context` positions (at most the model's
+    /// `max_position_embeddings`).
+    pub fn new_state(&self, context: usize) -> SequenceState {
+        self.text
+            .new_state(context.min(self.config.text.max_position_embeddings))
     }
 
     /// Parameter counts per part: (vision, connector, language).
     pub fn param_counts(&self) -> (usize, usize, usize) {
+        let v = self.vision.as_ref();
         (
-            self.vision_tower.as_ref().map_or(0, |v| v.param_count()),
-            self.multi_modal_projector
-                .as_ref()
-                .map_or(0, |p| p.param_count()),
-            self.language_model.param_count(),
+            v.map_or(0, |v| v.encoder.graph.param_count()),
+            v.map_or(0, |v| v.connector.graph.param_count()),
+            self.text.graph.param_count(),
         )
     }
+}
+
+fn text_only() -> Error {
+    Error::input("this is a text-only model: it cannot take images")
+}
+
+/// The single output of a run.
+pub(crate) fn take_one(mut v: Vec<Tensor>) -> Tensor {
+    v.pop().expect("one output requested")
 }

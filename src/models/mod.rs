@@ -2,5 +2,6 @@
 
 pub mod autoneural;
 pub mod connector;
+pub mod legacy;
 pub mod lfm2;
 pub mod mobilenetv5;

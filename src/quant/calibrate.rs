@@ -1050,10 +1050,8 @@ fn run_sample(
     )?;
     let x = model.embed_prompt(&ids, &embeddings)?;
     obs.set_part(Part::Text);
-    let mut cache = model.new_cache();
-    let hidden = model.language_model.forward(x, &mut cache, obs)?;
     // The logits are an op of the integer model too: calibrate them.
-    model.language_model.lm_head(&hidden, obs);
+    model.prompt_logits(x, obs)?;
     obs.stats.tokens += ids.len();
     Ok(())
 }
@@ -1350,10 +1348,7 @@ mod tests {
             tokens += ids.len();
             let x = pipe.model.embed_prompt(&ids, &emb).unwrap();
             let mut text_rec = Recorder::new(|_: &str| true);
-            let mut cache = pipe.model.new_cache();
-            let lm = &pipe.model.language_model;
-            let hidden = lm.forward(x, &mut cache, &mut text_rec).unwrap();
-            lm.lm_head(&hidden, &mut text_rec);
+            pipe.model.prompt_logits(x, &mut text_rec).unwrap();
             text_names.extend(text_rec.tensors.keys().cloned());
             // The statistics' extremes include every value of this forward.
             for (k, t) in &text_rec.tensors {

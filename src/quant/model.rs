@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use crate::generate::{generate_with, Decoder, GenerateOptions, Generation};
 use crate::models::autoneural::AutoNeuralModel;
+use crate::models::legacy::LegacyModel;
 use crate::observe::{NoObserver, Observer};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
 use crate::quant::models::connector::QProjector;
@@ -44,6 +45,13 @@ impl QAutoNeural {
         scheme: &Scheme,
         method: Option<RangeMethod>,
     ) -> Result<Self> {
+        // The hand-written twins are built from the hand-written float modules (until they go).
+        let mut legacy = LegacyModel::from_store(float.config.clone(), float.store.clone())?;
+        if float.vision.is_none() {
+            legacy.vision_tower = None;
+            legacy.multi_modal_projector = None;
+        }
+        let float = &legacy;
         let text_method = method.unwrap_or(RangeMethod::MinMax);
         let text = prepare::lfm2::lfm2(&float.language_model, stats, scheme, text_method)?;
         let (vision, image_to_embed) = match (

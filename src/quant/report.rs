@@ -115,11 +115,7 @@ pub fn analyse(
     let (mut nll_f, mut nll_q, mut n) = (0.0, 0.0, 0usize);
     for ids in prompts {
         let mut rec = Recorder::new(|_: &str| true);
-        let lm = &float.language_model;
-        let x = lm.embed(ids)?;
-        let mut cache = lm.new_cache();
-        let hidden = lm.forward(x, &mut cache, &mut rec)?;
-        let logits_f = lm.lm_head(&hidden, &mut rec);
+        let logits_f = float.prompt_logits(float.embed(ids)?, &mut rec)?;
         let mut cmp = Comparator {
             reference: &rec.tensors,
             stats: &mut text,

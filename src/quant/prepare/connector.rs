@@ -5,7 +5,7 @@
 use super::lut::LutFn;
 use super::mobilenetv5::OpQuantizer;
 use crate::error::{Error, Result};
-use crate::models::autoneural::MultiModalProjector;
+use crate::models::legacy::MultiModalProjector;
 use crate::nn::Linear;
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
 use crate::quant::models::connector::{QProjector, PROJECTOR_NAME};
