@@ -147,3 +147,81 @@ fn lowered_lfm2_is_bit_identical_to_the_integer_twin() {
         }
     }
 }
+
+/// The whole integer model (vision + connector + LM lowered from graphs) against the twin
+/// `QAutoNeural`, on the same calibration statistics: every observed op of the image encoding and
+/// of the prompt bit-identical, for every golden model with vision and the trained default.
+#[test]
+fn lowered_model_is_bit_identical_to_the_integer_twin() {
+    use autoneural::models::autoneural::AutoNeuralModel as GraphModel;
+    use autoneural::quant::calibrate::{calibrate, CalibrationOptions};
+    use autoneural::quant::calibset::CalibrationSample;
+    use autoneural::quant::int_model::IntModel;
+    use autoneural::quant::model::QAutoNeural;
+    let mut dirs: Vec<(String, std::path::PathBuf)> = cases()
+        .iter()
+        .filter(|c| Case::load(c).num_images() > 0)
+        .map(|c| (c.clone(), Case::load(c).model_dir()))
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dirs.push((
+        "trained".into(),
+        root.join("models/autoneural-cockpit-tiny"),
+    ));
+    let image = root.join("assets/cockpit_road.png");
+    for (name, dir) in dirs {
+        let pipe = autoneural::pipeline::Pipeline::load(&dir).unwrap();
+        let s = pipe.model.config.vision.as_ref().unwrap().image_size;
+        // Calibrate on the shipped image resized to the model's input size.
+        let samples = vec![CalibrationSample {
+            image: Some(image.clone()),
+            prompt: "What colour is the traffic light?".into(),
+        }];
+        let opts = CalibrationOptions {
+            bins: 2048,
+            progress: false,
+            system: None,
+            rounding: Rounding::Gptq,
+        };
+        let stats = calibrate(&pipe, &samples, &opts).unwrap();
+        let m: &GraphModel = &pipe.model;
+        let pixels = pipe
+            .load_pixels(&[autoneural::pipeline::ImageInput::File(image.clone())])
+            .unwrap();
+        assert_eq!(pixels[0].shape(), [3, s, s]);
+        for scheme in ["default", "w8a8"] {
+            let what = format!("{name} {scheme}");
+            let scheme = Scheme::parse(scheme).unwrap();
+            let twin = QAutoNeural::build(m, &stats, &scheme, None).unwrap();
+            let new = IntModel::build(m, &stats, &scheme, None).unwrap();
+            let (mut a, mut b) = (all(), all());
+            let ea = twin.encode_image(&pixels[0], &mut a).unwrap();
+            let eb = new.encode_image(&pixels[0], &mut b).unwrap();
+            assert!(a.tensors.len() > 20, "{what}");
+            same(&format!("{what} vision"), &a, &b);
+            assert_eq!(ea.features, eb.features, "{what}");
+            assert_eq!(ea.embeddings, eb.embeddings, "{what}");
+            let ids = pipe
+                .prompt_ids(
+                    &autoneural::pipeline::PromptInput::Chat {
+                        user: "What colour is the traffic light?".into(),
+                        system: None,
+                    },
+                    1,
+                )
+                .unwrap();
+            let xa = twin.embed_prompt(&ids, &[ea.embeddings]).unwrap();
+            let xb = new.embed_prompt(&ids, &[eb.embeddings]).unwrap();
+            assert_eq!(xa, xb, "{what}: prompt embeddings");
+            let (mut a, mut b) = (all(), all());
+            let h = twin
+                .text
+                .forward(&xa, &mut twin.new_cache(), &mut a)
+                .unwrap();
+            let la = twin.text.lm_head(&h, &mut a);
+            let lb = new.prompt_logits(xb, &mut b).unwrap();
+            same(&format!("{what} text"), &a, &b);
+            assert_eq!(la, lb, "{what}: logits");
+        }
+    }
+}

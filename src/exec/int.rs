@@ -272,6 +272,7 @@ impl IntProgram {
                 tokens_to_map(&linear.forward(x()), *h, *w)
             }
             QOp::ResizeNearest(r) => r.forward(x()),
+            QOp::ResizeBilinear(r) => r.forward(x()),
             QOp::AvgPool(p) => p.forward(x()),
             QOp::Concat(c) => {
                 let xs: Vec<&QTensor> = (0..node.inputs.len())

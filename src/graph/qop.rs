@@ -12,7 +12,7 @@ use crate::quant::ops::embedding::QEmbedding;
 use crate::quant::ops::linear::QLinear;
 use crate::quant::ops::lut::QLut;
 use crate::quant::ops::norm::{QRmsNorm, QRmsNorm2d};
-use crate::quant::ops::pool::{QAvgPool2d, QConcat, QUpsampleNearest};
+use crate::quant::ops::pool::{QAvgPool2d, QConcat, QResizeBilinear, QUpsampleNearest};
 use crate::quant::ops::rope::QRope;
 use crate::quant::params::ActQuant;
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,7 @@ pub enum QOp {
         w: usize,
     },
     ResizeNearest(QUpsampleNearest),
+    ResizeBilinear(QResizeBilinear),
     AvgPool(QAvgPool2d),
     Concat(QConcat),
     /// `[C, H, W] -> [H * W, C]`, same quantization.
@@ -96,6 +97,7 @@ impl QOp {
             QOp::PointwiseToTokens(_) => "pointwise_to_tokens",
             QOp::PointwiseFromTokens { .. } => "pointwise_from_tokens",
             QOp::ResizeNearest(_) => "resize_nearest",
+            QOp::ResizeBilinear(_) => "resize_bilinear",
             QOp::AvgPool(_) => "avg_pool",
             QOp::Concat(_) => "concat",
             QOp::ToTokens => "to_tokens",

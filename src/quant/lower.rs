@@ -42,7 +42,7 @@ use crate::quant::prepare::linear::{linear_from_quantized, row_requant};
 use crate::quant::prepare::lut::{lut, LutFn};
 use crate::quant::prepare::norm::rms_norm;
 use crate::quant::prepare::norm::rms_norm_2d;
-use crate::quant::prepare::pool::{avg_pool2d, concat_channels, upsample_nearest};
+use crate::quant::prepare::pool::{avg_pool2d, concat_channels, resize_bilinear, upsample_nearest};
 use crate::quant::prepare::rope::rope_from_inv_freq;
 use crate::quant::scheme::{Part, Precision, Scheme};
 
@@ -238,6 +238,12 @@ pub fn silu_quant(x: &ActQuant, bits: u32, symmetric: bool) -> ActQuant {
     ActQuant::from_range(min as f32, max as f32, bits, symmetric)
 }
 
+/// The fixed quantization of preprocessed pixels in `[0, 1]`: 16 bits symmetric (scale
+/// `1/32767`, zero point 0) or 8 bits asymmetric (scale `1/255`, zero point -128).
+pub fn pixel_quant(act_bits: u32) -> ActQuant {
+    ActQuant::from_range(0.0, 1.0, act_bits, act_bits >= 16)
+}
+
 /// Lowers the float graph of `part` (its weights in `prog`) to an integer graph. `inputs` gives
 /// the quantization of float inputs (pixels, or the rows a connector is fed); token inputs need
 /// none.
@@ -264,6 +270,27 @@ pub fn lower(
     let mut values = g.values.clone();
     for (v, q) in inputs {
         values[v.0 as usize].elem = Elem::Q(*q);
+    }
+    if let Ok(px) = g.port("pixels") {
+        if !inputs.iter().any(|(v, _)| *v == px) {
+            // Pixels in [0, 1] at the edge, at the width of the first op reading them.
+            let first = g.nodes.iter().find(|n| n.inputs.contains(&px));
+            let abits = match first {
+                Some(n) => c.precision(&n.name)?.abits,
+                None => return Err(Error::input("no op reads the pixels")),
+            };
+            values[px.0 as usize].elem = Elem::Q(pixel_quant(abits));
+        }
+    }
+    if let Some(v) = g
+        .inputs
+        .iter()
+        .find(|v| values[v.0 as usize].elem == Elem::F32)
+    {
+        return Err(Error::input(format!(
+            "{part} input `{}` needs a quantization",
+            values[v.0 as usize].name
+        )));
     }
     let mut states = g.states.clone();
     let logits = g.port("logits").ok();
@@ -500,6 +527,13 @@ pub fn lower(
                 let r = upsample_nearest(ih, iw, *h, *w).map_err(&at)?;
                 (QOp::ResizeNearest(r), q(0)?)
             }
+            Op::ResizeBilinear { h, w } => {
+                let s = &values[node.inputs[0].0 as usize].shape;
+                let (ih, iw) = (dim(s, 1)?, dim(s, 2)?);
+                let y = c.act(name)?;
+                let r = resize_bilinear(ih, iw, *h, *w, q(0)?, y).map_err(&at)?;
+                (QOp::ResizeBilinear(r), y)
+            }
             Op::AvgPool { kh, kw, sh, sw } => {
                 if (kh, kw) != (sh, sw) {
                     return Err(at(Error::input(
@@ -518,12 +552,6 @@ pub fn lower(
                 (QOp::Concat(concat_channels(&ins, y).map_err(&at)?), y)
             }
             Op::ToTokens => (QOp::ToTokens, q(0)?),
-            other => {
-                return Err(Error::input(format!(
-                    "{part} op `{name}`: {} has no integer lowering yet",
-                    other.kind()
-                )))
-            }
         };
         values[node.output.0 as usize].elem = Elem::Q(y);
         nodes.push(Node {

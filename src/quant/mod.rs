@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod calibrate;
 pub mod calibset;
 pub mod gptq;
+pub mod int_model;
 pub mod lower;
 pub mod metrics;
 pub mod model;
