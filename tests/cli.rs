@@ -163,6 +163,89 @@ fn inspect_reports_kv_cache_for_attention_layers_only() {
     );
 }
 
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `graph` lists every node with MACs and bytes, and its parameter totals are exactly `inspect`'s,
+/// for the trained model and for the real 1.5B layout.
+#[test]
+fn graph_lists_nodes_and_matches_inspect_parameters() {
+    let trained = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/autoneural-cockpit-tiny");
+    let trained = s(&trained);
+    for source in [
+        ["--model", trained.as_str()],
+        ["--preset", "autoneural-1.5b"],
+    ] {
+        let g = json_of(&[&["graph", "--json"][..], &source[..]].concat());
+        let i = json_of(&[&["inspect", "--json"][..], &source[..]].concat());
+        for (gk, ik) in [
+            ("vision", "vision"),
+            ("connector", "connector"),
+            ("text", "language"),
+            ("total", "total"),
+        ] {
+            assert_eq!(g["params"][gk], i["params"][ik], "{source:?} {gk}");
+        }
+        assert!(
+            g["params"]["total"].as_u64().unwrap() > 1_000_000,
+            "{source:?}"
+        );
+        let sections = g["sections"].as_array().unwrap();
+        let passes: Vec<&str> = sections
+            .iter()
+            .map(|s| s["pass"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            passes,
+            ["forward", "forward", "prefill", "decode"],
+            "{source:?}"
+        );
+        for sec in sections {
+            let nodes = sec["nodes"].as_array().unwrap();
+            assert!(nodes.len() > 2, "{source:?}");
+            let sum = |k: &str| nodes.iter().map(|n| n[k].as_u64().unwrap()).sum::<u64>();
+            assert_eq!(sum("macs"), sec["total"]["macs"].as_u64().unwrap());
+            assert!(sum("macs") > 0 && sum("weight_bytes") > 0 && sum("output_bytes") > 0);
+            // Each weight once, as f32.
+            assert_eq!(
+                sec["weight_bytes"].as_u64().unwrap(),
+                4 * sec["params"].as_u64().unwrap()
+            );
+        }
+        // Prefill of 128 tokens from an empty state, a decode step at position 4095.
+        let (prefill, decode) = (&sections[2], &sections[3]);
+        assert_eq!(
+            (prefill["seq"].as_u64(), prefill["past"].as_u64()),
+            (Some(128), Some(0))
+        );
+        assert_eq!(
+            (decode["seq"].as_u64(), decode["past"].as_u64()),
+            (Some(1), Some(4095))
+        );
+        let head = decode["nodes"].as_array().unwrap().last().unwrap();
+        assert_eq!(head["name"], "lm_head");
+        assert_eq!(
+            head["output_symbolic"].as_str().unwrap().split(',').next(),
+            Some("[T")
+        );
+        assert_eq!(head["output"][0], 1);
+        assert!(decode["total"]["state_read_bytes"].as_u64().unwrap() > 0);
+    }
+    // The table names every node with its op and the parameter line inspect prints.
+    let out = run(&["graph", "--preset", "autoneural-1.5b", "--part", "text"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("layers.2.self_attn.sdpa") && text.contains("cached_attention"));
+    assert!(text.contains("= 1,170,340,608"), "{text}");
+}
+
 #[test]
 fn missing_model_directory() {
     let out = run(&["run", "--model", "/nonexistent/model", "--prompt", "hi"]);

@@ -1,20 +1,21 @@
 //! `autoneural inspect`: architecture summary, parameter counts per part and memory needs,
-//! computed from the config and the checkpoint header (no weights are decoded), or from the
-//! config alone for the real architectures (`--preset`).
+//! read from the model's graphs (built from the config and the checkpoint header, no weights
+//! decoded; or from the config alone for the real architectures, `--preset`): parameters are
+//! the graphs' weights, conv state and KV cache their declared state slots.
 
-use anyhow::{bail, Context, Result};
+use super::graph::{dir_parts, preset_config, Parts};
+use anyhow::{Context, Result};
+use autoneural::graph::builder::FromConfig;
+use autoneural::graph::cost::state_sizes;
+use autoneural::graph::Graph;
 use autoneural::models::autoneural::AutoNeuralConfig;
-use autoneural::models::lfm2::{LayerType, Lfm2Cache, Lfm2Config};
-use autoneural::models::mobilenetv5::VisionConfig;
-use autoneural::ops::activation::Activation;
+use autoneural::models::lfm2::LayerType;
 use autoneural::quant::model::QAutoNeural;
 use autoneural::quant::model_io::QUANT_STEM;
 use autoneural::weights::WeightStore;
 use clap::Args;
+use std::collections::HashSet;
 use std::path::PathBuf;
-
-/// Real architectures `inspect --preset` knows (no weights needed).
-const PRESETS: &[&str] = &["autoneural-1.5b", "lfm2-1.2b", "lfm2-700m", "lfm2-350m"];
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -33,118 +34,67 @@ pub struct InspectArgs {
     json: bool,
 }
 
-/// A preset's config and its parameters per part (vision, connector, language, other).
-fn preset(name: &str) -> Result<(AutoNeuralConfig, [usize; 4])> {
-    let text = match name {
-        "autoneural-1.5b" | "lfm2-1.2b" => Lfm2Config::lfm2_1_2b(),
-        "lfm2-700m" => Lfm2Config::lfm2_700m(),
-        "lfm2-350m" => Lfm2Config::lfm2_350m(),
-        other => bail!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),
-    };
-    let vision = (name == "autoneural-1.5b").then(VisionConfig::mobilenetv5_300m_enc);
-    let (vision_params, connector_params, projector_hidden_size) = match &vision {
-        Some(v) => {
-            // Connector width is not published; 2048 (= the encoder and LM widths) is assumed.
-            let (c, p, h) = (v.num_features, 2048, text.hidden_size);
-            (v.arch()?.param_count(), c * p + p + p * h + h, p)
-        }
-        None => (0, 0, 0),
-    };
-    let params = [vision_params, connector_params, text.param_count(), 0];
-    let cfg = AutoNeuralConfig {
-        vision,
-        text,
-        projector_hidden_size,
-        projector_hidden_act: Activation::GeluErf,
-        image_token_id: 396,
-        image_start_token_id: 498,
-        image_end_token_id: 499,
-    };
-    Ok((cfg, params))
-}
-
-/// Parameters per part computed from a config alone (vision, connector, language, other).
-fn config_params(cfg: &AutoNeuralConfig) -> Result<[usize; 4]> {
-    let (v, c) = match &cfg.vision {
-        Some(v) => {
-            let (f, p, h) = (
-                v.num_features,
-                cfg.projector_hidden_size,
-                cfg.text.hidden_size,
-            );
-            (v.arch()?.param_count(), f * p + p + p * h + h)
-        }
-        None => (0, 0),
-    };
-    Ok([v, c, cfg.text.param_count(), 0])
-}
-
 pub fn inspect(args: InspectArgs) -> Result<()> {
-    let (label, cfg, parts, weight_bytes) = match &args.preset {
+    let (label, cfg, parts, params, weight_bytes, integer) = match &args.preset {
         Some(name) => {
-            let (cfg, parts) = preset(name)?;
-            (format!("preset {name} (config only)"), cfg, parts, None)
+            let cfg = preset_config(name)?;
+            let parts = Parts::build(&cfg, &FromConfig)?;
+            let params = part_params(&parts, 0);
+            let label = format!("preset {name} (config only)");
+            (label, cfg, parts, params, None, false)
         }
         None => {
             let dir = super::resolve_model_dir(&args.model)?;
-            let cfg = AutoNeuralConfig::from_file(&dir.join("config.json"))
-                .with_context(|| format!("reading {}", dir.display()))?;
-            if QAutoNeural::is_quantized_dir(&dir) {
-                // Integer artifact: no float checkpoint; parameters from the config, bytes from
-                // the integer arrays actually stored.
-                let (q, _) = QAutoNeural::load(&dir)?;
-                let stored = std::fs::metadata(dir.join(format!("{QUANT_STEM}.safetensors")))
-                    .with_context(|| format!("reading {}", dir.display()))?
-                    .len() as usize;
-                let label = format!("{} (integer-only, scheme {})", dir.display(), q.scheme);
-                return report(
-                    &args,
-                    &label,
-                    &cfg,
-                    config_params(&cfg)?,
-                    Some(stored),
-                    true,
-                );
+            let (cfg, parts, store) = dir_parts(&dir)?;
+            match store {
+                Some(store) => {
+                    let params = part_params(&parts, unused_elements(&store, &parts));
+                    let label = dir.display().to_string();
+                    (label, cfg, parts, params, Some(store.data_bytes()), false)
+                }
+                None => {
+                    // Integer artifact: no float checkpoint; parameters from the config's graphs,
+                    // bytes from the integer arrays actually stored.
+                    let (q, _) = QAutoNeural::load(&dir)?;
+                    let stored = std::fs::metadata(dir.join(format!("{QUANT_STEM}.safetensors")))
+                        .with_context(|| format!("reading {}", dir.display()))?
+                        .len() as usize;
+                    let label = format!("{} (integer-only, scheme {})", dir.display(), q.scheme);
+                    let params = part_params(&parts, 0);
+                    (label, cfg, parts, params, Some(stored), true)
+                }
             }
-            let store = WeightStore::open_dir(&dir)?;
-            let parts = checkpoint_params(&store);
-            (
-                dir.display().to_string(),
-                cfg,
-                parts,
-                Some(store.data_bytes()),
-            )
         }
     };
-    report(&args, &label, &cfg, parts, weight_bytes, false)
+    let text = parts
+        .text
+        .as_ref()
+        .expect("every inspected model has a language model");
+    report(&args, &label, &cfg, text, params, weight_bytes, integer)
 }
 
-/// Parameters per part (vision, connector, language, other) from the checkpoint's tensor shapes.
-fn checkpoint_params(store: &WeightStore) -> [usize; 4] {
-    let mut parts = [0usize; 4];
-    for name in store.names() {
-        let n: usize = store.shape(name).unwrap_or(&[]).iter().product();
-        let part = if name.starts_with("model.vision_tower.") {
-            0
-        } else if name.starts_with("model.multi_modal_projector.") {
-            1
-        } else if name.starts_with("model.language_model.")
-            || name.starts_with("model.")
-            || name == "lm_head.weight"
-        {
-            2
-        } else {
-            3
-        };
-        parts[part] += n;
-    }
-    parts
+/// Parameters per part (vision, connector, language, other) from the graphs; `other` counts
+/// checkpoint elements no graph reads.
+fn part_params(parts: &Parts, other: usize) -> [usize; 4] {
+    let (v, c, t) = parts.param_counts();
+    [v, c, t, other]
+}
+
+/// Elements of the checkpoint tensors that no part's graph reads.
+fn unused_elements(store: &WeightStore, parts: &Parts) -> usize {
+    let used: HashSet<&str> = parts.param_keys().collect();
+    store
+        .names()
+        .filter(|n| !used.contains(n))
+        .map(|n| store.shape(n).unwrap_or(&[]).iter().product::<usize>())
+        .sum()
 }
 
 fn report(
     args: &InspectArgs,
     label: &str,
     cfg: &AutoNeuralConfig,
+    text_graph: &Graph,
     parts: [usize; 4],
     weight_bytes: Option<usize>,
     integer: bool,
@@ -156,9 +106,13 @@ fn report(
         .filter(|t| **t == LayerType::Attention)
         .count();
     let conv_layers = text.layer_types.len() - attn_layers;
-    let kv_per_token = Lfm2Cache::kv_bytes_per_token(text);
-    let kv_bytes = kv_per_token * args.context;
-    let conv_state = Lfm2Cache::conv_state_bytes(text);
+    // The decode state's slots as the graph declares them (f32 on the float path).
+    let (conv_state, kv_bytes, kv_per_token) = state_sizes(text_graph, args.context);
+    let (conv_state, kv_bytes, kv_per_token) = (
+        conv_state as usize,
+        kv_bytes as usize,
+        kv_per_token as usize,
+    );
     let total_params: usize = parts.iter().sum();
 
     if args.json {
@@ -250,15 +204,6 @@ fn report(
     Ok(())
 }
 
-/// 1234567 -> "1,234,567".
 fn group(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    super::graph::group(n as u64)
 }

@@ -3,6 +3,7 @@
 mod dataset;
 mod dump;
 mod eval;
+mod graph;
 mod inspect;
 mod quantize;
 mod report;
@@ -40,6 +41,9 @@ enum Command {
     Dump(dump::DumpArgs),
     /// Print the architecture, parameter counts and memory needs of a model.
     Inspect(inspect::InspectArgs),
+    /// List every node of the model's graphs: shapes, parameters, MACs, weight and activation
+    /// bytes (text: a prefill and one decode step).
+    Graph(graph::GraphArgs),
     /// Calibrate and write an integer-only quantized model directory.
     Quantize(quantize::QuantizeArgs),
     /// Quantization error of an integer model vs its float model: per-op SQNR, perplexity, chart.
@@ -152,6 +156,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Run(a) => run::run(a),
         Command::Dump(a) => dump::dump(a),
         Command::Inspect(a) => inspect::inspect(a),
+        Command::Graph(a) => graph::graph(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Report(a) => report::report(a),
         Command::Eval(a) => eval::eval(a),

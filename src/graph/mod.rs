@@ -18,8 +18,11 @@
 //!
 //! Non-goals: no autodiff, no general optimizer, no control flow, no shape algebra beyond the two
 //! sequence symbols.
+//!
+//! [`cost`] prices every node (MACs, weight, activation and state bytes) at given bindings.
 
 pub mod builder;
+pub mod cost;
 pub mod op;
 pub mod qop;
 
