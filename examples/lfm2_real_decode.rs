@@ -1,10 +1,14 @@
-//! Decode speed of the float reference path on a real LFM2 shape with random weights (no files).
+//! Decode speed of the float reference path on a real LFM2 shape with random weights (no files):
+//! the LFM2 graph built from the config alone, filled by `FloatProgram::random`.
 //!
 //! ```text
 //! cargo run --release --example lfm2_real_decode -- [1.2b|700m|350m] [prompt_tokens] [new_tokens]
 //! ```
 
-use autoneural::models::lfm2::{Lfm2Config, Lfm2Model};
+use autoneural::exec::{FloatProgram, Val};
+use autoneural::generate::{argmax, Decoder, FloatDecoder};
+use autoneural::graph::builder::FromConfig;
+use autoneural::models::lfm2::{self, Lfm2Config};
 use autoneural::observe::NoObserver;
 use std::time::Instant;
 
@@ -26,14 +30,34 @@ fn main() -> autoneural::Result<()> {
     println!("threads: {}", rayon::current_num_threads());
 
     let t0 = Instant::now();
-    let m = Lfm2Model::random(&cfg, 0)?;
+    let graph = lfm2::graph::build(&cfg, &FromConfig, "model")?;
+    println!(
+        "graph: {} nodes, {} params",
+        graph.nodes.len(),
+        graph.param_count()
+    );
+    let lm = FloatProgram::random(graph, 0)?;
     println!("random init: {:.2} s", t0.elapsed().as_secs_f64());
 
+    let g = &lm.graph;
     let ids: Vec<u32> = (0..prompt as u32).map(|i| 1 + i * 7919 % 65000).collect();
-    let mut cache = m.new_cache();
+    let embeds = lm
+        .run(
+            vec![(g.port("ids")?, Val::Ids(ids))],
+            &[g.port("embeds")?],
+            None,
+            &mut NoObserver,
+        )?
+        .remove(0);
+    let mut state = lm.new_state(prompt + new + 1);
+    let mut dec = FloatDecoder {
+        lm: &lm,
+        state: &mut state,
+        prompt: Some(embeds),
+        obs: &mut NoObserver,
+    };
     let t0 = Instant::now();
-    let hidden = m.forward(m.embed(&ids)?, &mut cache, &mut NoObserver)?;
-    let mut logits = m.logits_last(&hidden);
+    let mut logits = dec.prefill()?;
     let prefill = t0.elapsed().as_secs_f64();
     println!(
         "prefill {prompt} tokens: {:.0} ms ({:.1} ms/token)",
@@ -44,31 +68,21 @@ fn main() -> autoneural::Result<()> {
     let mut generated = Vec::new();
     let mut per_token = Vec::new();
     for _ in 0..new {
-        let next = argmax(logits.data());
+        let next = argmax(&logits);
         generated.push(next);
         let t = Instant::now();
-        let h = m.forward(m.embed(&[next])?, &mut cache, &mut NoObserver)?;
-        logits = m.logits(&h);
+        logits = dec.step(next)?;
         per_token.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let mean = per_token.iter().sum::<f64>() / per_token.len().max(1) as f64;
     println!("decode {new} tokens: {mean:.0} ms/token (steps: {per_token:.0?})");
+    assert!(logits.iter().all(|v| v.is_finite()));
     println!(
-        "cache: {} tokens, conv state {} B, kv {} B",
-        cache.len(),
-        cache.state_bytes(),
-        cache.kv_bytes()
+        "state: {} positions, conv windows {} B, kv {} B",
+        state.len(),
+        state.window_bytes(),
+        state.kv_bytes()
     );
     println!("generated ids: {generated:?}");
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

@@ -7,18 +7,20 @@
 //! cargo run --release --example real_vision_shape -- --model <dir>  # a real checkpoint dir
 //! ```
 //!
-//! Without `--model`, deterministic random weights (shaped from the architecture's key list) are
-//! written to a temporary safetensors file. With `--model`, `<dir>/config.json`'s `vision_config`
-//! is used when present (else the 300M config) and tensors are read under
-//! `model.vision_tower.timm_model.` (or at the root when that prefix is absent).
+//! The encoder is its graph (`mobilenetv5::graph::build` at the input size). Without `--model`,
+//! its weights are deterministic random ones (`FloatProgram::random`, nothing written to disk).
+//! With `--model`, `<dir>/config.json`'s `vision_config` is used when present (else the 300M
+//! config) and tensors are read under `model.vision_tower.timm_model.` (or at the root when that
+//! prefix is absent).
 
-use autoneural::models::mobilenetv5::{MobileNetV5Encoder, VisionConfig};
+use autoneural::exec::{FloatProgram, Val};
+use autoneural::graph::builder::FromConfig;
+use autoneural::models::mobilenetv5::{self, VisionConfig};
 use autoneural::observe::NoObserver;
-use autoneural::weights::{WeightStore, Weights};
+use autoneural::weights::WeightStore;
 use autoneural::Tensor;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// Attributes the time between consecutive observations to the op just observed, grouped by
@@ -50,49 +52,11 @@ impl autoneural::observe::Observer for Profiler {
 
 const PREFIX: &str = "model.vision_tower.timm_model";
 
-/// splitmix64 -> uniform in [-1, 1).
-fn uniform(seed: u64) -> f32 {
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-}
-
-fn random_checkpoint(cfg: &VisionConfig, path: &std::path::Path) -> autoneural::Result<()> {
-    use rayon::prelude::*;
-    let arch = cfg.arch()?;
-    let tensors = arch.tensors();
-    let bufs: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .par_iter()
-        .enumerate()
-        .map(|(ti, (k, shape))| {
-            let n: usize = shape.iter().product();
-            let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
-            let amp = (3.0 / fan_in as f32).sqrt();
-            let mut bytes = Vec::with_capacity(n * 4);
-            for i in 0..n {
-                let u = uniform(((ti as u64) << 32) ^ i as u64);
-                let v = if shape.len() == 1 {
-                    1.0 + 0.1 * u
-                } else {
-                    u * amp
-                };
-                bytes.extend_from_slice(&v.to_le_bytes());
-            }
-            (format!("{PREFIX}.{k}"), shape.clone(), bytes)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
-        .iter()
-        .map(|(k, s, b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .expect("consistent buffer");
-            (k.clone(), v)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| autoneural::Error::input(format!("writing {}: {e}", path.display())))
+/// Deterministic pixels in [0, 1).
+fn pixel(i: u64) -> f32 {
+    let z = (i.wrapping_add(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (z >> 40) as f32 / (1u64 << 24) as f32
 }
 
 fn main() -> autoneural::Result<()> {
@@ -111,8 +75,8 @@ fn main() -> autoneural::Result<()> {
         }
     }
     println!("rayon threads: {}", rayon::current_num_threads());
-    let _tmp;
-    let (cfg, store) = match &model {
+    let t = Instant::now();
+    let (cfg, enc) = match &model {
         Some(dir) => {
             let cfg_path = dir.join("config.json");
             let cfg = match std::fs::read_to_string(&cfg_path) {
@@ -127,42 +91,41 @@ fn main() -> autoneural::Result<()> {
                 }
                 Err(_) => VisionConfig::mobilenetv5_300m_enc(),
             };
-            (cfg, WeightStore::open_dir(dir)?)
+            let store = WeightStore::open_dir(dir)?;
+            let root = if store.contains(&format!("{PREFIX}.conv_stem.conv.weight")) {
+                PREFIX
+            } else {
+                ""
+            };
+            let g = mobilenetv5::graph::build(&cfg, &store, root, (size, size))?;
+            let enc = FloatProgram::load(g, &store)?;
+            println!("loaded in {:.1}s", t.elapsed().as_secs_f64());
+            (cfg, enc)
         }
         None => {
             let cfg = VisionConfig::mobilenetv5_300m_enc();
-            let dir = tempfile::tempdir().map_err(|e| autoneural::Error::io("/tmp", e))?;
-            let path = dir.path().join("model.safetensors");
-            let t = Instant::now();
-            random_checkpoint(&cfg, &path)?;
-            println!("wrote random weights in {:.1}s", t.elapsed().as_secs_f64());
-            let store = WeightStore::open_files(&[path])?;
-            _tmp = dir;
-            (cfg, store)
+            let g = mobilenetv5::graph::build(&cfg, &FromConfig, PREFIX, (size, size))?;
+            let enc = FloatProgram::random(g, 0)?;
+            println!("random weights in {:.1}s", t.elapsed().as_secs_f64());
+            (cfg, enc)
         }
     };
-    let root = Weights::new(Arc::new(store));
-    let w = if root.contains(&format!("{PREFIX}.conv_stem.conv.weight")) {
-        root.pp(PREFIX)
-    } else {
-        root
-    };
-    let t = Instant::now();
-    let enc = MobileNetV5Encoder::load(&cfg, &w)?;
-    println!("loaded in {:.1}s", t.elapsed().as_secs_f64());
-    println!("{}", enc.summary());
-    println!("loaded params: {}", enc.param_count());
+    println!("{}", cfg.arch()?.summary().trim_end());
+    let g = &enc.graph;
+    println!("graph: {} nodes, {} params", g.nodes.len(), g.param_count());
+    let (pixels, features) = (g.port("pixels")?, g.port("features")?);
     let n = 3 * size * size;
-    let px = Tensor::new(
-        &[3, size, size],
-        (0..n).map(|i| (uniform(i as u64) + 1.0) * 0.5).collect(),
-    )?;
+    let px = Tensor::new(&[3, size, size], (0..n).map(|i| pixel(i as u64)).collect())?;
+    let forward = |obs: &mut dyn autoneural::observe::Observer| {
+        let y = enc.run(vec![(pixels, Val::F(px.clone()))], &[features], None, obs);
+        y.map(|mut y| y.remove(0))
+    };
     if profile {
         let mut p = Profiler {
             last: Instant::now(),
             totals: BTreeMap::new(),
         };
-        enc.forward(&px, &mut p)?;
+        forward(&mut p)?;
         let mut rows: Vec<_> = p.totals.into_iter().collect();
         rows.sort_by(|a, b| b.1 .0.partial_cmp(&a.1 .0).unwrap());
         let total: f64 = rows.iter().map(|r| r.1 .0).sum();
@@ -173,7 +136,7 @@ fn main() -> autoneural::Result<()> {
     }
     for r in 0..runs {
         let t = Instant::now();
-        let y = enc.forward(&px, &mut NoObserver)?;
+        let y = forward(&mut NoObserver)?;
         let secs = t.elapsed().as_secs_f64();
         let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
         for &v in y.data() {
@@ -184,14 +147,8 @@ fn main() -> autoneural::Result<()> {
             "run {r}: {size}x{size} -> {:?} in {secs:.2}s (min {lo:.3}, max {hi:.3})",
             y.shape()
         );
-        assert_eq!(
-            y.shape(),
-            &[
-                enc.out_channels(),
-                cfg.msfa_output_resolution,
-                cfg.msfa_output_resolution
-            ]
-        );
+        let r = cfg.msfa_output_resolution;
+        assert_eq!(y.shape(), &[r * r, cfg.num_features]);
         assert!(y.data().iter().all(|v| v.is_finite()));
     }
     Ok(())

@@ -109,6 +109,30 @@ impl FloatProgram {
         Self::with_shared(graph, other.params.clone())
     }
 
+    /// A program over deterministic pseudo-random weights, for benchmarks and tests of real-shaped
+    /// models without a checkpoint. Every weight depends only on `seed`, its key and its shape
+    /// (SplitMix64 over a hash of the key, filled in parallel chunks), and follows its role in
+    /// the graph so activations stay sane: norm weights and layer scales `1 ± 0.1`, biases
+    /// `± 0.01`, embedding tables `± 0.05`, matrices and kernels uniform `± 1 / sqrt(fan_in)`.
+    pub fn random(graph: Graph, seed: u64) -> Result<Self> {
+        let roles = param_roles(&graph);
+        let params = graph
+            .params
+            .iter()
+            .zip(roles)
+            .map(|(p, role)| {
+                let (center, half) = match role {
+                    Role::Scale => (1.0, 0.1),
+                    Role::Bias => (0.0, 0.01),
+                    Role::Table => (0.0, 0.05),
+                    Role::Matrix { fan_in } => (0.0, 1.0 / (fan_in.max(1) as f32).sqrt()),
+                };
+                random_tensor(&p.key, &p.shape, seed, center, half)
+            })
+            .collect();
+        Self::new(graph, params)
+    }
+
     pub fn param(&self, key: &str) -> Option<&Tensor> {
         let i = self.graph.params.iter().position(|p| p.key == key)?;
         Some(&self.params[i])
@@ -481,6 +505,96 @@ impl FloatProgram {
     }
 }
 
+/// What a weight is to the ops reading it (the first reader decides: a tied head's table is an
+/// embedding table).
+#[derive(Clone, Copy)]
+enum Role {
+    /// Norm weights and layer scales: multiplicative, near 1.
+    Scale,
+    Bias,
+    Table,
+    Matrix {
+        fan_in: usize,
+    },
+}
+
+fn param_roles(g: &Graph) -> Vec<Role> {
+    let mut roles: Vec<Option<Role>> = vec![None; g.params.len()];
+    let fan_in = |p: crate::graph::ParamId| -> usize {
+        let s = &g.params[p.0 as usize].shape;
+        s.iter().skip(1).product()
+    };
+    for n in &g.nodes {
+        let mut set = |p: crate::graph::ParamId, r: Role| {
+            roles[p.0 as usize].get_or_insert(r);
+        };
+        match &n.op {
+            Op::Embedding { table } => set(*table, Role::Table),
+            Op::Linear { weight, bias }
+            | Op::CausalConv1d { weight, bias, .. }
+            | Op::Conv2d { weight, bias, .. } => {
+                set(
+                    *weight,
+                    Role::Matrix {
+                        fan_in: fan_in(*weight),
+                    },
+                );
+                if let Some(b) = bias {
+                    set(*b, Role::Bias);
+                }
+            }
+            Op::PointwiseToTokens { weight } | Op::PointwiseFromTokens { weight, .. } => set(
+                *weight,
+                Role::Matrix {
+                    fan_in: fan_in(*weight),
+                },
+            ),
+            Op::RmsNorm { weight, .. } | Op::RmsNorm2d { weight, .. } => set(*weight, Role::Scale),
+            Op::ChannelScale { gamma } => set(*gamma, Role::Scale),
+            _ => debug_assert!(n.op.params().is_empty(), "{} reads weights", n.op.kind()),
+        }
+    }
+    // A weight no node reads (none today) is filled like a matrix over its trailing dims.
+    (0..g.params.len())
+        .map(|i| {
+            roles[i].unwrap_or(Role::Matrix {
+                fan_in: fan_in(crate::graph::ParamId(i as u32)),
+            })
+        })
+        .collect()
+}
+
+/// SplitMix64's output function.
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `center ± half`, uniform, element `i` from the SplitMix64 sequence seeded by `seed` and the
+/// FNV-1a hash of `key`, so the values do not depend on the order weights are declared in or on
+/// how the chunks are scheduled.
+fn random_tensor(key: &str, shape: &[usize], seed: u64, center: f32, half: f32) -> Tensor {
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+    let fnv = key.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    });
+    let base = mix64(fnv ^ mix64(seed.wrapping_add(GAMMA)));
+    let n: usize = shape.iter().product();
+    let mut data = vec![0.0f32; n];
+    const CHUNK: usize = 1 << 16;
+    data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
+        for (j, v) in out.iter_mut().enumerate() {
+            let i = (c * CHUNK + j) as u64;
+            let z = mix64(base.wrapping_add(i.wrapping_add(1).wrapping_mul(GAMMA)));
+            // 24 random bits -> [-1, 1).
+            let u = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+            *v = center + half * u;
+        }
+    });
+    Tensor::from_parts(shape, data)
+}
+
 fn conv_spec(stride: usize, dilation: usize, groups: usize, pad: &[usize; 4]) -> Conv2dSpec {
     Conv2dSpec::new(
         stride,
@@ -627,4 +741,140 @@ fn report_input(node: &Node, vals: &[Option<Val>], params: &[Tensor], obs: &mut 
         _ => return,
     };
     obs.observe_input(&node.name, input);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::{argmax, Decoder, FloatDecoder};
+    use crate::graph::builder::FromConfig;
+    use crate::graph::cost::tests::tiny_lfm2;
+    use crate::models::lfm2;
+    use crate::models::mobilenetv5::{self, VisionConfig};
+    use crate::observe::NoObserver;
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.data().iter().map(|v| v.to_bits()).collect()
+    }
+
+    #[test]
+    fn random_weights_follow_key_and_role() {
+        let cfg = tiny_lfm2();
+        let g = lfm2::graph::build(&cfg, &FromConfig, "model").unwrap();
+        let a = FloatProgram::random(g.clone(), 1).unwrap();
+        let b = FloatProgram::random(g.clone(), 1).unwrap();
+        let c = FloatProgram::random(g.clone(), 2).unwrap();
+        for (x, (y, z)) in a.params().iter().zip(b.params().iter().zip(c.params())) {
+            assert_eq!(bits(x), bits(y));
+            assert_ne!(bits(x), bits(z));
+        }
+        // By key, not by position: a graph declaring the weights in another order agrees.
+        let mut shuffled = g.clone();
+        shuffled.params.reverse();
+        let n = g.params.len() as u32;
+        for node in &mut shuffled.nodes {
+            let remap = |p: &mut crate::graph::ParamId| p.0 = n - 1 - p.0;
+            match &mut node.op {
+                Op::Embedding { table: p }
+                | Op::RmsNorm { weight: p, .. }
+                | Op::Linear {
+                    weight: p,
+                    bias: None,
+                }
+                | Op::CausalConv1d {
+                    weight: p,
+                    bias: None,
+                    ..
+                } => remap(p),
+                op => assert!(op.params().is_empty(), "{}", op.kind()),
+            }
+        }
+        let s = FloatProgram::random(shuffled, 1).unwrap();
+        for p in &g.params {
+            assert_eq!(
+                bits(a.param(&p.key).unwrap()),
+                bits(s.param(&p.key).unwrap())
+            );
+        }
+        let norm = a.param("model.layers.0.operator_norm.weight").unwrap();
+        assert!(norm.data().iter().all(|v| (0.9..=1.1).contains(v)));
+        let w1 = a.param("model.layers.0.feed_forward.w1.weight").unwrap();
+        let bound = 1.0 / (cfg.hidden_size as f32).sqrt();
+        assert!(w1.data().iter().all(|v| v.abs() <= bound));
+        let spread = w1.data().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(spread > 0.9 * bound, "{spread}");
+    }
+
+    /// A random LM runs prefill and decode with finite, varied logits; a small random encoder
+    /// runs too.
+    #[test]
+    fn random_models_run() {
+        let cfg = tiny_lfm2();
+        let g = lfm2::graph::build(&cfg, &FromConfig, "model").unwrap();
+        let lm = FloatProgram::random(g, 7).unwrap();
+        let ids: Vec<u32> = (0..9)
+            .map(|i| (i * 13 + 1) % cfg.vocab_size as u32)
+            .collect();
+        let embeds = lm.graph.port("embeds").unwrap();
+        let prompt = lm
+            .run(
+                vec![(lm.graph.port("ids").unwrap(), Val::Ids(ids.clone()))],
+                &[embeds],
+                None,
+                &mut NoObserver,
+            )
+            .unwrap()
+            .remove(0);
+        let mut state = lm.new_state(32);
+        let mut dec = FloatDecoder {
+            lm: &lm,
+            state: &mut state,
+            prompt: Some(prompt),
+            obs: &mut NoObserver,
+        };
+        let mut logits = dec.prefill().unwrap();
+        for _ in 0..4 {
+            assert!(logits.iter().all(|v| v.is_finite()));
+            let (lo, hi) = logits
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+            assert!(hi - lo > 1e-3 && hi - lo < 100.0, "{lo}..{hi}");
+            logits = dec.step(argmax(&logits)).unwrap();
+        }
+        assert_eq!(dec.cache_len(), ids.len() + 4);
+
+        let vision = VisionConfig {
+            block_strings: vec![
+                vec!["er_r1_k3_s2_e4_c8".into()],
+                vec!["uir_r1_a3_k5_s2_e4_c16".into()],
+                vec!["mqa_r1_k3_h2_v2_s1_d8_c16".into()],
+            ],
+            stem_size: 8,
+            msfa_indices: vec![-2, -1],
+            msfa_output_resolution: 2,
+            num_features: 16,
+            image_size: 32,
+            norm_eps: 1e-6,
+            stem_bias: true,
+            layer_scale_init_value: Some(1e-5),
+        };
+        let g = mobilenetv5::graph::build(&vision, &FromConfig, "", (32, 32)).unwrap();
+        let (px, feats) = (g.port("pixels").unwrap(), g.port("features").unwrap());
+        let enc = FloatProgram::random(g, 3).unwrap();
+        let pixels = Tensor::new(
+            &[3, 32, 32],
+            (0..3072).map(|i| (i % 7) as f32 / 7.0).collect(),
+        );
+        let y = enc
+            .run(
+                vec![(px, Val::F(pixels.unwrap()))],
+                &[feats],
+                None,
+                &mut NoObserver,
+            )
+            .unwrap()
+            .remove(0);
+        assert_eq!(y.shape(), &[4, 16]);
+        assert!(y.data().iter().all(|v| v.is_finite()));
+    }
 }

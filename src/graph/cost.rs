@@ -253,7 +253,7 @@ pub fn elem_text(e: Elem) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::graph::builder::FromConfig;
     use crate::graph::{fixed, Dim, GraphBuilder};
