@@ -200,38 +200,6 @@ impl Lfm2Config {
         self.num_hidden_layers - self.num_attention_layers()
     }
 
-    /// Parameters of `Lfm2ForCausalLM` built from this config (lm_head counted only if untied).
-    pub fn param_count(&self) -> usize {
-        let (h, ff, v, l) = (
-            self.hidden_size,
-            self.ff_dim(),
-            self.vocab_size,
-            self.conv_l_cache,
-        );
-        let (q, kv, hd) = (
-            self.num_attention_heads * self.head_dim,
-            self.num_key_value_heads * self.head_dim,
-            self.head_dim,
-        );
-        let b = usize::from(self.conv_bias);
-        let conv = 3 * h * h + 3 * h * b + h * l + h * b + h * h + h * b;
-        let attn = h * q + 2 * h * kv + q * h + 2 * hd;
-        let common = 2 * h + 3 * h * ff;
-        let layers: usize = self
-            .layer_types
-            .iter()
-            .map(|t| {
-                common
-                    + match t {
-                        LayerType::Conv => conv,
-                        LayerType::Attention => attn,
-                    }
-            })
-            .sum();
-        let lm_head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + layers + h + lm_head
-    }
-
     /// Layer layout as one letter per layer: `C` conv, `A` attention.
     pub fn layout(&self) -> String {
         self.layer_types
@@ -282,9 +250,16 @@ impl Lfm2Config {
             } else {
                 "untied"
             },
-            self.param_count()
+            self.graph_param_count()
         );
         s
+    }
+
+    /// Parameters of `Lfm2ForCausalLM` built from this config (lm_head counted only if untied),
+    /// counted from its graph; 0 for a config the graph builder rejects.
+    fn graph_param_count(&self) -> usize {
+        super::graph::build(self, &crate::graph::builder::FromConfig, "model")
+            .map_or(0, |g| g.param_count())
     }
 
     fn real(hidden: usize, heads: usize, ff: usize) -> Self {

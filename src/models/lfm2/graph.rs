@@ -125,3 +125,32 @@ fn mlp(b: &mut GraphBuilder, p: &str, x: ValueId, ff: usize) -> Result<ValueId> 
     let act = b.mul(&format!("{p}.act"), s, up)?;
     b.linear(&format!("{p}.w2"), act, h, false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::builder::FromConfig;
+
+    #[test]
+    fn real_configs_have_the_model_card_parameter_counts() {
+        for (cfg, n) in [
+            (Lfm2Config::lfm2_350m(), 354_483_968),
+            (Lfm2Config::lfm2_700m(), 742_489_344),
+            (Lfm2Config::lfm2_1_2b(), 1_170_340_608),
+        ] {
+            let g = build(&cfg, &FromConfig, "model").unwrap();
+            assert_eq!(g.param_count(), n);
+            assert!(cfg.summary().contains(&format!("{n} parameters")));
+        }
+        // An untied head and conv biases add their weights.
+        let mut cfg = Lfm2Config::lfm2_350m();
+        let (v, h, convs) = (cfg.vocab_size, cfg.hidden_size, cfg.num_conv_layers());
+        cfg.tie_word_embeddings = false;
+        cfg.conv_bias = true;
+        let g = build(&cfg, &FromConfig, "model").unwrap();
+        assert_eq!(
+            g.param_count(),
+            354_483_968 + v * h + convs * (3 * h + h + h)
+        );
+    }
+}
