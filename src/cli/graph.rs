@@ -229,8 +229,12 @@ pub fn graph(args: GraphArgs) -> Result<()> {
         }
         None => {
             let dir = super::resolve_model_dir(&args.model)?;
-            let (_, parts, _) = dir_parts(&dir)?;
-            (dir.display().to_string(), parts)
+            let (_, parts, store) = dir_parts(&dir)?;
+            let note = match store {
+                Some(_) => "",
+                None => " (integer-only: its float graph from the config, f32 weight bytes)",
+            };
+            (format!("{}{note}", dir.display()), parts)
         }
     };
     let want = |p: PartArg| args.part == PartArg::All || args.part == p;

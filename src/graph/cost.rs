@@ -24,8 +24,18 @@
 //!   ([`Elem::bytes`]: 4 for f32 and token ids, 2 for the integer path's `i16`).
 //! - **State**: a causal conv reads and rewrites its `[L - 1, H]` window; cached attention writes
 //!   this call's `T` rows of K and V and reads K and V at all `Past + Seq` positions.
+//!
+//! The integer graph (`Graph<QOp>`, [`GraphCost::integer`]) has the same values and shapes, so
+//! MACs, vector ops, activation and state bytes follow the same rules (activations and state at
+//! their `i16` storage). Its weights live in the ops: `params` count the float weights each op
+//! stands for, `weight_bytes` what the prepared op holds for them (packed int4 / int8 / int16
+//! values, per-group scales, `i64` biases, per-channel multipliers; norm weights and layer
+//! scales are multipliers). Lookup tables (activations, RoPE) are not counted as weights.
 
-use super::{bind_shape, Bindings, Elem, Graph, Node, Op, ParamId, ValueId};
+use super::qop::QOp;
+use super::{bind_shape, Bindings, Elem, Graph, Node, Op, ParamId, StateId, ValueId};
+use crate::quant::arith::Multiplier;
+use crate::quant::ops::linear::{PackedWeights, QMatrix};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -66,21 +76,77 @@ pub fn weight_bytes(numel: usize, rank: usize, bits: u32) -> u64 {
     (numel as u64 * bits as u64).div_ceil(8)
 }
 
-/// The cost of node `i` of `g` under `b`, its matrices at `wbits` bits.
-pub fn node_cost(g: &Graph, i: usize, b: Bindings, wbits: u32) -> NodeCost {
-    let node = &g.nodes[i];
-    let dims = |v: ValueId| bind_shape(&g.value(v).shape, b);
-    let numel = |v: ValueId| dims(v).iter().product::<usize>() as u64;
-    let bytes = |v: ValueId| numel(v) * g.value(v).elem.bytes() as u64;
-    let pshape = |p: ParamId| g.params[p.0 as usize].shape.as_slice();
-    let x = node.inputs.first().map(|&v| dims(v)).unwrap_or_default();
-    let out = numel(node.output);
-
-    let mut c = NodeCost {
+/// Activation bytes in and out of `node`, under `b`.
+fn io_cost<O>(g: &Graph<O>, node: &Node<O>, b: Bindings) -> NodeCost {
+    let bytes = |v: ValueId| {
+        let n: usize = bind_shape(&g.value(v).shape, b).iter().product();
+        (n * g.value(v).elem.bytes()) as u64
+    };
+    NodeCost {
         input_bytes: node.inputs.iter().map(|&v| bytes(v)).sum(),
         output_bytes: bytes(node.output),
         ..NodeCost::default()
+    }
+}
+
+/// A causal conv's window: read and rewritten whole.
+fn window_traffic<O>(g: &Graph<O>, state: StateId, b: Bindings, c: &mut NodeCost) {
+    let s = &g.states[state.0 as usize];
+    let window = (s.numel(b.past) * s.elem.bytes()) as u64;
+    c.state_read_bytes += window;
+    c.state_write_bytes += window;
+}
+
+/// Cached attention over `Past + Seq` keys: MACs, softmax and K/V traffic.
+fn cached_attention<O>(
+    g: &Graph<O>,
+    (heads, d, dv): (usize, usize, usize),
+    [k, v]: [StateId; 2],
+    b: Bindings,
+    c: &mut NodeCost,
+) {
+    let (t, keys) = (b.seq as u64, (b.past + b.seq) as u64);
+    let scores = heads as u64 * t * keys;
+    c.macs = scores * (d + dv) as u64;
+    c.vector_ops = scores;
+    for s in [k, v] {
+        let s = &g.states[s.0 as usize];
+        let row = (s.width() * s.elem.bytes()) as u64;
+        c.state_write_bytes += t * row;
+        c.state_read_bytes += keys * row;
+    }
+}
+
+/// Unmasked attention of `q` rows over the rows of `k`.
+fn attention<O>(
+    g: &Graph<O>,
+    node: &Node<O>,
+    b: Bindings,
+    (heads, d, dv): (usize, usize, usize),
+) -> (u64, u64) {
+    let rows = |v: ValueId| {
+        bind_shape(&g.value(v).shape, b)
+            .first()
+            .copied()
+            .unwrap_or(0) as u64
     };
+    let scores = heads as u64 * rows(node.inputs[0]) * rows(node.inputs[1]);
+    (scores * (d + dv) as u64, scores)
+}
+
+/// Elements of `node`'s output under `b`.
+fn out_numel<O>(g: &Graph<O>, node: &Node<O>, b: Bindings) -> u64 {
+    bind_shape(&g.value(node.output).shape, b)
+        .iter()
+        .product::<usize>() as u64
+}
+
+/// The cost of node `i` of `g` under `b`, its matrices at `wbits` bits.
+pub fn node_cost(g: &Graph, i: usize, b: Bindings, wbits: u32) -> NodeCost {
+    let node = &g.nodes[i];
+    let pshape = |p: ParamId| g.params[p.0 as usize].shape.as_slice();
+    let out = out_numel(g, node, b);
+    let mut c = io_cost(g, node, b);
     for p in node.op.params() {
         let info = &g.params[p.0 as usize];
         let wb = weight_bytes(info.numel(), info.shape.len(), wbits);
@@ -88,32 +154,21 @@ pub fn node_cost(g: &Graph, i: usize, b: Bindings, wbits: u32) -> NodeCost {
         c.weight_bytes += wb;
         c.weight_read_bytes += wb;
     }
-    let st = |s: super::StateId| &g.states[s.0 as usize];
     match &node.op {
         Op::Embedding { table } => {
-            let t = pshape(*table);
-            let rows = x.first().copied().unwrap_or(0);
-            c.weight_read_bytes = weight_bytes(rows * t[1], 2, wbits);
+            let rows = out / pshape(*table)[1] as u64;
+            c.weight_read_bytes = weight_bytes(rows as usize * pshape(*table)[1], 2, wbits);
         }
-        Op::Linear { weight, .. } => {
-            let w = pshape(*weight);
-            c.macs = out / w[0] as u64 * (w[0] * w[1]) as u64;
-        }
-        Op::Conv2d { weight, .. } | Op::PointwiseToTokens { weight } => {
-            // Every output element sums C_in / groups * kH * kW products.
-            let w = pshape(*weight);
-            c.macs = out * w[1..].iter().product::<usize>() as u64;
-        }
-        Op::PointwiseFromTokens { weight, .. } => {
-            c.macs = out * pshape(*weight)[1] as u64;
+        // Every output element sums one weight row: `in`, `C_in / groups * kH * kW`, or `L`.
+        Op::Linear { weight, .. }
+        | Op::Conv2d { weight, .. }
+        | Op::PointwiseToTokens { weight }
+        | Op::PointwiseFromTokens { weight, .. } => {
+            c.macs = out * pshape(*weight)[1..].iter().product::<usize>() as u64;
         }
         Op::CausalConv1d { weight, state, .. } => {
-            let l = *pshape(*weight).last().unwrap_or(&0) as u64;
-            c.macs = out * l;
-            let s = st(*state);
-            let window = (s.numel(b.past) * s.elem.bytes()) as u64;
-            c.state_read_bytes = window;
-            c.state_write_bytes = window;
+            c.macs = out * *pshape(*weight).last().unwrap_or(&0) as u64;
+            window_traffic(g, *state, b, &mut c);
         }
         Op::CachedAttention {
             heads,
@@ -121,23 +176,9 @@ pub fn node_cost(g: &Graph, i: usize, b: Bindings, wbits: u32) -> NodeCost {
             k,
             v,
             ..
-        } => {
-            let (t, keys) = (b.seq as u64, (b.past + b.seq) as u64);
-            let scores = *heads as u64 * t * keys;
-            c.macs = scores * 2 * *head_dim as u64;
-            c.vector_ops = scores;
-            for s in [st(*k), st(*v)] {
-                let row = (s.width() * s.elem.bytes()) as u64;
-                c.state_write_bytes += t * row;
-                c.state_read_bytes += keys * row;
-            }
-        }
+        } => cached_attention(g, (*heads, *head_dim, *head_dim), [*k, *v], b, &mut c),
         Op::Attention { heads, d, dv, .. } => {
-            let tq = x.first().copied().unwrap_or(0) as u64;
-            let tk = dims(node.inputs[1]).first().copied().unwrap_or(0) as u64;
-            let scores = *heads as u64 * tq * tk;
-            c.macs = scores * (d + dv) as u64;
-            c.vector_ops = scores;
+            (c.macs, c.vector_ops) = attention(g, node, b, (*heads, *d, *dv));
         }
         Op::RmsNorm { .. }
         | Op::RmsNorm2d { .. }
@@ -150,6 +191,85 @@ pub fn node_cost(g: &Graph, i: usize, b: Bindings, wbits: u32) -> NodeCost {
         | Op::ResizeBilinear { .. } => c.vector_ops = out,
         Op::AvgPool { kh, kw, .. } => c.vector_ops = out * (kh * kw) as u64,
         Op::Slice { .. } | Op::Concat | Op::ToTokens => {}
+    }
+    c
+}
+
+/// Bytes an integer matrix holds: its packed values and per-group scales.
+fn qmatrix_bytes(m: &QMatrix) -> u64 {
+    let values = match &m.data {
+        PackedWeights::I4(v) => v.len(),
+        PackedWeights::I8(v) => v.len(),
+        PackedWeights::I16(v) => 2 * v.len(),
+    };
+    (values + 2 * m.group_mult.len()) as u64
+}
+
+const MULT_BYTES: u64 = std::mem::size_of::<Multiplier>() as u64;
+
+/// A prepared weighted op's weights: the matrix, an `i64` bias and per-row multipliers.
+fn qweights(m: &QMatrix, bias: &Option<Vec<i64>>, mult: usize, c: &mut NodeCost) {
+    let nb = bias.as_ref().map_or(0, |b| b.len()) as u64;
+    c.params += (m.out * m.inp) as u64 + nb;
+    c.weight_bytes += qmatrix_bytes(m) + 8 * nb + MULT_BYTES * mult as u64;
+    c.weight_read_bytes = c.weight_bytes;
+}
+
+/// The cost of node `i` of the integer graph `g` under `b` (see the module docs).
+pub fn qnode_cost(g: &Graph<QOp>, i: usize, b: Bindings) -> NodeCost {
+    let node = &g.nodes[i];
+    let out = out_numel(g, node, b);
+    let mut c = io_cost(g, node, b);
+    // Norm weights and layer scales: one multiplier and one sign per channel.
+    let per_channel = |n: usize, c: &mut NodeCost| {
+        c.params = n as u64;
+        c.weight_bytes = n as u64 * (MULT_BYTES + 1);
+        c.weight_read_bytes = c.weight_bytes;
+        c.vector_ops = out;
+    };
+    match &node.op {
+        QOp::Embedding(e) => {
+            qweights(&e.table, &None, e.mult.len(), &mut c);
+            let rows = out / e.table.inp.max(1) as u64;
+            let per_row = qmatrix_bytes(&e.table) / e.table.out.max(1) as u64 + MULT_BYTES;
+            c.weight_read_bytes = rows * per_row;
+        }
+        QOp::Linear(l) | QOp::PointwiseToTokens(l) | QOp::PointwiseFromTokens { linear: l, .. } => {
+            qweights(&l.weight, &l.bias, l.mult.len(), &mut c);
+            c.macs = out * l.weight.inp as u64;
+        }
+        QOp::TiedLinear { table, mult, .. } => {
+            if let Some(QOp::Embedding(e)) = g.nodes.get(*table).map(|n| &n.op) {
+                qweights(&e.table, &None, mult.len(), &mut c);
+                c.macs = out * e.table.inp as u64;
+            }
+        }
+        QOp::Conv2d(conv) => {
+            qweights(&conv.weight, &conv.bias, conv.mult.len(), &mut c);
+            c.macs = out * conv.weight.inp as u64;
+        }
+        QOp::CausalConv1d { conv, state } => {
+            qweights(&conv.weight, &conv.bias, conv.mult.len(), &mut c);
+            c.macs = out * conv.weight.inp as u64;
+            window_traffic(g, *state, b, &mut c);
+        }
+        QOp::CachedAttention { attn, k, v } => {
+            cached_attention(g, (attn.n_heads, attn.d, attn.dv), [*k, *v], b, &mut c)
+        }
+        QOp::Attention(attn) => {
+            (c.macs, c.vector_ops) = attention(g, node, b, (attn.n_heads, attn.d, attn.dv));
+        }
+        QOp::RmsNorm(n) => per_channel(n.w_mult.len(), &mut c),
+        QOp::RmsNorm2d(n) => per_channel(n.norm.w_mult.len(), &mut c),
+        QOp::ChannelScale(s) => per_channel(s.mult.len(), &mut c),
+        QOp::Add(_)
+        | QOp::Mul(_)
+        | QOp::Lut(_)
+        | QOp::Rope { .. }
+        | QOp::ResizeNearest(_)
+        | QOp::ResizeBilinear(_) => c.vector_ops = out,
+        QOp::AvgPool(p) => c.vector_ops = out * (p.kh * p.kw) as u64,
+        QOp::Slice { .. } | QOp::Concat(_) | QOp::ToTokens => {}
     }
     c
 }
@@ -171,9 +291,10 @@ pub struct GraphCost {
     /// The sum over nodes (shared weights counted at every node reading them).
     pub total: NodeCost,
     pub by_kind: BTreeMap<&'static str, KindCost>,
-    /// Distinct weight elements ([`Graph::param_count`]).
+    /// Distinct weight elements ([`Graph::param_count`] for the float graph).
     pub params: u64,
-    /// Distinct weight bytes, each weight at the precision of the first node reading it.
+    /// Distinct weight bytes: each float weight at the precision of the first node reading it;
+    /// what the prepared ops of an integer graph hold.
     pub weight_bytes: u64,
     /// Bytes of every state slot after this call (`Past + Seq` positions).
     pub state_bytes: u64,
@@ -182,28 +303,65 @@ pub struct GraphCost {
 impl GraphCost {
     /// The cost of every node of `g` under `b`, a node's matrices at `wbits(node)` bits.
     pub fn new(g: &Graph, b: Bindings, wbits: impl Fn(&Node) -> u32) -> Self {
-        let mut nodes = Vec::with_capacity(g.nodes.len());
-        let mut total = NodeCost::default();
-        let mut by_kind: BTreeMap<&'static str, KindCost> = BTreeMap::new();
         let mut bits: Vec<Option<u32>> = vec![None; g.params.len()];
-        for (i, n) in g.nodes.iter().enumerate() {
-            let w = wbits(n);
-            for p in n.op.params() {
-                bits[p.0 as usize].get_or_insert(w);
-            }
-            let c = node_cost(g, i, b, w);
-            total += c;
-            let k = by_kind.entry(n.op.kind()).or_default();
-            k.nodes += 1;
-            k.cost += c;
-            nodes.push(c);
-        }
+        let nodes = (0..g.nodes.len())
+            .map(|i| {
+                let w = wbits(&g.nodes[i]);
+                for p in g.nodes[i].op.params() {
+                    bits[p.0 as usize].get_or_insert(w);
+                }
+                node_cost(g, i, b, w)
+            })
+            .collect();
         let weight_bytes = g
             .params
             .iter()
             .zip(&bits)
             .map(|(p, w)| weight_bytes(p.numel(), p.shape.len(), w.unwrap_or(F32_BITS)))
             .sum();
+        let kinds = g.nodes.iter().map(|n| n.op.kind());
+        Self::summed(g, b, nodes, kinds, g.param_count() as u64, weight_bytes)
+    }
+
+    /// The float graph's cost: every weight at 32 bits.
+    pub fn float(g: &Graph, b: Bindings) -> Self {
+        Self::new(g, b, |_| F32_BITS)
+    }
+
+    /// The integer graph's cost, weights as the prepared ops hold them. A tied head reads the
+    /// embedding's table: distinct params and bytes count it once.
+    pub fn integer(g: &Graph<QOp>, b: Bindings) -> Self {
+        let nodes: Vec<NodeCost> = (0..g.nodes.len()).map(|i| qnode_cost(g, i, b)).collect();
+        let (mut params, mut bytes) = (0, 0);
+        for (n, c) in g.nodes.iter().zip(&nodes) {
+            if let QOp::TiedLinear { mult, .. } = &n.op {
+                // Only its multipliers are its own.
+                bytes += MULT_BYTES * mult.len() as u64;
+            } else {
+                params += c.params;
+                bytes += c.weight_bytes;
+            }
+        }
+        let kinds = g.nodes.iter().map(|n| n.op.kind());
+        Self::summed(g, b, nodes, kinds, params, bytes)
+    }
+
+    fn summed<O>(
+        g: &Graph<O>,
+        b: Bindings,
+        nodes: Vec<NodeCost>,
+        kinds: impl Iterator<Item = &'static str>,
+        params: u64,
+        weight_bytes: u64,
+    ) -> Self {
+        let mut total = NodeCost::default();
+        let mut by_kind: BTreeMap<&'static str, KindCost> = BTreeMap::new();
+        for (c, kind) in nodes.iter().zip(kinds) {
+            total += *c;
+            let k = by_kind.entry(kind).or_default();
+            k.nodes += 1;
+            k.cost += *c;
+        }
         let state_bytes = g
             .states
             .iter()
@@ -215,15 +373,10 @@ impl GraphCost {
             nodes,
             total,
             by_kind,
-            params: g.param_count() as u64,
+            params,
             weight_bytes,
             state_bytes,
         }
-    }
-
-    /// The float graph's cost: every weight at 32 bits.
-    pub fn float(g: &Graph, b: Bindings) -> Self {
-        Self::new(g, b, |_| F32_BITS)
     }
 }
 
@@ -381,5 +534,62 @@ pub(crate) mod tests {
             window as usize,
             conv_layers * (cfg.conv_l_cache - 1) * h * 4
         );
+    }
+
+    /// The lowered LM has the float graph's MACs and state traffic (at `i16`), and holds about
+    /// one byte per weight at w8a8.
+    #[test]
+    fn integer_graph_cost() {
+        use crate::exec::{FloatProgram, Val};
+        use crate::quant::calibrate::CalibrationObserver;
+        use crate::quant::lower::lower;
+        use crate::quant::scheme::{Part, Scheme};
+
+        let cfg = tiny_lfm2();
+        let g = lfm2::graph::build(&cfg, &FromConfig, "model").unwrap();
+        let prog = FloatProgram::random(g, 5).unwrap();
+        let mut obs = CalibrationObserver::new(256).unwrap();
+        obs.set_part(Part::Text);
+        let (ids, logits) = (
+            prog.graph.port("ids").unwrap(),
+            prog.graph.port("logits").unwrap(),
+        );
+        let prompt: Vec<u32> = (0..12)
+            .map(|i| (i * 7 + 3) % cfg.vocab_size as u32)
+            .collect();
+        let mut st = prog.new_state(16);
+        prog.run(
+            vec![(ids, Val::Ids(prompt))],
+            &[logits],
+            Some(&mut st),
+            &mut obs,
+        )
+        .unwrap();
+        let scheme = Scheme::parse("w8a8").unwrap();
+        let q = lower(&prog, Part::Text, &obs.into_stats(), &scheme, None, &[]).unwrap();
+        for (seq, past) in [(6, 0), (1, 9)] {
+            let b = Bindings { seq, past };
+            let (f, i) = (GraphCost::float(&prog.graph, b), GraphCost::integer(&q, b));
+            assert_eq!(i.total.macs, f.total.macs);
+            assert_eq!(i.params, f.params);
+            assert_eq!(i.total.state_read_bytes * 2, f.total.state_read_bytes);
+            assert_eq!(i.state_bytes * 2, f.state_bytes);
+            assert!(i.total.output_bytes < f.total.output_bytes);
+            // int8 values plus a multiplier per row, i64 biases, per-channel norm multipliers.
+            let p = f.params;
+            assert!(
+                i.weight_bytes > p && i.weight_bytes < p + p / 2,
+                "{} for {p}",
+                i.weight_bytes
+            );
+            let head = q.nodes.iter().position(|n| n.name == "lm_head").unwrap();
+            let fh = prog
+                .graph
+                .nodes
+                .iter()
+                .position(|n| n.name == "lm_head")
+                .unwrap();
+            assert_eq!(i.nodes[head].macs, f.nodes[fh].macs);
+        }
     }
 }
