@@ -124,15 +124,21 @@ enum PartArg {
     All,
 }
 
-/// The text part is listed twice: a prefill of `--prompt-len` tokens from an empty state
-/// (`T = prompt-len, P = 0`) and one decode step at the end of the context (`T = 1, P =
-/// context - 1`). The vision encoder runs at the config's image size; the connector on one
-/// image's visual tokens. Shapes are printed bound and symbolic (`T` rows of this call, `P`
-/// positions already in the state). MACs count multiply-accumulates of linear, conv and
-/// attention (every query against all P + T keys); norms, activations and other element-wise
-/// ops count as vector ops (in --json). Weights are float32 bytes; a tied head reads the
-/// embedding table again, parameter totals count each weight once.
+/// How to read the listing (printed after `--help`).
+const READING: &str = "\
+Sections: the vision encoder at the config's image size; the connector on one image's visual \
+tokens; the language model twice, as a prefill of --prompt-len tokens from an empty state \
+(T = prompt-len, P = 0) and as one decode step at the end of the context (T = 1, P = context - 1).
+
+Columns: input and output shapes bound to the section's T and P, the output's symbolic shape \
+(T: rows of this call, P: positions already in the decode state), element type, parameters, \
+MACs (multiply-accumulates of linear, conv and attention; attention counts every query against \
+all P + T keys), float32 weight bytes, output activation bytes, decode-state bytes read/written \
+(conv windows, K/V). Norms, activations and other element-wise ops are vector ops (total line, \
+--json). A tied head reads the embedding table again; parameter totals count each weight once.";
+
 #[derive(Args, Debug)]
+#[command(after_help = READING)]
 pub struct GraphArgs {
     /// Model directory.
     #[arg(long, default_value = super::DEFAULT_MODEL)]
@@ -278,7 +284,8 @@ pub fn graph(args: GraphArgs) -> Result<()> {
         sections.push(section(g, "text", "decode", decode));
     }
     if sections.is_empty() {
-        bail!("the model has no {:?} part", args.part);
+        let part = format!("{:?}", args.part).to_lowercase();
+        bail!("the model has no {part} part");
     }
     totals.total = totals.vision + totals.connector + totals.text;
     let listing = Listing {
