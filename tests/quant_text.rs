@@ -1,16 +1,18 @@
-//! The integer LFM2 language model (`quant::models::lfm2`) against the float one on every golden
-//! case, at W4A16, W8A16 and W16A16.
+//! The integer LFM2 language model (the text graph lowered by `quant::lower`, run by
+//! `exec::IntProgram`) against the float one (the same graph run by `exec::FloatProgram`) on every
+//! golden case, at W4A16, W8A16 and W16A16.
 //!
-//! Per case, the float language model is loaded on its own (as `tests/lfm2_golden.rs` does) and
-//! calibrated on four deterministic prompts:
+//! Per case, the float language model is loaded on its own (its LFM2 graph over the checkpoint's
+//! weights) and calibrated on four deterministic prompts:
 //! - the case's own prompt (`prompt_ids`, with the golden `image_embeddings.npy` rows substituted
 //!   at the `<image>` positions for image cases);
 //! - three prompts of 16, 48 and 96 token ids drawn uniformly from the whole vocabulary by a
 //!   SplitMix64 stream seeded with the case's index (the first id is `<|startoftext|>` = 1).
 //!
-//! Each calibration prompt runs through `Lfm2Model::forward` and `Lfm2Model::lm_head` with a
-//! `CalibrationObserver` (min-max ranges, nearest weight rounding). The integer model is then built at `text=w4a16`,
-//! `text=w8a16` and `text=w16a16` and run on the case's prompt (image rows requantized into `embed_params()`).
+//! Each calibration prompt runs through the float program up to the logits (`FloatProgram::logits`,
+//! every op and the head) with a `CalibrationObserver` (min-max ranges, nearest weight rounding).
+//! The graph is then lowered at `text=w4a16`, `text=w8a16` and `text=w16a16` and run on the case's
+//! prompt (image rows quantized into the `embeds` port's quantization).
 //!
 //! Two references:
 //! - **float**: the float model itself (what the brief's targets are stated against);
@@ -43,24 +45,21 @@
 
 mod common;
 
-use autoneural::generate::argmax;
-use autoneural::models::lfm2::{Lfm2Config, Lfm2Model};
+use autoneural::exec::{FloatProgram, IntProgram, QVal, Val};
+use autoneural::generate::{argmax, Decoder, FloatDecoder};
+use autoneural::models::autoneural::{text_root, AutoNeuralConfig};
+use autoneural::models::lfm2;
 use autoneural::observe::{NoObserver, Recorder};
 use autoneural::quant::calibrate::{
     CalibrationObserver, CalibrationStats, RangeMethod, Rounding, DEFAULT_BINS,
 };
+use autoneural::quant::lower::{lower, QuantPolicy};
 use autoneural::quant::metrics::sqnr_db;
-use autoneural::quant::models::lfm2::{argmax_i16, QLfm2Model};
-use autoneural::quant::params::quantize_weight;
-use autoneural::quant::prepare::lfm2::{lfm2, weight_range};
 use autoneural::quant::scheme::{Part, Scheme};
 use autoneural::quant::tensor::QTensor;
-use autoneural::weights::{WeightStore, Weights};
+use autoneural::weights::WeightStore;
 use autoneural::Tensor;
 use common::*;
-use serde_json::Value;
-use std::path::Path;
-use std::sync::Arc;
 
 /// Tokens generated per greedy comparison.
 const GEN: usize = 16;
@@ -71,80 +70,43 @@ const MIN_RUNTIME_DB: f64 = 40.0;
 const RANDOM_PROMPTS: [usize; 3] = [16, 48, 96];
 
 struct Loaded {
-    model: Lfm2Model,
+    /// The language model's float program (ports `ids`, `embeds`, `hidden`, `logits`).
+    text: FloatProgram,
+    vocab_size: usize,
     image_token_id: u32,
 }
 
+/// The case's language model alone: its graph (under the checkpoint's text root) over its weights.
 fn load(case: &Case) -> Loaded {
-    load_dir(case, &case.model_dir())
-}
-
-fn load_dir(case: &Case, dir: &Path) -> Loaded {
-    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    let json: Value = serde_json::from_str(&text).unwrap();
-    let (text_json, prefix) = match json["model_type"].as_str() {
-        Some("lfm2") => (&json, "model"),
-        Some("autoneural") => (&json["text_config"], "model.language_model"),
-        other => panic!("{}: unexpected model_type {other:?}", case.name),
-    };
-    let cfg = Lfm2Config::from_json(text_json).unwrap();
-    let store = Arc::new(WeightStore::open_dir(dir).unwrap());
-    let root = Weights::new(store);
-    let model = Lfm2Model::load(&cfg, &root.pp(prefix), Some(&root)).unwrap();
-    let image_token_id = json["image_token_id"].as_u64().unwrap_or(396) as u32;
+    let dir = case.model_dir();
+    let config = AutoNeuralConfig::from_file(&dir.join("config.json")).unwrap();
+    let store = WeightStore::open_dir(&dir).unwrap();
+    let graph = lfm2::graph::build(&config.text, &store, text_root(&config)).unwrap();
     Loaded {
-        model,
-        image_token_id,
+        text: FloatProgram::load(graph, &store).unwrap(),
+        vocab_size: config.text.vocab_size,
+        image_token_id: config.image_token_id,
     }
 }
 
-/// The case's language model with every weight the integer model quantizes replaced by its
-/// dequantized value (same bits, granularity and range rule as the builder; biases and norm
-/// weights stay float), written as f32 to `dir` and loaded back: the float model the integer one
-/// should match up to activation quantization and integer arithmetic.
-fn fake_quant(case: &Case, scheme: &Scheme, dir: &Path) -> Loaded {
-    let src = case.model_dir();
-    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let store = WeightStore::open_dir(&src).unwrap();
-    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for key in store.names() {
-        let op = if key == "lm_head.weight" {
-            Some("lm_head")
-        } else {
-            ["model.language_model.", "model."]
-                .iter()
-                .find_map(|p| key.strip_prefix(p))
-                .and_then(|k| k.strip_suffix(".weight"))
-        };
-        let Some(op) = op else { continue };
-        let t = store.load(key).unwrap();
-        let mut data = t.data().to_vec();
-        if !op.ends_with("norm") {
-            let pol = scheme.op_policy(Part::Text, op);
-            let wbits = pol.precision.weight_bits().unwrap();
-            let out = t.dim(0);
-            let inp = t.numel() / out;
-            let qw = quantize_weight(
-                &data,
-                out,
-                inp,
-                wbits,
-                pol.weight_granularity.unwrap(),
-                weight_range(wbits),
-            );
-            data = qw.dequantize();
-        }
-        let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        named.push((key.to_string(), t.shape().to_vec(), bytes));
-    }
-    let views = named.iter().map(|(n, s, b)| {
-        (
-            n.clone(),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
-        )
-    });
-    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-    load_dir(case, dir)
+/// The language model with every weight the integer model quantizes replaced by its dequantized
+/// value (quantized by the lowering's own `QuantPolicy`: same bits, granularity, range rule and
+/// rounding; biases and norm weights stay float): the float model the integer one should match
+/// up to activation quantization and integer arithmetic.
+fn fake_quant(l: &Loaded, stats: &CalibrationStats, scheme: &Scheme) -> FloatProgram {
+    let pol = QuantPolicy {
+        stats,
+        scheme,
+        part: Part::Text,
+        method: None,
+    };
+    l.text
+        .map_weights(|name, w| {
+            let out = w.dim(0);
+            let q = pol.weight(name, w.data(), out, w.numel() / out)?;
+            Tensor::new(w.shape(), q.dequantize())
+        })
+        .unwrap()
 }
 
 /// Positions of the `<image>` tokens and the golden image embeddings for them (`None` for text).
@@ -161,8 +123,8 @@ fn image_rows(case: &Case, l: &Loaded, ids: &[u32]) -> Option<(Vec<usize>, Tenso
 }
 
 /// Float prompt embeddings with the image rows substituted.
-fn float_embeddings(l: &Loaded, ids: &[u32], img: &Option<(Vec<usize>, Tensor)>) -> Tensor {
-    let mut x = l.model.embed(ids).unwrap();
+fn float_embeddings(p: &FloatProgram, ids: &[u32], img: &Option<(Vec<usize>, Tensor)>) -> Tensor {
+    let mut x = p.embed(ids).unwrap();
     if let Some((slots, rows)) = img {
         let h = x.dim(1);
         for (r, &pos) in slots.iter().enumerate() {
@@ -172,13 +134,13 @@ fn float_embeddings(l: &Loaded, ids: &[u32], img: &Option<(Vec<usize>, Tensor)>)
     x
 }
 
-/// Integer prompt embeddings: token rows from the integer table, image rows quantized into
-/// `embed_params()` (what the pipeline's caller does with the connector's output).
-fn int_embeddings(q: &QLfm2Model, ids: &[u32], img: &Option<(Vec<usize>, Tensor)>) -> QTensor {
+/// Integer prompt embeddings: token rows from the integer table, image rows quantized into the
+/// `embeds` port's quantization (what the pipeline's caller does with the connector's output).
+fn int_embeddings(q: &IntProgram, ids: &[u32], img: &Option<(Vec<usize>, Tensor)>) -> QTensor {
     let mut x = q.embed(ids).unwrap();
     if let Some((slots, rows)) = img {
         let h = x.shape[1];
-        let p = q.embed_params();
+        let p = q.quant(q.graph.port("embeds").unwrap()).unwrap();
         for (r, &pos) in slots.iter().enumerate() {
             for (o, &v) in x.data[pos * h..(pos + 1) * h].iter_mut().zip(rows.row(r)) {
                 *o = p.quantize(v) as i16;
@@ -198,7 +160,7 @@ fn splitmix(state: &mut u64) -> u64 {
 
 /// The case's prompt plus the random-id prompts; see the module docs.
 fn calibrate(l: &Loaded, case_index: usize, prompt: &Tensor) -> CalibrationStats {
-    let m = &l.model;
+    let p = &l.text;
     // Nearest rounding (no input Gram matrices, so no GPTQ): the `wq` reference must hold the
     // integer model's exact weights. GPTQ's gain is measured on trained weights
     // (tests/trained_model.rs, `autoneural report`).
@@ -210,47 +172,64 @@ fn calibrate(l: &Loaded, case_index: usize, prompt: &Tensor) -> CalibrationStats
     let mut s = 0xC0FF_EE00 + case_index as u64;
     for n in RANDOM_PROMPTS {
         let mut ids = vec![1u32];
-        ids.extend((1..n).map(|_| (splitmix(&mut s) % m.config.vocab_size as u64) as u32));
-        inputs.push(m.embed(&ids).unwrap());
+        ids.extend((1..n).map(|_| (splitmix(&mut s) % l.vocab_size as u64) as u32));
+        inputs.push(p.embed(&ids).unwrap());
     }
     for x in inputs {
-        let mut cache = m.new_cache();
-        let hidden = m.forward(x, &mut cache, &mut obs).unwrap();
-        m.lm_head(&hidden, &mut obs);
+        let mut state = p.new_state(x.dim(0));
+        p.logits(Val::F(x), &mut state, &mut obs).unwrap();
     }
     obs.into_stats()
 }
 
-/// Float prompt logits and greedy tokens.
-fn float_run(m: &Lfm2Model, x: &Tensor) -> (Tensor, Vec<u32>) {
-    let mut cache = m.new_cache();
-    let hidden = m.forward(x.clone(), &mut cache, &mut NoObserver).unwrap();
-    let logits = m.logits(&hidden);
-    let mut next = argmax(m.logits_last(&hidden).data());
+/// Float prompt logits (every row) and greedy tokens (the first from the head on the last
+/// prompt row alone, as generation computes it).
+fn float_run(p: &FloatProgram, x: &Tensor) -> (Tensor, Vec<u32>) {
+    let t = x.dim(0);
+    let logits = p
+        .logits(Val::F(x.clone()), &mut p.new_state(t), &mut NoObserver)
+        .unwrap();
+    let mut state = p.new_state(t + GEN);
+    let mut dec = FloatDecoder {
+        lm: p,
+        state: &mut state,
+        prompt: Some(x.clone()),
+        obs: &mut NoObserver,
+    };
+    let mut next = argmax(&dec.prefill().unwrap());
     let mut ids = vec![next];
     while ids.len() < GEN {
-        let h = m
-            .forward(m.embed(&[next]).unwrap(), &mut cache, &mut NoObserver)
-            .unwrap();
-        next = argmax(m.logits(&h).data());
+        next = argmax(&dec.step(next).unwrap());
         ids.push(next);
     }
     (logits, ids)
 }
 
+/// Index of the largest integer logit (the lowest index on ties, like `argmax`).
+fn argmax_i16(xs: &[i16]) -> u32 {
+    let mut best = 0usize;
+    for (i, &v) in xs.iter().enumerate() {
+        if v > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
 /// Integer prompt logits, greedy tokens and every decode step's logits.
-fn int_run(q: &QLfm2Model, x: &QTensor) -> (QTensor, Vec<u32>, Vec<i16>) {
-    let mut cache = q.new_cache();
-    let hidden = q.forward(x, &mut cache, &mut NoObserver).unwrap();
-    let logits = q.logits(&hidden);
-    let mut next = argmax_i16(&q.logits_last(&hidden).data);
+fn int_run(q: &IntProgram, x: &QTensor) -> (QTensor, Vec<u32>, Vec<i16>) {
+    let mut state = q.new_state(x.dim(0) + GEN);
+    let logits = q
+        .logits(QVal::Q(x.clone()), &mut state, &mut NoObserver)
+        .unwrap();
+    let v = logits.shape[1];
+    let mut next = argmax_i16(&logits.data[logits.data.len() - v..]);
     let mut ids = vec![next];
     let mut steps = Vec::new();
     while ids.len() < GEN {
-        let h = q
-            .forward(&q.embed(&[next]).unwrap(), &mut cache, &mut NoObserver)
+        let l = q
+            .logits(QVal::Ids(vec![next]), &mut state, &mut NoObserver)
             .unwrap();
-        let l = q.logits(&h);
         next = argmax_i16(&l.data);
         steps.extend_from_slice(&l.data);
         ids.push(next);
@@ -264,13 +243,13 @@ fn rows(x: &QTensor, from: usize, n: usize) -> QTensor {
 }
 
 /// Per-op SQNR of the integer path against the float path on one prompt, worst first.
-fn per_op_sqnr(m: &Lfm2Model, q: &QLfm2Model, x: &Tensor, qx: &QTensor) -> Vec<(String, f64)> {
+fn per_op_sqnr(p: &FloatProgram, q: &IntProgram, x: &Tensor, qx: &QTensor) -> Vec<(String, f64)> {
     let mut fr = Recorder::new(|_: &str| true);
-    let h = m.forward(x.clone(), &mut m.new_cache(), &mut fr).unwrap();
-    m.lm_head(&h, &mut fr);
+    p.logits(Val::F(x.clone()), &mut p.new_state(x.dim(0)), &mut fr)
+        .unwrap();
     let mut qr = Recorder::new(|_: &str| true);
-    let h = q.forward(qx, &mut q.new_cache(), &mut qr).unwrap();
-    q.lm_head(&h, &mut qr);
+    q.logits(QVal::Q(qx.clone()), &mut q.new_state(qx.dim(0)), &mut qr)
+        .unwrap();
     let fnames: Vec<&String> = fr.tensors.keys().collect();
     let qnames: Vec<&String> = qr.tensors.keys().collect();
     assert_eq!(fnames, qnames, "integer and float observation names differ");
@@ -281,6 +260,23 @@ fn per_op_sqnr(m: &Lfm2Model, q: &QLfm2Model, x: &Tensor, qx: &QTensor) -> Vec<(
         .collect();
     out.sort_by(|a, b| a.1.total_cmp(&b.1));
     out
+}
+
+/// The language model lowered for `scheme` (min-max activation ranges).
+fn lower_text(
+    l: &Loaded,
+    stats: &CalibrationStats,
+    scheme: &Scheme,
+) -> autoneural::Result<IntProgram> {
+    let g = lower(
+        &l.text,
+        Part::Text,
+        stats,
+        scheme,
+        Some(RangeMethod::MinMax),
+        &[],
+    )?;
+    Ok(IntProgram::new(g))
 }
 
 #[test]
@@ -300,16 +296,15 @@ fn integer_lfm2_against_float_on_every_golden_case() {
     for (ci, name) in all.iter().enumerate() {
         let case = Case::load(name);
         let l = load(&case);
-        let m = &l.model;
         let ids = case.ids("prompt_ids");
         let img = image_rows(&case, &l, &ids);
-        let x = float_embeddings(&l, &ids, &img);
+        let x = float_embeddings(&l.text, &ids, &img);
         let stats = calibrate(&l, ci, &x);
-        let (flogits, fids) = float_run(m, &x);
+        let (flogits, fids) = float_run(&l.text, &x);
         for (si, (label, scheme)) in schemes.into_iter().enumerate() {
             let scheme = Scheme::parse(scheme).unwrap();
-            let q = lfm2(m, &stats, &scheme, RangeMethod::MinMax)
-                .unwrap_or_else(|e| panic!("{name} {label}: {e}"));
+            let q =
+                lower_text(&l, &stats, &scheme).unwrap_or_else(|e| panic!("{name} {label}: {e}"));
             let qx = int_embeddings(&q, &ids, &img);
             let (qlogits, qids, qsteps) = int_run(&q, &qx);
             let qdeq = qlogits.dequantize();
@@ -321,10 +316,9 @@ fn integer_lfm2_against_float_on_every_golden_case() {
 
             // Against the float model with the same quantized weights: what is left is the
             // integer runtime's own error (activation quantization, integer arithmetic).
-            let tmp = tempfile::tempdir().unwrap();
-            let wq = fake_quant(&case, &scheme, tmp.path());
+            let wq = fake_quant(&l, &stats, &scheme);
             let wq_x = float_embeddings(&wq, &ids, &img);
-            let (wq_logits, wq_ids) = float_run(&wq.model, &wq_x);
+            let (wq_logits, wq_ids) = float_run(&wq, &wq_x);
             let wq_only = sqnr_db(flogits.data(), wq_logits.data());
             let wq_db = sqnr_db(wq_logits.data(), qdeq.data());
             let wq_agree = qids.iter().zip(&wq_ids).filter(|(a, b)| a == b).count();
@@ -346,11 +340,11 @@ fn integer_lfm2_against_float_on_every_golden_case() {
             };
             table.push(format!(
                 "    worst ops vs float: {}",
-                worst(per_op_sqnr(m, &q, &x, &qx))
+                worst(per_op_sqnr(&l.text, &q, &x, &qx))
             ));
             table.push(format!(
                 "    worst ops vs wq:    {}",
-                worst(per_op_sqnr(&wq.model, &q, &wq_x, &qx))
+                worst(per_op_sqnr(&wq, &q, &wq_x, &qx))
             ));
 
             if wq_db.is_nan() || wq_db <= MIN_RUNTIME_DB {
@@ -377,13 +371,13 @@ fn integer_lfm2_against_float_on_every_golden_case() {
             }
 
             // Prefill in one call vs token by token: bit-identical integer logits.
-            let mut cache = q.new_cache();
+            let mut state = q.new_state(ids.len());
             let mut step_logits = Vec::with_capacity(qlogits.numel());
             for t in 0..ids.len() {
-                let h = q
-                    .forward(&rows(&qx, t, 1), &mut cache, &mut NoObserver)
+                let l = q
+                    .logits(QVal::Q(rows(&qx, t, 1)), &mut state, &mut NoObserver)
                     .unwrap();
-                step_logits.extend_from_slice(&q.logits(&h).data);
+                step_logits.extend_from_slice(&l.data);
             }
             if step_logits != qlogits.data {
                 failures.push(format!(
@@ -462,15 +456,14 @@ fn w4_policy_sweep() {
     for (ci, name) in cases().iter().enumerate() {
         let case = Case::load(name);
         let l = load(&case);
-        let m = &l.model;
         let ids = case.ids("prompt_ids");
         let img = image_rows(&case, &l, &ids);
-        let x = float_embeddings(&l, &ids, &img);
+        let x = float_embeddings(&l.text, &ids, &img);
         let stats = calibrate(&l, ci, &x);
-        let (flogits, fids) = float_run(m, &x);
+        let (flogits, fids) = float_run(&l.text, &x);
         let mut line = format!("{name:<22}");
         for (label, sc) in &configs {
-            let q = lfm2(m, &stats, sc, RangeMethod::MinMax).unwrap();
+            let q = lower_text(&l, &stats, sc).unwrap();
             let qx = int_embeddings(&q, &ids, &img);
             let (ql, qids, _) = int_run(&q, &qx);
             let db = sqnr_db(flogits.data(), ql.dequantize().data());

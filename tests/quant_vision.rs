@@ -1,8 +1,9 @@
 //! Integer vision encoder + connector against the float path on every golden case with images.
 //!
-//! Per case: calibrate (float `encode_image` with a `CalibrationObserver`) on the case's own
-//! pixels plus a few deterministic synthetic images, build the integer encoder and connector at
-//! w8a16, w8a8 and w16a16, run them on the golden pixels and compare with the float path: SQNR of the
+//! Per case: calibrate (float `AutoNeuralModel::encode_image`, the encoder and connector graphs,
+//! with a `CalibrationObserver`) on the case's own pixels plus a few deterministic synthetic
+//! images, lower the encoder and connector graphs (`quant::lower`) at w8a16, w8a8 and w16a16, run
+//! them (`exec::IntProgram`) on the golden pixels and compare with the float path: SQNR of the
 //! vision features and image embeddings, and per-op SQNR (the integer path reports every op
 //! dequantized under the float op's name). Prints a table, including the "W8 floor": the float
 //! path with the same int8 weights rounded to nearest and float activations, i.e. what int8
@@ -20,18 +21,18 @@
 
 mod common;
 
-use autoneural::models::legacy::LegacyModel as AutoNeuralModel;
-use autoneural::models::mobilenetv5::{Block, Conv2d, ConvNormAct, MobileNetV5Encoder};
+use autoneural::exec::{FloatProgram, IntProgram, QVal, Val};
+use autoneural::graph::fixed;
+use autoneural::models::autoneural::AutoNeuralModel;
 use autoneural::observe::{NoObserver, Observer, Recorder};
-use autoneural::quant::calibrate::{CalibrationObserver, CalibrationStats, Rounding, DEFAULT_BINS};
+use autoneural::quant::calibrate::{
+    CalibrationObserver, CalibrationStats, RangeMethod, Rounding, DEFAULT_BINS,
+};
+use autoneural::quant::lower::{lower, pixel_quant, QuantPolicy};
 use autoneural::quant::metrics::sqnr_db;
-use autoneural::quant::models::connector::QProjector;
-use autoneural::quant::models::mobilenetv5::QMobileNetV5Encoder;
-use autoneural::quant::params::{quantize_weight, Granularity};
-use autoneural::quant::prepare::{connector, mobilenetv5};
 use autoneural::quant::scheme::{Override, Part, Precision, Scheme};
 use autoneural::quant::tensor::QTensor;
-use autoneural::Tensor;
+use autoneural::{Result, Tensor};
 use common::*;
 use std::collections::BTreeMap;
 
@@ -150,102 +151,107 @@ impl Observer for SqnrObserver<'_> {
     }
 }
 
+/// The lowered encoder (at the config's input size) and connector.
 struct Built {
-    enc: QMobileNetV5Encoder,
-    proj: QProjector,
+    enc: IntProgram,
+    proj: IntProgram,
+}
+
+/// The encoder graph lowered for `scheme` (`QV_METHOD`: the activation range method, default
+/// per width).
+fn encoder(
+    model: &AutoNeuralModel,
+    stats: &CalibrationStats,
+    scheme: &Scheme,
+) -> Result<IntProgram> {
+    let v = model.vision.as_ref().unwrap();
+    let method = std::env::var("QV_METHOD")
+        .ok()
+        .map(|m| RangeMethod::parse(&m).unwrap());
+    Ok(IntProgram::new(lower(
+        &v.encoder,
+        Part::Vision,
+        stats,
+        scheme,
+        method,
+        &[],
+    )?))
 }
 
 fn build(model: &AutoNeuralModel, stats: &CalibrationStats, scheme: &Scheme) -> Built {
-    let venc = model.vision_tower.as_ref().unwrap();
-    let size = model.config.vision.as_ref().unwrap().image_size;
-    let method = std::env::var("QV_METHOD")
-        .ok()
-        .map(|m| autoneural::quant::calibrate::RangeMethod::parse(&m).unwrap());
-    let enc = mobilenetv5::encoder(venc, size, stats, scheme, method).unwrap();
-    let proj = connector::projector(
-        model.multi_modal_projector.as_ref().unwrap(),
-        enc.output_quant(),
-        stats,
-        scheme,
-        None,
-    )
-    .unwrap();
-    Built { enc, proj }
+    let v = model.vision.as_ref().unwrap();
+    let enc = encoder(model, stats, scheme).unwrap();
+    // The connector reads the encoder's integer features as they are.
+    let features = enc.quant(enc.graph.port("features").unwrap()).unwrap();
+    let input = [(v.connector.graph.port("features").unwrap(), features)];
+    let proj = lower(&v.connector, Part::Connector, stats, scheme, None, &input).unwrap();
+    Built {
+        enc,
+        proj: IntProgram::new(proj),
+    }
 }
 
-/// Integer features map, token rows and embeddings of one image.
+/// Runs a part from its `input` port to its `output` port.
+fn run_part(
+    p: &IntProgram,
+    input: &str,
+    x: QTensor,
+    output: &str,
+    obs: &mut dyn Observer,
+) -> Result<QTensor> {
+    let g = &p.graph;
+    let mut out = p.run(
+        vec![(g.port(input)?, QVal::Q(x))],
+        &[g.port(output)?],
+        None,
+        obs,
+    )?;
+    Ok(out.pop().expect("one output requested"))
+}
+
+/// Integer feature tokens and embeddings of one image (pixels quantized at the edge).
 fn run_int(b: &Built, px: &Tensor, obs: &mut dyn Observer) -> (QTensor, QTensor) {
-    let q = b.enc.quantize_pixels(px).unwrap();
-    let map = b.enc.forward(&q, obs).unwrap();
-    let tokens = b.enc.feature_tokens(&map).unwrap();
-    let emb = b.proj.forward(&tokens, obs).unwrap();
+    let q = b.enc.quant(b.enc.graph.port("pixels").unwrap()).unwrap();
+    let tokens = run_part(&b.enc, "pixels", QTensor::quantize(px, q), "features", obs).unwrap();
+    let emb = run_part(&b.proj, "features", tokens.clone(), "embeddings", obs).unwrap();
     (tokens, emb)
 }
 
-/// Replaces a `[out, ...]` weight by its int8 per-channel quantization (dequantized), exactly as
-/// the integer builders quantize vision and connector weights at 8 bits.
-fn fake_quant(t: &mut Tensor) {
-    let out = t.dim(0);
-    let inp = t.numel() / out;
-    let q = quantize_weight(
-        t.data(),
-        out,
-        inp,
-        8,
-        Granularity::PerChannel,
-        mobilenetv5::weight_range(8),
-    );
-    t.data_mut().copy_from_slice(&q.dequantize());
+/// `p` with every weight the integer part quantizes replaced by its int8 quantization
+/// (dequantized), rounded to nearest: the lowering's own weight policy at w8a16 with no Gram
+/// matrices (so no GPTQ). Biases, norms and layer scales stay float. Encoder and connector so
+/// built are the accuracy floor of any W8 integer path (their SQNR against the float model is
+/// the "W8 floor").
+fn weight_only(p: &FloatProgram, part: Part) -> FloatProgram {
+    let stats = CalibrationStats::new(DEFAULT_BINS).unwrap();
+    let scheme = Scheme::uniform(Precision::parse("w8a16").unwrap());
+    let pol = QuantPolicy {
+        stats: &stats,
+        scheme: &scheme,
+        part,
+        method: None,
+    };
+    p.map_weights(|name, w| {
+        let out = w.dim(0);
+        let q = pol.weight(name, w.data(), out, w.numel() / out)?;
+        Tensor::new(w.shape(), q.dequantize())
+    })
+    .unwrap()
 }
 
-fn fake_quant_conv(c: &mut Conv2d) {
-    fake_quant(&mut c.weight);
-}
-
-fn fake_quant_cna(c: &mut ConvNormAct) {
-    fake_quant_conv(&mut c.conv);
-}
-
-/// The float model with every vision and connector weight int8-quantized and nothing else: the
-/// accuracy floor of any W8 integer path (its SQNR against the float model is the "W8 floor").
-fn weight_only_model(case: &Case) -> AutoNeuralModel {
-    let mut m = AutoNeuralModel::load(&case.model_dir()).unwrap();
-    let e: &mut MobileNetV5Encoder = m.vision_tower.as_mut().unwrap();
-    fake_quant_cna(&mut e.conv_stem);
-    for blk in e.blocks.iter_mut().flatten() {
-        match blk {
-            Block::EdgeResidual(x) => {
-                fake_quant_conv(&mut x.conv_exp);
-                fake_quant_conv(&mut x.conv_pwl);
-            }
-            Block::UniversalInvertedResidual(x) => {
-                for c in [&mut x.dw_start, &mut x.dw_mid, &mut x.dw_end]
-                    .into_iter()
-                    .flatten()
-                {
-                    fake_quant_cna(c);
-                }
-                fake_quant_cna(&mut x.pw_exp);
-                fake_quant_cna(&mut x.pw_proj);
-            }
-            Block::MobileAttention(x) => {
-                fake_quant(&mut x.attn.query_proj);
-                fake_quant(&mut x.attn.output_proj);
-                for kv in [&mut x.attn.key, &mut x.attn.value] {
-                    fake_quant(&mut kv.proj);
-                    if let Some(c) = &mut kv.down_conv {
-                        fake_quant_conv(c);
-                    }
-                }
-            }
-        }
-    }
-    fake_quant_cna(&mut e.msfa.ffn.pw_exp);
-    fake_quant_cna(&mut e.msfa.ffn.pw_proj);
-    let p = m.multi_modal_projector.as_mut().unwrap();
-    fake_quant(&mut p.linear_1.weight);
-    fake_quant(&mut p.linear_2.weight);
-    m
+/// Float features and embeddings of one image through an encoder and a connector program.
+fn float_encode(enc: &FloatProgram, proj: &FloatProgram, px: &Tensor) -> (Tensor, Tensor) {
+    let run = |p: &FloatProgram, input: &str, x: Tensor, output: &str| {
+        let g = &p.graph;
+        let feed = vec![(g.port(input).unwrap(), Val::F(x))];
+        let mut out = p
+            .run(feed, &[g.port(output).unwrap()], None, &mut NoObserver)
+            .unwrap();
+        out.pop().unwrap()
+    };
+    let features = run(enc, "pixels", px.clone(), "features");
+    let embeddings = run(proj, "features", features.clone(), "embeddings");
+    (features, embeddings)
 }
 
 fn cat(ts: &[Tensor]) -> Vec<f32> {
@@ -281,14 +287,16 @@ fn integer_vision_sqnr_and_determinism() {
         }
 
         // The W8 floor: the float path with int8 weights and float activations.
-        let wq = weight_only_model(&case);
+        let v = model.vision.as_ref().unwrap();
+        let wq_enc = weight_only(&v.encoder, Part::Vision);
+        let wq_proj = weight_only(&v.connector, Part::Connector);
         let (mut wf, mut we) = (Vec::new(), Vec::new());
         for px in &pixels {
-            let enc = wq.encode_image(px, &mut NoObserver).unwrap();
-            wf.push(enc.features);
-            we.push(enc.embeddings);
+            let (f, e) = float_encode(&wq_enc, &wq_proj, px);
+            wf.push(f);
+            we.push(e);
         }
-        drop(wq);
+        drop((wq_enc, wq_proj));
         let f_ref: Vec<Tensor> = refs.iter().map(|r| r.1.features.clone()).collect();
         let e_ref: Vec<Tensor> = refs.iter().map(|r| r.1.embeddings.clone()).collect();
         let floor_f = sqnr_db(&cat(&f_ref), &cat(&wf));
@@ -409,31 +417,28 @@ fn integer_vision_sqnr_and_determinism() {
 fn conversion_and_input_errors_are_clear() {
     let case = Case::load("vision_all_blocks_256");
     let model = AutoNeuralModel::load(&case.model_dir()).unwrap();
-    let venc = model.vision_tower.as_ref().unwrap();
     let px = &case.pixels()[0];
     let stats = calibrate(&model, &[px], &[]);
     let scheme = Scheme::default();
     let b = build(&model, &stats, &scheme);
-    assert_eq!(b.enc.image_size, 256);
-    assert_eq!(b.enc.input_quant().zero_point, 0);
-    assert_eq!(b.enc.input_quant().bits, 16);
+    let pixels = b.enc.graph.port("pixels").unwrap();
+    assert_eq!(b.enc.graph.value(pixels).shape, fixed(&[3, 256, 256]));
+    let pq = b.enc.quant(pixels).unwrap();
+    assert_eq!(pq.zero_point, 0);
+    assert_eq!(pq.bits, 16);
 
-    // Static shapes: another input size is rejected.
-    let e = b
-        .enc
-        .quantize_pixels(&Tensor::zeros(&[3, 128, 128]))
-        .unwrap_err();
-    assert!(e.to_string().contains("built for [3, 256, 256]"), "{e}");
-    let q = QTensor::quantize(&Tensor::zeros(&[3, 64, 64]), b.enc.input_quant());
-    assert!(b.enc.forward(&q, &mut NoObserver).is_err());
+    // Static shapes: another input size is rejected, naming the one the encoder was built for.
+    let run = |x: QTensor| run_part(&b.enc, "pixels", x, "features", &mut NoObserver);
+    let e = run(QTensor::quantize(&Tensor::zeros(&[3, 128, 128]), pq)).unwrap_err();
+    assert!(e.to_string().contains("must be [3, 256, 256]"), "{e}");
+    assert!(run(QTensor::quantize(&Tensor::zeros(&[3, 64, 64]), pq)).is_err());
     // Wrong input quantization.
-    let q8 = QTensor::quantize(px, mobilenetv5::pixel_quant(8));
-    assert!(b.enc.forward(&q8, &mut NoObserver).is_err());
+    assert!(run(QTensor::quantize(px, pixel_quant(8))).is_err());
 
     // A missing statistic names the op.
     let mut partial = stats.clone();
     partial.tensors.remove("blocks.1.0.pw_exp.bn");
-    let e = mobilenetv5::encoder(venc, 256, &partial, &scheme, None).unwrap_err();
+    let e = encoder(&model, &partial, &scheme).unwrap_err();
     assert!(e.to_string().contains("`blocks.1.0.pw_exp.bn`"), "{e}");
 
     // Per-op float overrides inside an integer part are not supported.
@@ -443,17 +448,23 @@ fn conversion_and_input_errors_are_clear() {
         precision: Precision::Float,
         part: None,
     });
-    let e = mobilenetv5::encoder(venc, 256, &stats, &over, None).unwrap_err();
-    assert!(e.to_string().contains("float override"), "{e}");
+    let e = encoder(&model, &stats, &over).unwrap_err();
+    assert!(
+        e.to_string().contains("float") && e.to_string().contains("per-op override"),
+        "{e}"
+    );
     // A float vision part has nothing to build.
     let mut fv = scheme.clone();
     fv.vision = Precision::Float;
-    assert!(mobilenetv5::encoder(venc, 256, &stats, &fv, None).is_err());
+    assert!(encoder(&model, &stats, &fv).is_err());
     // 16-bit weights build (stored as i16) and run.
     let w16 = Scheme::uniform(Precision::parse("w16a16").unwrap());
-    let enc16 = mobilenetv5::encoder(venc, 256, &stats, &w16, None).unwrap();
-    let q16 = enc16.quantize_pixels(px).unwrap();
-    assert!(enc16.forward(&q16, &mut NoObserver).is_ok());
+    let enc16 = encoder(&model, &stats, &w16).unwrap();
+    let q16 = QTensor::quantize(
+        px,
+        enc16.quant(enc16.graph.port("pixels").unwrap()).unwrap(),
+    );
+    assert!(run_part(&enc16, "pixels", q16, "features", &mut NoObserver).is_ok());
 
     // Mixed precision per op (an A8 override inside the A16 part) builds and runs.
     let mut mixed = scheme.clone();

@@ -8,7 +8,7 @@
 use super::state::{SequenceState, SlotData};
 use crate::error::{Error, Result};
 use crate::graph::{bind_shape, Bindings, Dim, Elem, Graph, Node, Op, ValueId};
-use crate::observe::{Observer, OpInput};
+use crate::observe::{NoObserver, Observer, OpInput};
 use crate::ops::attention::{attention, AttnShape, Mask};
 use crate::ops::conv::{conv2d, pointwise_from_tokens, pointwise_to_tokens, Conv2dSpec, Pad2d};
 use crate::ops::gemm;
@@ -145,6 +145,62 @@ impl FloatProgram {
     /// A fresh decode state for up to `context` positions.
     pub fn new_state(&self, context: usize) -> SequenceState {
         SequenceState::new(&self.graph.states, context)
+    }
+
+    /// The same graph over other weights: every weight a node multiplies its input by (embedding
+    /// tables; linear, causal-conv, conv and pointwise kernels; not biases, norm weights or
+    /// channel scales) becomes `f(node name, weight)`, each once, under the first node reading it
+    /// (a tied head's table under the embedding); every other weight is shared. What
+    /// weight-only references (weights quantized and dequantized, float compute) are built with.
+    pub fn map_weights(
+        &self,
+        mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>,
+    ) -> Result<FloatProgram> {
+        let mut params = self.params.as_ref().clone();
+        let mut done = vec![false; params.len()];
+        for node in &self.graph.nodes {
+            let w = match &node.op {
+                Op::Embedding { table: w }
+                | Op::Linear { weight: w, .. }
+                | Op::CausalConv1d { weight: w, .. }
+                | Op::Conv2d { weight: w, .. }
+                | Op::PointwiseToTokens { weight: w }
+                | Op::PointwiseFromTokens { weight: w, .. } => w.0 as usize,
+                _ => continue,
+            };
+            if !std::mem::replace(&mut done[w], true) {
+                params[w] = f(&node.name, &self.params[w])?;
+            }
+        }
+        Self::new(self.graph.clone(), params)
+    }
+
+    /// For a language-model graph (ports `ids`, `embeds`, `logits`): `embed_tokens(ids)`,
+    /// `[T, hidden]`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let g = &self.graph;
+        let feed = vec![(g.port("ids")?, Val::Ids(ids.to_vec()))];
+        let out = self.run(feed, &[g.port("embeds")?], None, &mut NoObserver)?;
+        Ok(out.into_iter().next().expect("one output requested"))
+    }
+
+    /// For a language-model graph: the logits of every row of `x`, token ids (`Val::Ids`, fed at
+    /// the `ids` port) or input embeddings (`Val::F`, `[T, hidden]`, fed at `embeds`), at the
+    /// positions after `state`'s, which then holds `T` more. The observer sees every op, the
+    /// embeddings and the head included.
+    pub fn logits(
+        &self,
+        x: Val,
+        state: &mut SequenceState,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        let g = &self.graph;
+        let port = g.port(match x {
+            Val::Ids(_) => "ids",
+            Val::F(_) => "embeds",
+        })?;
+        let out = self.run(vec![(port, x)], &[g.port("logits")?], Some(state), obs)?;
+        Ok(out.into_iter().next().expect("one output requested"))
     }
 
     /// Runs the nodes needed for `outputs` given `feeds` (graph inputs, or any value to start

@@ -8,7 +8,7 @@ use super::state::{SequenceState, SlotData};
 use crate::error::{Error, Result};
 use crate::graph::qop::QOp;
 use crate::graph::{Dim, Elem, Graph, Node, ValueId};
-use crate::observe::Observer;
+use crate::observe::{NoObserver, Observer};
 use crate::ops::attention::Mask;
 use crate::quant::ops::linear::linear_rows;
 use crate::quant::params::ActQuant;
@@ -47,6 +47,35 @@ impl IntProgram {
                 self.graph.value(v).name
             ))),
         }
+    }
+
+    /// For a language-model graph (ports `ids`, `embeds`, `logits`): `embed_tokens(ids)` in the
+    /// `embeds` quantization.
+    pub fn embed(&self, ids: &[u32]) -> Result<QTensor> {
+        let g = &self.graph;
+        let feed = vec![(g.port("ids")?, QVal::Ids(ids.to_vec()))];
+        let out = self.run(feed, &[g.port("embeds")?], None, &mut NoObserver)?;
+        Ok(out.into_iter().next().expect("one output requested"))
+    }
+
+    /// For a language-model graph: the integer logits of every row of `x`, token ids
+    /// (`QVal::Ids`, fed at the `ids` port) or input embeddings (`QVal::Q`, `[T, hidden]` in the
+    /// `embeds` quantization), at the positions after `state`'s, which then holds `T` more. The
+    /// observer sees every op, the embeddings and the head included (see
+    /// `FloatProgram::logits`).
+    pub fn logits(
+        &self,
+        x: QVal,
+        state: &mut SequenceState,
+        obs: &mut dyn Observer,
+    ) -> Result<QTensor> {
+        let g = &self.graph;
+        let port = g.port(match x {
+            QVal::Ids(_) => "ids",
+            QVal::Q(_) => "embeds",
+        })?;
+        let out = self.run(vec![(port, x)], &[g.port("logits")?], Some(state), obs)?;
+        Ok(out.into_iter().next().expect("one output requested"))
     }
 
     /// Runs the nodes needed for `outputs` from `feeds` (see `FloatProgram::run`).

@@ -156,28 +156,14 @@ impl IntModel {
 
     /// `embed_tokens(ids)` in the embedding quantization.
     pub fn embed(&self, ids: &[u32]) -> Result<QTensor> {
-        let g = &self.text.graph;
-        let feed = vec![(g.port("ids")?, QVal::Ids(ids.to_vec()))];
-        Ok(one(self.text.run(
-            feed,
-            &[g.port("embeds")?],
-            None,
-            &mut NoObserver,
-        )?))
+        self.text.embed(ids)
     }
 
     /// Teacher-forced integer logits of every row of the prompt embeddings `x` from a fresh
     /// state; the observer sees every op, the head included.
     pub fn prompt_logits(&self, x: QTensor, obs: &mut dyn Observer) -> Result<QTensor> {
-        let g = &self.text.graph;
         let mut state = self.new_state(x.dim(0));
-        let feed = vec![(g.port("embeds")?, QVal::Q(x))];
-        Ok(one(self.text.run(
-            feed,
-            &[g.port("logits")?],
-            Some(&mut state),
-            obs,
-        )?))
+        self.text.logits(QVal::Q(x), &mut state, obs)
     }
 
     /// A fresh decode state for up to `context` positions (at most `max_positions`).
