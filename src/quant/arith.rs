@@ -84,6 +84,40 @@ impl Multiplier {
     }
 }
 
+/// Smallest multiplier shift [`Multiplier::apply`] handles (a right shift of 127 bits).
+pub const MIN_SHIFT: i32 = -96;
+/// Largest multiplier shift accepted (anything larger saturates every non-zero product anyway).
+pub const MAX_SHIFT: i32 = 127;
+
+impl Multiplier {
+    /// Errors unless [`Multiplier::apply`] is defined for this multiplier: `m` in
+    /// `[2^30, 2^31)` (or 0) and `shift` in [`MIN_SHIFT`]`..=`[`MAX_SHIFT`].
+    pub fn check(self) -> Result<()> {
+        if self.m != 0 && self.m < 1 << 30 {
+            return Err(Error::input(format!(
+                "mantissa {} outside [2^30, 2^31) (or 0)",
+                self.m
+            )));
+        }
+        if !(MIN_SHIFT..=MAX_SHIFT).contains(&self.shift) {
+            return Err(Error::input(format!(
+                "shift {} outside [{MIN_SHIFT}, {MAX_SHIFT}]",
+                self.shift
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// [`Multiplier::check`] on each of `ms`, naming the op, the vector and the index.
+pub fn check_multipliers(op: &str, what: &str, ms: &[Multiplier]) -> Result<()> {
+    for (i, m) in ms.iter().enumerate() {
+        m.check()
+            .map_err(|e| Error::input(format!("{op}: {what}[{i}]: {e}")))?;
+    }
+    Ok(())
+}
+
 /// `saturate(round(acc * mult) + zero_point)`: the requantization step of every integer op.
 #[inline]
 pub fn requantize(acc: i64, mult: Multiplier, zero_point: i32, bits: u32) -> i32 {
@@ -106,6 +140,14 @@ pub fn check_reduction(
         )));
     }
     Ok(())
+}
+
+/// The product of `dims`, or an error naming `what` when it overflows `usize` (sizes read from a
+/// file are multiplied through this).
+pub fn size_product(what: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::input(format!("{what}: size {dims:?} overflows")))
 }
 
 /// How many terms an `i32` accumulator can take before it could overflow: the block length a

@@ -25,10 +25,12 @@
 //!
 //! The score reduction is checked at conversion.
 
+use super::linear::{centered_abs_max, check_act};
 use super::norm::scale_pow2;
 use super::softmax::{reciprocal, QSoftmax};
+use crate::error::{Error, Result};
 use crate::ops::attention::{AttnShape, Mask};
-use crate::quant::arith::{requantize, saturate, Multiplier};
+use crate::quant::arith::{check_reduction, requantize, saturate, size_product, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
@@ -66,6 +68,42 @@ pub struct QAttention {
 }
 
 impl QAttention {
+    /// Checks everything [`Self::forward_raw`] relies on: positive head sizes with the query
+    /// heads a multiple of the kv heads, the activations, the score reduction inside `i64`, the
+    /// softmax and the output multiplier.
+    pub fn validate(&self) -> Result<()> {
+        let (nh, nkv, d, dv) = (self.n_heads, self.n_kv, self.d, self.dv);
+        if nkv == 0 || nh == 0 || nh % nkv != 0 || d == 0 || dv == 0 {
+            return Err(Error::input(format!(
+                "QAttention: {nh} heads, {nkv} kv heads, d {d}, dv {dv} (heads must be a \
+                 non-zero multiple of kv heads)"
+            )));
+        }
+        size_product("QAttention", &[nh, d.max(dv)])?;
+        for (what, q) in [
+            ("q", &self.q),
+            ("k", &self.k),
+            ("v", &self.v),
+            ("output", &self.out),
+        ] {
+            check_act("QAttention", what, q)?;
+        }
+        // Scores: d products of centred q and k; the softmax also forms differences of two.
+        check_reduction(
+            "QAttention scores",
+            2 * d,
+            centered_abs_max(&self.q),
+            centered_abs_max(&self.k),
+            0,
+        )?;
+        self.softmax
+            .validate()
+            .map_err(|e| Error::input(format!("QAttention: {e}")))?;
+        self.out_mult
+            .check()
+            .map_err(|e| Error::input(format!("QAttention: output multiplier: {e}")))
+    }
+
     pub fn shape(&self) -> AttnShape {
         AttnShape {
             n_heads: self.n_heads,

@@ -13,10 +13,10 @@
 //! Padding is with the input zero point, i.e. real 0: padded taps contribute `(zp_x - zp_x) = 0`
 //! and are skipped.
 
-use super::linear::{centered_abs_max, check_act, QMatrix};
+use super::linear::{check_act, check_weighted, QMatrix};
 use crate::error::{Error, Result};
 use crate::ops::conv::{conv_out_size, Pad2d};
-use crate::quant::arith::{check_reduction, requantize, Multiplier};
+use crate::quant::arith::{requantize, size_product, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use rayon::prelude::*;
@@ -71,52 +71,9 @@ impl QConv2d {
         x: ActQuant,
         y: ActQuant,
     ) -> Result<Self> {
-        check_act("QConv2d", "input", &x)?;
-        check_act("QConv2d", "output", &y)?;
-        if kh == 0 || kw == 0 || stride == 0 || dilation == 0 || c_in == 0 {
-            return Err(Error::input(format!(
-                "QConv2d: kernel {kh}x{kw}, stride {stride}, dilation {dilation}, C_in {c_in} \
-                 must all be positive"
-            )));
-        }
-        let c_out = weight.out;
-        let k = if depthwise { kh * kw } else { c_in * kh * kw };
-        if weight.inp != k || (depthwise && c_out != c_in) {
-            return Err(Error::input(format!(
-                "QConv2d: weight [{}, {}] does not fit C_in {c_in}, kernel {kh}x{kw} ({})",
-                weight.out,
-                weight.inp,
-                if depthwise { "depthwise" } else { "regular" }
-            )));
-        }
-        if mult.len() != c_out {
-            return Err(Error::input(format!(
-                "QConv2d: {} multipliers for {c_out} output channels",
-                mult.len()
-            )));
-        }
-        let bias_max = match &bias {
-            Some(b) if b.len() != c_out => {
-                return Err(Error::input(format!(
-                    "QConv2d: bias of {} for {c_out} output channels",
-                    b.len()
-                )))
-            }
-            Some(b) => b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0),
-            None => 0,
-        };
-        let bias_max = i64::try_from(bias_max)
-            .map_err(|_| Error::input("QConv2d: bias magnitude overflows i64"))?;
-        check_reduction(
-            "QConv2d",
-            k,
-            centered_abs_max(&x),
-            weight.effective_abs_max(),
-            bias_max,
-        )?;
-        Ok(Self {
+        let conv = Self {
             c_in,
-            c_out,
+            c_out: weight.out,
             kh,
             kw,
             stride,
@@ -128,7 +85,53 @@ impl QConv2d {
             mult,
             x,
             y,
-        })
+        };
+        conv.validate()?;
+        Ok(conv)
+    }
+
+    /// Checks everything [`Self::forward`] relies on: positive geometry, a valid weight matrix of
+    /// `[C_out, C_in * kH * kW]` (regular) or `[C, kH * kW]` (depthwise), activations, one valid
+    /// multiplier (and bias) per output channel, and no accumulator able to overflow. (Whether the
+    /// kernel fits a given input is a property of the input: see [`Self::out_size`].)
+    pub fn validate(&self) -> Result<()> {
+        let (c_in, kh, kw, stride, dilation) =
+            (self.c_in, self.kh, self.kw, self.stride, self.dilation);
+        let depthwise = self.depthwise;
+        check_act("QConv2d", "input", &self.x)?;
+        check_act("QConv2d", "output", &self.y)?;
+        if kh == 0 || kw == 0 || stride == 0 || dilation == 0 || c_in == 0 {
+            return Err(Error::input(format!(
+                "QConv2d: kernel {kh}x{kw}, stride {stride}, dilation {dilation}, C_in {c_in} \
+                 must all be positive"
+            )));
+        }
+        self.weight
+            .validate()
+            .map_err(|e| Error::input(format!("QConv2d: {e}")))?;
+        let c_out = self.weight.out;
+        let k = if depthwise {
+            size_product("QConv2d kernel", &[kh, kw])?
+        } else {
+            size_product("QConv2d kernel", &[c_in, kh, kw])?
+        };
+        if self.weight.inp != k || (depthwise && c_out != c_in) || self.c_out != c_out {
+            return Err(Error::input(format!(
+                "QConv2d: weight [{}, {}] does not fit C_in {c_in}, C_out {}, kernel {kh}x{kw} ({})",
+                self.weight.out,
+                self.weight.inp,
+                self.c_out,
+                if depthwise { "depthwise" } else { "regular" }
+            )));
+        }
+        check_weighted(
+            "QConv2d",
+            "output channels",
+            &self.weight,
+            self.bias.as_deref(),
+            &self.mult,
+            &self.x,
+        )
     }
 
     /// Output `(OH, OW)` for an `h x w` input (panics if the dilated kernel does not fit).

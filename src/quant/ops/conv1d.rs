@@ -12,9 +12,9 @@
 //! and the new state is the last `L - 1` rows of `ext`. The state holds integers in the input's
 //! quantization, so a prefill of `T` rows in one call and `T` single-row calls are bit-exact.
 
-use super::linear::{centered_abs_max, check_act, QMatrix};
+use super::linear::{check_act, check_weighted, QMatrix};
 use crate::error::{Error, Result};
-use crate::quant::arith::{check_reduction, requantize, Multiplier};
+use crate::quant::arith::{requantize, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
@@ -39,41 +39,34 @@ impl QCausalConv1d {
         x: ActQuant,
         y: ActQuant,
     ) -> Result<Self> {
-        check_act("QCausalConv1d", "input", &x)?;
-        check_act("QCausalConv1d", "output", &y)?;
-        let c = weight.out;
-        if mult.len() != c {
-            return Err(Error::input(format!(
-                "QCausalConv1d: {} multipliers for {c} channels",
-                mult.len()
-            )));
-        }
-        let bias_max = match &bias {
-            Some(b) if b.len() != c => {
-                return Err(Error::input(format!(
-                    "QCausalConv1d: bias of {} for {c} channels",
-                    b.len()
-                )))
-            }
-            Some(b) => b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0),
-            None => 0,
-        };
-        let bias_max = i64::try_from(bias_max)
-            .map_err(|_| Error::input("QCausalConv1d: bias magnitude overflows i64"))?;
-        check_reduction(
-            "QCausalConv1d",
-            weight.inp,
-            centered_abs_max(&x),
-            weight.effective_abs_max(),
-            bias_max,
-        )?;
-        Ok(Self {
+        let conv = Self {
             weight,
             bias,
             mult,
             x,
             y,
-        })
+        };
+        conv.validate()?;
+        Ok(conv)
+    }
+
+    /// Checks everything [`Self::forward`] relies on: a valid `[C, L]` weight matrix,
+    /// activations, one valid multiplier (and bias) per channel, and no accumulator able to
+    /// overflow.
+    pub fn validate(&self) -> Result<()> {
+        check_act("QCausalConv1d", "input", &self.x)?;
+        check_act("QCausalConv1d", "output", &self.y)?;
+        self.weight
+            .validate()
+            .map_err(|e| Error::input(format!("QCausalConv1d: {e}")))?;
+        check_weighted(
+            "QCausalConv1d",
+            "channels",
+            &self.weight,
+            self.bias.as_deref(),
+            &self.mult,
+            &self.x,
+        )
     }
 
     pub fn channels(&self) -> usize {

@@ -6,7 +6,7 @@
 
 use super::linear::{centered_abs_max, check_act};
 use crate::error::{Error, Result};
-use crate::quant::arith::{check_reduction, requantize, Multiplier};
+use crate::quant::arith::{check_multipliers, check_reduction, requantize, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use rayon::prelude::*;
@@ -50,25 +50,40 @@ impl QAdd {
         b_mult: i64,
         out_mult: Multiplier,
     ) -> Result<Self> {
-        for (what, q) in [("input a", &a), ("input b", &b), ("output", &y)] {
-            check_act("QAdd", what, q)?;
-        }
-        let lim = 1i64 << ADD_SHIFT;
-        if !(0..=lim).contains(&a_mult) || !(0..=lim).contains(&b_mult) {
-            return Err(Error::input(format!(
-                "QAdd: input multipliers {a_mult}, {b_mult} outside [0, 2^{ADD_SHIFT}]"
-            )));
-        }
-        let amax = centered_abs_max(&a).max(centered_abs_max(&b));
-        check_reduction("QAdd", 2, amax, lim, 0)?;
-        Ok(Self {
+        let add = Self {
             a,
             b,
             y,
             a_mult,
             b_mult,
             out_mult,
-        })
+        };
+        add.validate()?;
+        Ok(add)
+    }
+
+    /// Checks the activations, the input multipliers (`[0, 2^ADD_SHIFT]`), the output
+    /// multiplier, and that the exact sum fits `i64`.
+    pub fn validate(&self) -> Result<()> {
+        for (what, q) in [
+            ("input a", &self.a),
+            ("input b", &self.b),
+            ("output", &self.y),
+        ] {
+            check_act("QAdd", what, q)?;
+        }
+        let lim = 1i64 << ADD_SHIFT;
+        let (a_mult, b_mult) = (self.a_mult, self.b_mult);
+        if !(0..=lim).contains(&a_mult) || !(0..=lim).contains(&b_mult) {
+            return Err(Error::input(format!(
+                "QAdd: input multipliers {a_mult}, {b_mult} outside [0, 2^{ADD_SHIFT}]"
+            )));
+        }
+        self.out_mult
+            .check()
+            .map_err(|e| Error::input(format!("QAdd: output multiplier: {e}")))?;
+        let amax = centered_abs_max(&self.a).max(centered_abs_max(&self.b));
+        check_reduction("QAdd", 2, amax, lim, 0)
     }
 
     /// One element.
@@ -111,11 +126,30 @@ pub struct QMul {
 
 impl QMul {
     pub fn new(a: ActQuant, b: ActQuant, y: ActQuant, mult: Multiplier) -> Result<Self> {
-        for (what, q) in [("input a", &a), ("input b", &b), ("output", &y)] {
+        let mul = Self { a, b, y, mult };
+        mul.validate()?;
+        Ok(mul)
+    }
+
+    /// Checks the activations, the multiplier, and that the product fits `i64`.
+    pub fn validate(&self) -> Result<()> {
+        for (what, q) in [
+            ("input a", &self.a),
+            ("input b", &self.b),
+            ("output", &self.y),
+        ] {
             check_act("QMul", what, q)?;
         }
-        check_reduction("QMul", 1, centered_abs_max(&a), centered_abs_max(&b), 0)?;
-        Ok(Self { a, b, y, mult })
+        self.mult
+            .check()
+            .map_err(|e| Error::input(format!("QMul: multiplier: {e}")))?;
+        check_reduction(
+            "QMul",
+            1,
+            centered_abs_max(&self.a),
+            centered_abs_max(&self.b),
+            0,
+        )
     }
 
     /// One element.
@@ -176,22 +210,29 @@ impl QChannelScale {
         x: ActQuant,
         y: ActQuant,
     ) -> Result<Self> {
-        check_act("QChannelScale", "input", &x)?;
-        check_act("QChannelScale", "output", &y)?;
-        if mult.len() != negate.len() || mult.is_empty() {
-            return Err(Error::input(format!(
-                "QChannelScale: {} multipliers and {} signs",
-                mult.len(),
-                negate.len()
-            )));
-        }
-        Ok(Self {
+        let cs = Self {
             axis,
             mult,
             negate,
             x,
             y,
-        })
+        };
+        cs.validate()?;
+        Ok(cs)
+    }
+
+    /// Checks the activations and one valid multiplier and sign per channel (at least one).
+    pub fn validate(&self) -> Result<()> {
+        check_act("QChannelScale", "input", &self.x)?;
+        check_act("QChannelScale", "output", &self.y)?;
+        if self.mult.len() != self.negate.len() || self.mult.is_empty() {
+            return Err(Error::input(format!(
+                "QChannelScale: {} multipliers and {} signs",
+                self.mult.len(),
+                self.negate.len()
+            )));
+        }
+        check_multipliers("QChannelScale", "multiplier", &self.mult)
     }
 
     pub fn channels(&self) -> usize {
@@ -262,9 +303,18 @@ pub struct QRequantize {
 
 impl QRequantize {
     pub fn new(x: ActQuant, y: ActQuant, mult: Multiplier) -> Result<Self> {
-        check_act("QRequantize", "input", &x)?;
-        check_act("QRequantize", "output", &y)?;
-        Ok(Self { x, y, mult })
+        let r = Self { x, y, mult };
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Checks the activations and the multiplier.
+    pub fn validate(&self) -> Result<()> {
+        check_act("QRequantize", "input", &self.x)?;
+        check_act("QRequantize", "output", &self.y)?;
+        self.mult
+            .check()
+            .map_err(|e| Error::input(format!("QRequantize: multiplier: {e}")))
     }
 
     /// Whether this is the identity (same parameters, multiplier exactly 1).

@@ -5,7 +5,7 @@
 
 use super::linear::{check_act, QMatrix};
 use crate::error::{Error, Result};
-use crate::quant::arith::{check_reduction, requantize, Multiplier};
+use crate::quant::arith::{check_multipliers, check_reduction, requantize, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
@@ -22,16 +22,27 @@ pub struct QEmbedding {
 
 impl QEmbedding {
     pub fn new(table: QMatrix, mult: Vec<Multiplier>, y: ActQuant) -> Result<Self> {
-        check_act("QEmbedding", "output", &y)?;
-        if mult.len() != table.out {
+        let e = Self { table, mult, y };
+        e.validate()?;
+        Ok(e)
+    }
+
+    /// Checks everything [`Self::forward`] relies on: a valid table, the output activation, and
+    /// one valid multiplier per row.
+    pub fn validate(&self) -> Result<()> {
+        check_act("QEmbedding", "output", &self.y)?;
+        self.table
+            .validate()
+            .map_err(|e| Error::input(format!("QEmbedding: {e}")))?;
+        if self.mult.len() != self.table.out {
             return Err(Error::input(format!(
                 "QEmbedding: {} multipliers for {} rows",
-                mult.len(),
-                table.out
+                self.mult.len(),
+                self.table.out
             )));
         }
-        check_reduction("QEmbedding", 1, 1, table.effective_abs_max(), 0)?;
-        Ok(Self { table, mult, y })
+        check_multipliers("QEmbedding", "multiplier", &self.mult)?;
+        check_reduction("QEmbedding", 1, 1, self.table.effective_abs_max(), 0)
     }
 
     pub fn vocab(&self) -> usize {

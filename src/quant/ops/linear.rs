@@ -16,7 +16,8 @@
 
 use crate::error::{Error, Result};
 use crate::quant::arith::{
-    check_reduction, pack_int4, qmax, qmin, requantize, unpack_int4, Multiplier,
+    check_multipliers, check_reduction, pack_int4, qmax, qmin, requantize, size_product,
+    unpack_int4, Multiplier,
 };
 use crate::quant::params::{ActQuant, QuantWeight};
 use crate::quant::tensor::QTensor;
@@ -79,29 +80,10 @@ impl QMatrix {
                 "weight bit width {bits} not supported (2..=16)"
             )));
         }
-        if inp == 0 || group == 0 || group > inp {
-            return Err(Error::input(format!(
-                "weight matrix [{out}, {inp}] with group {group}: need 0 < group <= inp"
-            )));
-        }
-        if q.len() != out * inp {
+        if q.len() != size_product("weight matrix", &[out, inp])? {
             return Err(Error::input(format!(
                 "weight matrix [{out}, {inp}] has {} values",
                 q.len()
-            )));
-        }
-        let gpr = inp.div_ceil(group);
-        if group_mult.len() != out * gpr {
-            return Err(Error::input(format!(
-                "weight matrix [{out}, {inp}] with group {group} needs {} group multipliers, got {}",
-                out * gpr,
-                group_mult.len()
-            )));
-        }
-        let unit = 1u16 << crate::quant::params::GROUP_SCALE_BITS;
-        if let Some(g) = group_mult.iter().find(|&&g| g > unit) {
-            return Err(Error::input(format!(
-                "group multiplier {g} exceeds 2^GROUP_SCALE_BITS = {unit}"
             )));
         }
         let qm = qmax(bits);
@@ -113,7 +95,7 @@ impl QMatrix {
         // Every value is within qmax(bits), so the narrowing casts below are exact.
         let data = if bits <= 4 {
             let mut packed = Vec::with_capacity(out * inp.div_ceil(2));
-            for row in q.chunks(inp) {
+            for row in q.chunks(inp.max(1)) {
                 let row8: Vec<i8> = row.iter().map(|&v| v as i8).collect();
                 packed.extend(pack_int4(&row8));
             }
@@ -123,14 +105,106 @@ impl QMatrix {
         } else {
             PackedWeights::I16(q.to_vec())
         };
-        Ok(Self {
+        let m = Self {
             out,
             inp,
             bits,
             group,
             data,
             group_mult,
-        })
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Checks everything the kernels rely on: the bit width, `0 < group <= inp`, the storage
+    /// kind and length for the bit width (packed int4 rows of `inp.div_ceil(2)` bytes with a zero
+    /// padding nibble, `i8`, or `i16`), every value within `[-qmax(bits), qmax(bits)]`, and one
+    /// group multiplier in `[0, 2^GROUP_SCALE_BITS]` per group.
+    pub fn validate(&self) -> Result<()> {
+        let (out, inp, bits, group) = (self.out, self.inp, self.bits, self.group);
+        if !(2..=16).contains(&bits) {
+            return Err(Error::input(format!(
+                "weight bit width {bits} not supported (2..=16)"
+            )));
+        }
+        if inp == 0 || group == 0 || group > inp {
+            return Err(Error::input(format!(
+                "weight matrix [{out}, {inp}] with group {group}: need 0 < group <= inp"
+            )));
+        }
+        let n = size_product("weight matrix", &[out, inp])?;
+        let qm = qmax(bits);
+        let bad = |v: i64| {
+            Error::input(format!(
+                "weight value {v} outside the symmetric {bits}-bit range [-{qm}, {qm}]"
+            ))
+        };
+        let (kind, len, want) = match &self.data {
+            PackedWeights::I4(p) => ("packed int4", p.len(), out * inp.div_ceil(2)),
+            PackedWeights::I8(v) => ("int8", v.len(), n),
+            PackedWeights::I16(v) => ("int16", v.len(), n),
+        };
+        let want_kind = if bits <= 4 {
+            "packed int4"
+        } else if bits <= 8 {
+            "int8"
+        } else {
+            "int16"
+        };
+        if kind != want_kind {
+            return Err(Error::input(format!(
+                "{bits}-bit weights are stored as {want_kind}, not {kind}"
+            )));
+        }
+        if len != want {
+            return Err(Error::input(format!(
+                "weight matrix [{out}, {inp}] stored as {kind} needs {want} entries, got {len}"
+            )));
+        }
+        match &self.data {
+            PackedWeights::I4(p) => {
+                let rb = inp.div_ceil(2);
+                for (o, row) in p.chunks_exact(rb).enumerate() {
+                    if inp % 2 == 1 && row[rb - 1] >> 4 != 0 {
+                        return Err(Error::input(format!(
+                            "packed int4 row {o}: the padding nibble of an odd-length row is not 0"
+                        )));
+                    }
+                    if let Some(v) = (0..inp)
+                        .map(|i| unpack_int4(row, i) as i64)
+                        .find(|v| v.abs() > qm)
+                    {
+                        return Err(bad(v));
+                    }
+                }
+            }
+            PackedWeights::I8(v) => {
+                if let Some(&v) = v.iter().find(|&&v| (v as i64).abs() > qm) {
+                    return Err(bad(v as i64));
+                }
+            }
+            PackedWeights::I16(v) => {
+                if let Some(&v) = v.iter().find(|&&v| (v as i64).abs() > qm) {
+                    return Err(bad(v as i64));
+                }
+            }
+        }
+        let gpr = inp.div_ceil(group);
+        if self.group_mult.len() != size_product("group multipliers", &[out, gpr])? {
+            return Err(Error::input(format!(
+                "weight matrix [{out}, {inp}] with group {group} needs {} group multipliers, got {}",
+                out * gpr,
+                self.group_mult.len()
+            )));
+        }
+        let unit = 1u16 << crate::quant::params::GROUP_SCALE_BITS;
+        if let Some(g) = self.group_mult.iter().find(|&&g| g > unit) {
+            return Err(Error::input(format!(
+                "group multiplier {g} exceeds 2^GROUP_SCALE_BITS = {unit}"
+            )));
+        }
+        Ok(())
     }
 
     pub fn groups_per_row(&self) -> usize {
@@ -197,6 +271,12 @@ pub fn dot_grouped(x: &[i32], w: &[i16], gm: &[u16], group: usize) -> i64 {
 /// Checks that activation parameters are usable by the integer runtime: `bits` in `2..=16` (values
 /// are stored in `i16`) and the zero point inside the integer range.
 pub fn check_act(op: &str, what: &str, q: &ActQuant) -> Result<()> {
+    if !(q.scale.is_finite() && q.scale > 0.0) {
+        return Err(Error::input(format!(
+            "{op}: {what} scale {} must be finite and positive",
+            q.scale
+        )));
+    }
     if !(2..=16).contains(&q.bits) {
         return Err(Error::input(format!(
             "{op}: {what} bit width {} not supported (2..=16)",
@@ -211,6 +291,47 @@ pub fn check_act(op: &str, what: &str, q: &ActQuant) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The checks shared by the weighted ops (linear, convolutions): one multiplier and (optional)
+/// bias entry per weight row (`rows` names them), every multiplier valid, and the reduction of
+/// `weight.inp` products of `x` by the weights plus the bias provably inside `i64`.
+pub fn check_weighted(
+    op: &str,
+    rows: &str,
+    weight: &QMatrix,
+    bias: Option<&[i64]>,
+    mult: &[Multiplier],
+    x: &ActQuant,
+) -> Result<()> {
+    if mult.len() != weight.out {
+        return Err(Error::input(format!(
+            "{op}: {} multipliers for {} {rows}",
+            mult.len(),
+            weight.out
+        )));
+    }
+    check_multipliers(op, "multiplier", mult)?;
+    let bias_max = match bias {
+        Some(b) if b.len() != weight.out => {
+            return Err(Error::input(format!(
+                "{op}: bias of {} for {} {rows}",
+                b.len(),
+                weight.out
+            )))
+        }
+        Some(b) => b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0),
+        None => 0,
+    };
+    let bias_max = i64::try_from(bias_max)
+        .map_err(|_| Error::input(format!("{op}: bias magnitude overflows i64")))?;
+    check_reduction(
+        op,
+        weight.inp,
+        centered_abs_max(x),
+        weight.effective_abs_max(),
+        bias_max,
+    )
 }
 
 /// The largest `|v - zero_point|` an activation can have.
@@ -243,42 +364,33 @@ impl QLinear {
         x: ActQuant,
         y: ActQuant,
     ) -> Result<Self> {
-        check_act("QLinear", "input", &x)?;
-        check_act("QLinear", "output", &y)?;
-        if mult.len() != weight.out {
-            return Err(Error::input(format!(
-                "QLinear: {} multipliers for {} output rows",
-                mult.len(),
-                weight.out
-            )));
-        }
-        let bias_max = match &bias {
-            Some(b) if b.len() != weight.out => {
-                return Err(Error::input(format!(
-                    "QLinear: bias of {} for {} output rows",
-                    b.len(),
-                    weight.out
-                )))
-            }
-            Some(b) => b.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0),
-            None => 0,
-        };
-        let bias_max = i64::try_from(bias_max)
-            .map_err(|_| Error::input("QLinear: bias magnitude overflows i64"))?;
-        check_reduction(
-            "QLinear",
-            weight.inp,
-            centered_abs_max(&x),
-            weight.effective_abs_max(),
-            bias_max,
-        )?;
-        Ok(Self {
+        let l = Self {
             weight,
             bias,
             mult,
             x,
             y,
-        })
+        };
+        l.validate()?;
+        Ok(l)
+    }
+
+    /// Checks everything [`Self::forward`] relies on: a valid weight matrix, activations, one
+    /// valid multiplier (and bias) per output row, and no accumulator able to overflow.
+    pub fn validate(&self) -> Result<()> {
+        self.weight
+            .validate()
+            .map_err(|e| Error::input(format!("QLinear: {e}")))?;
+        check_act("QLinear", "input", &self.x)?;
+        check_act("QLinear", "output", &self.y)?;
+        check_weighted(
+            "QLinear",
+            "output rows",
+            &self.weight,
+            self.bias.as_deref(),
+            &self.mult,
+            &self.x,
+        )
     }
 
     pub fn in_features(&self) -> usize {

@@ -17,7 +17,9 @@
 //!   input integer and refines the table (halving `seg_bits`) until it is within 3/4 of an output
 //!   step of the exact function (1/2 of it is the unavoidable final rounding).
 
-use crate::quant::arith::{qmin, rounding_shift_right, saturate};
+use super::linear::check_act;
+use crate::error::{Error, Result};
+use crate::quant::arith::{qmax, qmin, rounding_shift_right, saturate};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
@@ -38,6 +40,49 @@ pub struct QLut {
 }
 
 impl QLut {
+    /// Checks everything [`Self::eval`] relies on: the activations, the interval and fraction
+    /// bits, the table length for the input width, and (direct tables) every entry an output
+    /// integer.
+    pub fn validate(&self) -> Result<()> {
+        check_act("QLut", "input", &self.x)?;
+        check_act("QLut", "output", &self.y)?;
+        let (seg_bits, frac_bits) = (self.seg_bits, self.frac_bits);
+        if seg_bits >= self.x.bits {
+            return Err(Error::input(format!(
+                "QLut: {seg_bits} interval bits for a {}-bit input",
+                self.x.bits
+            )));
+        }
+        if (seg_bits == 0 && frac_bits != 0) || frac_bits > 32 {
+            return Err(Error::input(format!(
+                "QLut: {frac_bits} fraction bits (0 for a direct table, at most 32)"
+            )));
+        }
+        let n = if seg_bits == 0 {
+            1usize << self.x.bits
+        } else {
+            (1usize << (self.x.bits - seg_bits)) + 1
+        };
+        if self.table.len() != n {
+            return Err(Error::input(format!(
+                "QLut: table of {} entries, a {}-bit input with {seg_bits} interval bits needs {n}",
+                self.table.len(),
+                self.x.bits
+            )));
+        }
+        if seg_bits == 0 {
+            // A direct table holds output integers.
+            check_range(
+                "QLut",
+                "table",
+                &self.table,
+                qmin(self.y.bits),
+                qmax(self.y.bits),
+            )?;
+        }
+        Ok(())
+    }
+
     /// The output integer for one input integer.
     #[inline]
     pub fn eval(&self, q: i32) -> i32 {
@@ -83,6 +128,20 @@ impl QLut {
 
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
+    }
+}
+
+/// Errors unless every entry of `table` is in `[lo, hi]`, naming the op, the table and the entry.
+pub fn check_range(op: &str, what: &str, table: &[i32], lo: i64, hi: i64) -> Result<()> {
+    match table
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| (v as i64) < lo || (v as i64) > hi)
+    {
+        Some((i, v)) => Err(Error::input(format!(
+            "{op}: {what}[{i}] = {v} outside [{lo}, {hi}]"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -16,8 +16,12 @@
 //! rounding. Relative error of the inverse square root <= 1.5 * 2^-31, so the output is within
 //! `0.5 + 2^-15` output steps of the exact value (16-bit outputs).
 
+use super::linear::{centered_abs_max, check_act};
 use super::softmax::reciprocal;
-use crate::quant::arith::{isqrt, qmax, qmin, rounding_shift_right, saturate, Multiplier};
+use crate::error::{Error, Result};
+use crate::quant::arith::{
+    check_multipliers, isqrt, qmax, qmin, rounding_shift_right, saturate, Multiplier,
+};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
@@ -90,6 +94,50 @@ pub struct QRmsNorm {
 }
 
 impl QRmsNorm {
+    /// Checks everything the kernels rely on: `dim > 0`, the activations, a sum of `dim` squares
+    /// below `2^62` and `eps_q64 <= 2^126` (so `SS * 2^64 + eps` fits a `u128`), and per channel a
+    /// valid multiplier (shift in `[-60, 60]` unless zero) and a sign.
+    pub fn validate(&self) -> Result<()> {
+        let dim = self.dim;
+        check_act("QRmsNorm", "input", &self.x)?;
+        check_act("QRmsNorm", "output", &self.y)?;
+        if dim == 0 {
+            return Err(Error::input("QRmsNorm: width must be positive"));
+        }
+        let cm = centered_abs_max(&self.x) as u128;
+        if (dim as u128) * cm * cm >= 1 << 62 {
+            return Err(Error::input(format!(
+                "QRmsNorm: a sum of {dim} squares of {}-bit values could exceed 2^62",
+                self.x.bits
+            )));
+        }
+        if self.eps_q64 > 1 << 126 {
+            return Err(Error::input(format!(
+                "QRmsNorm: eps_q64 {} exceeds 2^126",
+                self.eps_q64
+            )));
+        }
+        if self.w_mult.len() != dim || self.w_neg.len() != dim {
+            return Err(Error::input(format!(
+                "QRmsNorm: {} multipliers and {} signs for width {dim}",
+                self.w_mult.len(),
+                self.w_neg.len()
+            )));
+        }
+        check_multipliers("QRmsNorm", "w_mult", &self.w_mult)?;
+        if let Some(i) = self
+            .w_mult
+            .iter()
+            .position(|m| m.m != 0 && !(-60..=60).contains(&m.shift))
+        {
+            return Err(Error::input(format!(
+                "QRmsNorm: w_mult[{i}] shift {} outside [-60, 60]",
+                self.w_mult[i].shift
+            )));
+        }
+        Ok(())
+    }
+
     /// The row factor `2^32 / sqrt(SS * 2^64 + eps_q64)`, or `None` when that is zero over zero
     /// (an all-zero vector with `eps = 0`: the output is the zero point).
     #[inline]
@@ -161,6 +209,11 @@ pub struct QRmsNorm2d {
 }
 
 impl QRmsNorm2d {
+    /// [`QRmsNorm::validate`] of the per-pixel norm.
+    pub fn validate(&self) -> Result<()> {
+        self.norm.validate()
+    }
+
     pub fn channels(&self) -> usize {
         self.norm.dim
     }

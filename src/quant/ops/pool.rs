@@ -7,7 +7,7 @@
 use super::elementwise::QRequantize;
 use super::linear::{centered_abs_max, check_act};
 use crate::error::{Error, Result};
-use crate::quant::arith::{check_reduction, requantize, Multiplier};
+use crate::quant::arith::{check_reduction, requantize, size_product, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use rayon::prelude::*;
@@ -37,13 +37,25 @@ pub struct QAvgPool2d {
 
 impl QAvgPool2d {
     pub fn new(kh: usize, kw: usize, mult: Multiplier, x: ActQuant, y: ActQuant) -> Result<Self> {
-        check_act("QAvgPool2d", "input", &x)?;
-        check_act("QAvgPool2d", "output", &y)?;
+        let p = Self { kh, kw, mult, x, y };
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Checks the activations, a positive kernel, the multiplier and the window sum's bound.
+    /// (Whether the kernel fits a given input is a property of the input.)
+    pub fn validate(&self) -> Result<()> {
+        let (kh, kw) = (self.kh, self.kw);
+        check_act("QAvgPool2d", "input", &self.x)?;
+        check_act("QAvgPool2d", "output", &self.y)?;
         if kh == 0 || kw == 0 {
             return Err(Error::input("QAvgPool2d: kernel must be positive"));
         }
-        check_reduction("QAvgPool2d", kh * kw, centered_abs_max(&x), 1, 0)?;
-        Ok(Self { kh, kw, mult, x, y })
+        self.mult
+            .check()
+            .map_err(|e| Error::input(format!("QAvgPool2d: multiplier: {e}")))?;
+        let window = size_product("QAvgPool2d window", &[kh, kw])?;
+        check_reduction("QAvgPool2d", window, centered_abs_max(&self.x), 1, 0)
     }
 
     pub fn forward(&self, x: &QTensor) -> QTensor {
@@ -94,6 +106,14 @@ pub struct QUpsampleNearest {
 
 impl QUpsampleNearest {
     pub fn new(h: usize, w: usize, ys: Vec<usize>, xs: Vec<usize>) -> Result<Self> {
+        let r = Self { h, w, ys, xs };
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Checks the index tables: non-empty, every source row `< h` and column `< w`.
+    pub fn validate(&self) -> Result<()> {
+        let (h, w, ys, xs) = (self.h, self.w, &self.ys, &self.xs);
         if ys.iter().any(|&i| i >= h)
             || xs.iter().any(|&i| i >= w)
             || ys.is_empty()
@@ -105,7 +125,7 @@ impl QUpsampleNearest {
                 xs.len()
             )));
         }
-        Ok(Self { h, w, ys, xs })
+        Ok(())
     }
 
     pub fn out_size(&self) -> (usize, usize) {
@@ -230,8 +250,25 @@ impl QResizeBilinear {
         x: ActQuant,
         y: ActQuant,
     ) -> Result<Self> {
-        check_act("QResizeBilinear", "input", &x)?;
-        check_act("QResizeBilinear", "output", &y)?;
+        let r = Self {
+            h,
+            w,
+            rows,
+            cols,
+            mult,
+            x,
+            y,
+        };
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Checks the tables (non-empty, indices inside `h x w`, each pair of weights summing to
+    /// `2^F`), the quantizations and the multiplier, and proves the accumulator bound.
+    pub fn validate(&self) -> Result<()> {
+        let (h, w, rows, cols) = (self.h, self.w, &self.rows, &self.cols);
+        check_act("QResizeBilinear", "input", &self.x)?;
+        check_act("QResizeBilinear", "output", &self.y)?;
         if h == 0 || w == 0 || rows.is_empty() || cols.is_empty() {
             return Err(Error::input(format!(
                 "QResizeBilinear: empty size {h}x{w} -> {}x{}",
@@ -245,26 +282,14 @@ impl QResizeBilinear {
         for (k, t) in cols.iter().enumerate() {
             t.check("column", k, w)?;
         }
-        // The range `Multiplier::apply` is written for (a right shift of at most 127 bits).
-        if (mult.m != 0 && mult.m < 1 << 30) || !(-96..=127).contains(&mult.shift) {
-            return Err(Error::input(format!(
-                "QResizeBilinear: multiplier {mult:?} outside m in [2^30, 2^31) (or 0), shift in [-96, 127]"
-            )));
-        }
+        self.mult
+            .check()
+            .map_err(|e| Error::input(format!("QResizeBilinear: multiplier: {e}")))?;
         // Four taps of |x - z_x| <= 65535 (any i16 against any 16-bit zero point) times
         // wy * wx <= 2^(2F); the weights summing to 2^F per axis even bound the sum by
         // 65535 * 2^(2F).
         let one = RESIZE_WEIGHT_ONE as i64;
-        check_reduction("QResizeBilinear", 4, 65535, one * one, 0)?;
-        Ok(Self {
-            h,
-            w,
-            rows,
-            cols,
-            mult,
-            x,
-            y,
-        })
+        check_reduction("QResizeBilinear", 4, 65535, one * one, 0)
     }
 
     pub fn out_size(&self) -> (usize, usize) {
@@ -314,17 +339,29 @@ pub struct QConcat {
 
 impl QConcat {
     pub fn new(parts: Vec<QRequantize>, y: ActQuant) -> Result<Self> {
+        let c = Self { parts, y };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks the output activation and one valid requantization per input, each to it.
+    pub fn validate(&self) -> Result<()> {
+        let y = self.y;
         check_act("QConcat", "output", &y)?;
-        if parts.is_empty() {
+        if self.parts.is_empty() {
             return Err(Error::input("QConcat: no inputs"));
         }
-        if let Some(p) = parts.iter().find(|p| p.y != y) {
-            return Err(Error::input(format!(
-                "QConcat: an input requantizes to {:?}, not the output's {y:?}",
-                p.y
-            )));
+        for (i, p) in self.parts.iter().enumerate() {
+            p.validate()
+                .map_err(|e| Error::input(format!("QConcat: input {i}: {e}")))?;
+            if p.y != y {
+                return Err(Error::input(format!(
+                    "QConcat: input {i} requantizes to {:?}, not the output's {y:?}",
+                    p.y
+                )));
+            }
         }
-        Ok(Self { parts, y })
+        Ok(())
     }
 
     pub fn forward(&self, xs: &[&QTensor]) -> QTensor {

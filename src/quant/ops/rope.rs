@@ -19,6 +19,9 @@
 //! For int16 activations the pre-rounding error is below 0.02 output steps at any position up to
 //! 2^24 and beyond (the tests check up to 2^24 + 3 against the float path).
 
+use super::linear::check_act;
+use super::lut::check_range;
+use crate::error::{Error, Result};
 use crate::quant::arith::{requantize, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
@@ -77,6 +80,63 @@ pub struct QRope {
 }
 
 impl QRope {
+    /// Checks everything the kernels rely on: an even positive head size, the activations and
+    /// the multiplier, `head_dim / 2` inverse frequencies as the mantissas (`[2^23, 2^24)`) and
+    /// exponents (`[-149, 104]`) of positive normal f32 numbers, and a quarter-sine table of 1025
+    /// Q30 entries in `[0, 2^30]`, rising by at most `2^22` per entry (which keeps the
+    /// interpolation product inside `i64`).
+    pub fn validate(&self) -> Result<()> {
+        let d = self.head_dim;
+        if d == 0 || !d.is_multiple_of(2) {
+            return Err(Error::input(format!(
+                "QRope: head size {d} must be even and positive"
+            )));
+        }
+        check_act("QRope", "input", &self.x)?;
+        check_act("QRope", "output", &self.y)?;
+        self.mult
+            .check()
+            .map_err(|e| Error::input(format!("QRope: multiplier: {e}")))?;
+        if self.inv_freq_m.len() != d / 2 || self.inv_freq_e.len() != d / 2 {
+            return Err(Error::input(format!(
+                "QRope: {} mantissas and {} exponents for head size {d}",
+                self.inv_freq_m.len(),
+                self.inv_freq_e.len()
+            )));
+        }
+        if let Some((i, m)) = self
+            .inv_freq_m
+            .iter()
+            .enumerate()
+            .find(|(_, &m)| !(1 << 23..1 << 24).contains(&m))
+        {
+            return Err(Error::input(format!(
+                "QRope: inv_freq_m[{i}] = {m} is not a 24-bit mantissa"
+            )));
+        }
+        check_range("QRope", "inv_freq_e", &self.inv_freq_e, -149, 104)?;
+        let t = &self.sin_table;
+        let n = (1usize << SIN_TABLE_BITS) + 1;
+        if t.len() != n {
+            return Err(Error::input(format!(
+                "QRope: sine table of {} entries, expected {n}",
+                t.len()
+            )));
+        }
+        check_range("QRope", "sin_table", t, 0, 1 << TRIG_ONE_BITS)?;
+        if let Some(j) = t
+            .windows(2)
+            .position(|p| !(0..=1 << 22).contains(&(p[1] as i64 - p[0] as i64)))
+        {
+            return Err(Error::input(format!(
+                "QRope: sin_table is not a quarter sine: entries {j} and {} differ by {}",
+                j + 1,
+                t[j + 1] as i64 - t[j] as i64
+            )));
+        }
+        Ok(())
+    }
+
     /// The f32 angle `fl32(fl32(pos) * inv_freq[i])` as `(a, ea)`: `a * 2^ea` exactly.
     pub fn angle_parts(&self, pos: usize, i: usize) -> (u64, i32) {
         let (pm, pe) = round_to_f32(pos as u128, 0);

@@ -25,6 +25,9 @@
 //! softmax of the dequantized inputs (w rounding 2^-25 in log2 units, table interpolation and
 //! rounding <= 1.8e-7 relative, reciprocal 2^-31 relative).
 
+use super::linear::check_act;
+use super::lut::check_range;
+use crate::error::{Error, Result};
 use crate::ops::attention::Mask;
 use crate::quant::arith::{requantize, rounding_shift_right, Multiplier};
 use crate::quant::params::ActQuant;
@@ -58,6 +61,46 @@ pub struct QSoftmax {
 }
 
 impl QSoftmax {
+    /// Checks everything the kernels rely on: the input multiplier (a shift in `[-88, 40]` keeps
+    /// the exponent arithmetic in `i128`), the output activation and `out_one` in `[1, 2^16]`, and
+    /// the table: 513 entries of `2^(-j/512)` in Q30, within `[2^29, 2^30]` and exactly `2^30` at
+    /// 0 (the row maximum).
+    pub fn validate(&self) -> Result<()> {
+        self.in_mult
+            .check()
+            .map_err(|e| Error::input(format!("QSoftmax: input multiplier: {e}")))?;
+        if !(-88..=40).contains(&self.in_mult.shift) {
+            return Err(Error::input(format!(
+                "QSoftmax: input multiplier shift {} outside [-88, 40]",
+                self.in_mult.shift
+            )));
+        }
+        check_act("QSoftmax", "output", &self.out)?;
+        if !(1..=1 << 16).contains(&self.out_one) {
+            return Err(Error::input(format!(
+                "QSoftmax: out_one {} outside [1, 2^16]",
+                self.out_one
+            )));
+        }
+        let t = &self.exp2_table;
+        let n = (1usize << EXP_TABLE_BITS) + 1;
+        if t.len() != n {
+            return Err(Error::input(format!(
+                "QSoftmax: exp2 table of {} entries, expected {n}",
+                t.len()
+            )));
+        }
+        let one = 1i64 << EXP_ONE_BITS;
+        check_range("QSoftmax", "exp2_table", t, one / 2, one)?;
+        if t[0] as i64 != one {
+            return Err(Error::input(format!(
+                "QSoftmax: exp2_table[0] = {} is not 2^30",
+                t[0]
+            )));
+        }
+        Ok(())
+    }
+
     /// `2^(-w)` in Q30 for a Q24 exponent `w >= 0`.
     #[inline]
     pub fn exp2_neg(&self, w: i64) -> i64 {

@@ -86,7 +86,7 @@ fn build(
         PvMode::Deferred => 1.0,
     };
     let out_mult = quantize_multiplier(p_scale * v.scale as f64 / out.scale as f64);
-    Ok(QAttention {
+    let a = QAttention {
         n_heads,
         n_kv,
         d,
@@ -98,5 +98,7 @@ fn build(
         softmax: sm,
         mode,
         out_mult,
-    })
+    };
+    a.validate()?;
+    Ok(a)
 }

@@ -9,14 +9,8 @@ use crate::quant::params::{
 };
 
 /// Checks an activation quantization is usable: finite positive scale, supported bits, zero point
-/// in range.
+/// in range ([`check_act`]).
 pub fn check_quant(op: &str, what: &str, q: &ActQuant) -> Result<()> {
-    if !(q.scale.is_finite() && q.scale > 0.0) {
-        return Err(Error::input(format!(
-            "{op}: {what} scale {} must be finite and positive",
-            q.scale
-        )));
-    }
     check_act(op, what, q)
 }
 

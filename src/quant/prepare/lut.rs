@@ -113,13 +113,15 @@ pub fn lut_with_segments(f: LutFn, x: ActQuant, y: ActQuant, seg_bits: u32) -> R
         let table = (lo..=qmax(x.bits))
             .map(|q| (at(q as f64).round() + y.zero_point as f64).clamp(ylo, yhi) as i32)
             .collect();
-        return Ok(QLut {
+        let t = QLut {
             x,
             y,
             seg_bits: 0,
             frac_bits: 0,
             table,
-        });
+        };
+        t.validate()?;
+        return Ok(t);
     }
     let frac_bits = 30 - y.bits;
     let n = 1usize << (x.bits - seg_bits); // intervals
@@ -141,13 +143,15 @@ pub fn lut_with_segments(f: LutFn, x: ActQuant, y: ActQuant, seg_bits: u32) -> R
             (v * unit).round().clamp(-limit, limit) as i32
         })
         .collect();
-    Ok(QLut {
+    let t = QLut {
         x,
         y,
         seg_bits,
         frac_bits,
         table,
-    })
+    };
+    t.validate()?;
+    Ok(t)
 }
 
 /// The worst `|lut(q) - clamp(f(x(q)) / s_y + zp_y)|` over every input integer `q`, in output

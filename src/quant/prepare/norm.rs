@@ -52,14 +52,16 @@ pub fn rms_norm(weight: &[f32], eps: f32, x: ActQuant, y: ActQuant) -> Result<QR
         w_mult.push(m);
         w_neg.push(w < 0.0);
     }
-    Ok(QRmsNorm {
+    let n = QRmsNorm {
         dim: d,
         x,
         y,
         eps_q64,
         w_mult,
         w_neg,
-    })
+    };
+    n.validate()?;
+    Ok(n)
 }
 
 /// timm `RmsNorm2d` over the `weight.len()` channels of a `[C, H, W]` map.

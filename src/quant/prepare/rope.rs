@@ -58,7 +58,7 @@ pub fn rope_from_inv_freq(inv_freq: &[f32], x: ActQuant, y: ActQuant) -> Result<
     }
     let mult =
         quantize_multiplier(x.scale as f64 / y.scale as f64 / (1u64 << TRIG_ONE_BITS) as f64);
-    Ok(QRope {
+    let rope = QRope {
         head_dim: 2 * inv_freq.len(),
         x,
         y,
@@ -66,5 +66,7 @@ pub fn rope_from_inv_freq(inv_freq: &[f32], x: ActQuant, y: ActQuant) -> Result<
         inv_freq_m,
         inv_freq_e,
         sin_table: sin_table(),
-    })
+    };
+    rope.validate()?;
+    Ok(rope)
 }

@@ -73,12 +73,14 @@ pub fn softmax(input_scale: f64, out_bits: u32) -> Result<QSoftmax> {
         )));
     }
     let (out, out_one) = softmax_output(out_bits)?;
-    Ok(QSoftmax {
+    let sm = QSoftmax {
         in_mult,
         exp2_table: exp2_table(),
         out,
         out_one,
-    })
+    };
+    sm.validate()?;
+    Ok(sm)
 }
 
 #[cfg(test)]
