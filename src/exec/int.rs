@@ -89,6 +89,23 @@ impl IntProgram {
         let g = &self.graph;
         let given: Vec<ValueId> = feeds.iter().map(|(v, _)| *v).collect();
         let sched = g.schedule(&given, outputs);
+        // Every value a scheduled node reads must be fed or computed before it (a graph input
+        // left unfed is an error, not a panic).
+        let mut ready = vec![false; g.values.len()];
+        for v in &given {
+            ready[v.0 as usize] = true;
+        }
+        for &i in &sched {
+            let node = &g.nodes[i];
+            if let Some(v) = node.inputs.iter().find(|v| !ready[v.0 as usize]) {
+                return Err(Error::input(format!(
+                    "`{}` reads `{}`, which this call neither feeds nor computes",
+                    node.name,
+                    g.value(*v).name
+                )));
+            }
+            ready[node.output.0 as usize] = true;
+        }
         let seq = self.check_feeds(&feeds)?;
         let stateful = sched.iter().any(|&i| g.nodes[i].op.uses_position());
         let start = match (&state, stateful) {

@@ -24,6 +24,7 @@
 pub mod builder;
 pub mod cost;
 pub mod op;
+pub mod qcheck;
 pub mod qop;
 
 pub use builder::{GraphBuilder, WeightSource};
