@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the module map and data flow.
 
+pub mod artifact;
 pub mod chat;
 pub mod dataset;
 pub mod engine;

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 #[allow(clippy::large_enum_variant)] // one per node; boxing buys nothing
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum QOp {
     Embedding(QEmbedding),
     Linear(QLinear),
@@ -27,6 +27,7 @@ pub enum QOp {
     /// tied output projection): per-row multipliers for `x -> y`.
     TiedLinear {
         table: usize,
+        #[serde(with = "crate::artifact::array")]
         mult: Vec<Multiplier>,
         x: ActQuant,
         y: ActQuant,

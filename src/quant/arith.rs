@@ -46,6 +46,7 @@ pub fn rounding_shift_right(x: i128, shift: u32) -> i128 {
 
 /// A real multiplier `m * 2^(shift - 31)`, `m` in `[2^30, 2^31)` (or `m = 0` for zero).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Multiplier {
     pub m: i32,
     pub shift: i32,

@@ -42,6 +42,7 @@ pub fn multiplier_value(m: Multiplier) -> f64 {
 
 /// Per-tensor activation quantization: `r = scale * (q - zero_point)`, `q` signed `bits`-wide.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActQuant {
     pub scale: f32,
     pub zero_point: i32,

@@ -49,6 +49,7 @@ pub enum PvMode {
 
 /// Integer SDPA (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QAttention {
     pub n_heads: usize,
     pub n_kv: usize,

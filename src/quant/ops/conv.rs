@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 /// Serde mirror of [`Pad2d`].
 #[derive(Serialize, Deserialize)]
-#[serde(remote = "Pad2d")]
+#[serde(remote = "Pad2d", deny_unknown_fields)]
 struct Pad2dDef {
     top: usize,
     bottom: usize,
@@ -34,6 +34,7 @@ struct Pad2dDef {
 
 /// An integer convolution; see the module docs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QConv2d {
     pub c_in: usize,
     pub c_out: usize,
@@ -48,8 +49,10 @@ pub struct QConv2d {
     /// `[C_out, C_in * kH * kW]` (regular) or `[C, kH * kW]` (depthwise).
     pub weight: QMatrix,
     /// Per output channel, in accumulator units `s_x * row_scale[o] / 2^GROUP_SCALE_BITS`.
+    #[serde(with = "crate::artifact::array")]
     pub bias: Option<Vec<i64>>,
     /// Per output channel.
+    #[serde(with = "crate::artifact::array")]
     pub mult: Vec<Multiplier>,
     pub x: ActQuant,
     pub y: ActQuant,

@@ -20,12 +20,15 @@ use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QCausalConv1d {
     /// `[C, L]`: one `L`-tap filter per channel, tap `L - 1` on the current row.
     pub weight: QMatrix,
     /// Per channel, in accumulator units `s_x * row_scale[c] / 2^GROUP_SCALE_BITS`.
+    #[serde(with = "crate::artifact::array")]
     pub bias: Option<Vec<i64>>,
     /// Per channel.
+    #[serde(with = "crate::artifact::array")]
     pub mult: Vec<Multiplier>,
     pub x: ActQuant,
     pub y: ActQuant,

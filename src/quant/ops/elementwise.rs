@@ -29,6 +29,7 @@ fn check_same_shape(op: &str, a: &QTensor, b: &QTensor) {
 /// `s_c = max(s_a, s_b) / 2^ADD_SHIFT`, `a_mult = round(s_a / s_c)`), then
 /// `y = requantize(acc, s_c / s_y, z_y)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QAdd {
     pub a: ActQuant,
     pub b: ActQuant,
@@ -116,6 +117,7 @@ impl QAdd {
 
 /// `y = a * b`: `requantize((a - z_a) * (b - z_b), s_a * s_b / s_y, z_y)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QMul {
     pub a: ActQuant,
     pub b: ActQuant,
@@ -192,11 +194,14 @@ pub enum ChannelAxis {
 /// folded into per-channel multipliers `|gamma[c]| * s_x / s_y`; a negative `gamma[c]` negates the
 /// centred input first (exact: the rounding is symmetric, so `round(-v) = -round(v)`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QChannelScale {
     pub axis: ChannelAxis,
     /// Per channel `|gamma[c]| * s_x / s_y`.
+    #[serde(with = "crate::artifact::array")]
     pub mult: Vec<Multiplier>,
     /// Per channel: `gamma[c] < 0`.
+    #[serde(with = "crate::artifact::array")]
     pub negate: Vec<bool>,
     pub x: ActQuant,
     pub y: ActQuant,
@@ -294,6 +299,7 @@ impl QChannelScale {
 
 /// `y = requantize(x - z_x, s_x / s_y, z_y, bits_y)`: new scale, zero point or bit width.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QRequantize {
     pub x: ActQuant,
     pub y: ActQuant,

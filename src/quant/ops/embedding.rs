@@ -11,10 +11,12 @@ use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QEmbedding {
     /// `[vocab, dim]`.
     pub table: QMatrix,
     /// Per row: `row_scale / 2^GROUP_SCALE_BITS / s_y`.
+    #[serde(with = "crate::artifact::array")]
     pub mult: Vec<Multiplier>,
     /// Output quantization.
     pub y: ActQuant,

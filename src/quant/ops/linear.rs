@@ -39,6 +39,7 @@ pub enum PackedWeights {
 /// A symmetric integer weight matrix `[out, inp]` with integer per-group multipliers: the integer
 /// half of a [`QuantWeight`] (its real scales are folded into the op's multipliers).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QMatrix {
     pub out: usize,
     pub inp: usize,
@@ -47,8 +48,10 @@ pub struct QMatrix {
     pub bits: u32,
     /// Inputs per group (`inp` for per-channel).
     pub group: usize,
+    #[serde(with = "crate::artifact::array")]
     pub data: PackedWeights,
     /// `[out, inp.div_ceil(group)]`, each in `[0, 2^GROUP_SCALE_BITS]`.
+    #[serde(with = "crate::artifact::array")]
     pub group_mult: Vec<u16>,
 }
 
@@ -342,12 +345,15 @@ pub fn centered_abs_max(q: &ActQuant) -> i64 {
 
 /// Integer linear layer; see the module docs for the arithmetic.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QLinear {
     /// `[out, in]`.
     pub weight: QMatrix,
     /// Per output row, in accumulator units `s_x * row_scale[o] / 2^GROUP_SCALE_BITS`.
+    #[serde(with = "crate::artifact::array")]
     pub bias: Option<Vec<i64>>,
     /// Per output row: `s_x * row_scale[o] / 2^GROUP_SCALE_BITS / s_y`.
+    #[serde(with = "crate::artifact::array")]
     pub mult: Vec<Multiplier>,
     /// Expected input quantization.
     pub x: ActQuant,

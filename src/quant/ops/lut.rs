@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 /// An elementwise function as an integer table (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QLut {
     /// Input quantization.
     pub x: ActQuant,
@@ -36,6 +37,7 @@ pub struct QLut {
     /// Fractional bits of the interpolated table's entries, `30 - bits_y` (0 for a direct table).
     pub frac_bits: u32,
     /// Direct: `2^bits_x` output integers. Interpolated: `2^(bits_x - seg_bits) + 1` values.
+    #[serde(with = "crate::artifact::array")]
     pub table: Vec<i32>,
 }
 

@@ -80,16 +80,20 @@ pub fn scale_pow2(p: i128, e: i32) -> i64 {
 
 /// Integer RMSNorm over `dim`-wide rows (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QRmsNorm {
     /// Width of the normalised vectors (`D`, or `C` for [`QRmsNorm2d`]).
     pub dim: usize,
     pub x: ActQuant,
     pub y: ActQuant,
     /// `round(dim * eps / s_x^2 * 2^64)`: the epsilon in the units of `SS * 2^64`.
+    #[serde(with = "crate::artifact::array::decimal")]
     pub eps_q64: u128,
     /// `|w_c| * sqrt(dim) / s_y` per channel.
+    #[serde(with = "crate::artifact::array")]
     pub w_mult: Vec<Multiplier>,
     /// Channels whose weight is negative.
+    #[serde(with = "crate::artifact::array")]
     pub w_neg: Vec<bool>,
 }
 
@@ -204,6 +208,7 @@ impl QRmsNorm {
 /// Integer `RmsNorm2d` over the channels of `[C, H, W]` (or `[C, HW]`): the same arithmetic as
 /// [`QRmsNorm`] with `dim = C`, per pixel.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QRmsNorm2d {
     pub norm: QRmsNorm,
 }

@@ -26,6 +26,7 @@ fn chw(x: &QTensor, op: &str) -> (usize, usize, usize) {
 /// `F.avg_pool2d(x, (kh, kw), stride=(kh, kw))` (floor mode, no padding):
 /// `y = requantize(sum_window (x - z_x), s_x / (kh * kw * s_y), z_y)`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QAvgPool2d {
     pub kh: usize,
     pub kw: usize,
@@ -95,12 +96,15 @@ impl QAvgPool2d {
 /// ([`crate::ops::pool::nearest_index`], which PyTorch computes in `f32`), so the copy is
 /// bit-exact with it. Values and quantization are unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QUpsampleNearest {
     pub h: usize,
     pub w: usize,
     /// Source row of each output row (`oh` entries, each `< h`).
+    #[serde(with = "crate::artifact::array")]
     pub ys: Vec<usize>,
     /// Source column of each output column (`ow` entries, each `< w`).
+    #[serde(with = "crate::artifact::array")]
     pub xs: Vec<usize>,
 }
 
@@ -175,6 +179,7 @@ pub const RESIZE_WEIGHT_ONE: u32 = 1 << RESIZE_WEIGHT_BITS;
 /// One output row (or column) of a bilinear resize: source indices `i0`, `i1` and their weights,
 /// integers of [`RESIZE_WEIGHT_BITS`] fractional bits with `w0 + w1 == 2^F`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LinearTap {
     pub i0: usize,
     pub i1: usize,
@@ -225,12 +230,15 @@ impl LinearTap {
 /// (`<= 0.57`).
 /// The result does not depend on the thread count: each output is one exact integer sum.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QResizeBilinear {
     pub h: usize,
     pub w: usize,
     /// One per output row (`oh` entries, indices `< h`).
+    #[serde(with = "crate::artifact::array")]
     pub rows: Vec<LinearTap>,
     /// One per output column (`ow` entries, indices `< w`).
+    #[serde(with = "crate::artifact::array")]
     pub cols: Vec<LinearTap>,
     /// `s_x / (s_y * 2^(2F))`.
     pub mult: Multiplier,
@@ -331,6 +339,7 @@ impl QResizeBilinear {
 /// `torch.cat(xs, dim=0)` of `[C_i, ...]` tensors sharing the other dimensions, each input
 /// requantized to the output quantization (copied when its parameters already match).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QConcat {
     /// One per input, in order.
     pub parts: Vec<QRequantize>,

@@ -66,6 +66,7 @@ pub fn round_to_f32(p: u128, e: i32) -> (u64, i32) {
 
 /// Integer RoPE (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QRope {
     pub head_dim: usize,
     pub x: ActQuant,
@@ -73,9 +74,12 @@ pub struct QRope {
     /// `s_x / s_y / 2^30`.
     pub mult: Multiplier,
     /// f32 `inv_freq[i] = inv_freq_m[i] * 2^inv_freq_e[i]` (`inv_freq_m` the 24-bit mantissa).
+    #[serde(with = "crate::artifact::array")]
     pub inv_freq_m: Vec<u32>,
+    #[serde(with = "crate::artifact::array")]
     pub inv_freq_e: Vec<i32>,
     /// `sin(j * (pi/2) / 1024)` in Q30, `j = 0..=1024`.
+    #[serde(with = "crate::artifact::array")]
     pub sin_table: Vec<i32>,
 }
 

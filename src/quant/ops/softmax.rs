@@ -46,6 +46,7 @@ const INTERP_BITS: u32 = EXP_ARG_FRAC_BITS - EXP_TABLE_BITS;
 
 /// Integer softmax (see the module docs).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QSoftmax {
     /// Maps `rowmax - x` (input integer units) to the base-2 exponent in Q24:
     /// `s_in * log2(e) * 2^24`, where `s_in` is the real value of one input unit (including any
@@ -53,6 +54,7 @@ pub struct QSoftmax {
     pub in_mult: Multiplier,
     /// `2^(-j / 512)` in Q30 for `j = 0..=512` (values adjusted by half the midpoint
     /// interpolation error, TFLite style).
+    #[serde(with = "crate::artifact::array")]
     pub exp2_table: Vec<i32>,
     /// Output quantization (int16 `1/32767, 0` or int8 `1/256, -128`).
     pub out: ActQuant,
