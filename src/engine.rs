@@ -2,6 +2,7 @@
 //! single code path: the engine turns images and prompt ids into generated tokens or into the
 //! intermediate tensors `dump` writes (dequantized views for the integer path).
 
+use crate::artifact::is_quantized_dir;
 use crate::chat::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::generate::{generate_with, FloatDecoder, GenerateOptions, Generation};
@@ -9,7 +10,7 @@ use crate::models::autoneural::AutoNeuralConfig;
 use crate::observe::NoObserver;
 use crate::pipeline::{self, ImageInput, Pipeline, PromptInput};
 use crate::quant::calibrate::{CalibrationObserver, RangeMethod, DEFAULT_BINS};
-use crate::quant::model::{QAutoNeural, QDecoder};
+use crate::quant::int_model::{IntModel, QDecoder};
 use crate::quant::scheme::{Part, Scheme};
 use crate::quant::tensor::QTensor;
 use crate::tensor::Tensor;
@@ -27,7 +28,7 @@ pub enum Engine {
 
 /// The integer model with what it needs around it (no float weights).
 pub struct IntegerPipeline {
-    pub model: QAutoNeural,
+    pub model: IntModel,
     pub config: AutoNeuralConfig,
     pub tokenizer: TextTokenizer,
 }
@@ -49,8 +50,8 @@ pub struct Intermediates {
 impl Engine {
     /// A float model directory, or a quantized one (written by `autoneural quantize`).
     pub fn load(dir: &Path) -> Result<Self> {
-        if QAutoNeural::is_quantized_dir(dir) {
-            let (model, config) = QAutoNeural::load(dir)?;
+        if is_quantized_dir(dir) {
+            let (model, config) = IntModel::load(dir)?;
             let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
             Ok(Engine::Integer(Box::new(IntegerPipeline {
                 model,
@@ -94,7 +95,7 @@ impl Engine {
         };
         generate_with(&mut dec, ids.len(), &opts, &mut |_| Ok(()))?;
         let stats = obs.into_stats();
-        let model = QAutoNeural::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
+        let model = IntModel::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
         Ok(Engine::Integer(Box::new(IntegerPipeline {
             model,
             config: pipe.model.config.clone(),
@@ -204,10 +205,10 @@ impl Engine {
             (Engine::Integer(q), ImageEmbeddings::Integer(embeds)) => {
                 let model = &q.model;
                 let x = model.embed_prompt(ids, embeds)?;
-                let mut cache = model.new_cache();
+                let mut state = model.new_state(request_context(ids, opts));
                 let mut dec = QDecoder {
                     lm: &model.text,
-                    cache: &mut cache,
+                    state: &mut state,
                     prompt: Some(x),
                 };
                 generate_with(&mut dec, ids.len(), opts, on_token)
@@ -243,12 +244,10 @@ impl Engine {
                 }
                 let embeddings = qe.iter().map(|e| e.dequantize()).collect();
                 let x = model.embed_prompt(ids, &qe)?;
-                let mut cache = model.new_cache();
-                let hidden = model.text.forward(&x, &mut cache, &mut NoObserver)?;
                 Ok(Intermediates {
                     features,
                     embeddings,
-                    logits: model.text.logits(&hidden).dequantize(),
+                    logits: model.prompt_logits(x, &mut NoObserver)?.dequantize(),
                 })
             }
         }

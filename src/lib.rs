@@ -12,7 +12,6 @@ pub mod exec;
 pub mod generate;
 pub mod graph;
 pub mod models;
-pub mod nn;
 pub mod npy;
 pub mod observe;
 pub mod ops;

@@ -1,4 +1,4 @@
-//! Observation hooks: every named op in a forward pass reports its output here.
+//! Observation hooks: the executors report every named node's output here.
 //!
 //! The float path uses [`NoObserver`]. Calibration (choosing activation ranges for the integer
 //! path), `dump`, and error analysis plug in observers that record the tensors they care about.
@@ -77,17 +77,6 @@ impl<F: Fn(&str) -> bool> Observer for Recorder<F> {
     fn observe(&mut self, name: &str, tensor: &Tensor) {
         if (self.filter)(name) {
             self.tensors.insert(name.to_string(), tensor.clone());
-        }
-    }
-}
-
-/// Reports `tensor` under `prefix.suffix` if the observer is enabled.
-pub fn observe(obs: &mut dyn Observer, prefix: &str, suffix: &str, tensor: &Tensor) {
-    if obs.enabled() {
-        if prefix.is_empty() {
-            obs.observe(suffix, tensor);
-        } else {
-            obs.observe(&format!("{prefix}.{suffix}"), tensor);
         }
     }
 }

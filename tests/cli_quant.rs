@@ -96,7 +96,7 @@ fn quantize_then_run_dump_and_report() {
         "config.json",
         "tokenizer.json",
         "quantized.safetensors",
-        "quantized.json",
+        "graph.json",
     ] {
         assert!(q.join(f).is_file(), "{f}");
     }
@@ -241,16 +241,30 @@ fn bad_schemes_calibration_sets_and_artifacts() {
     std::fs::write(&st, safetensors::serialize(kept, None).unwrap()).unwrap();
     fails_with(&run(&["run", "--model", &s(&q), "--prompt", "Hi"]), &victim);
 
-    // Metadata of one op removed.
+    // One node's op removed from the graph.
     let q = quantize(tmp.path(), "w8a8");
-    let meta_path = q.join("quantized.json");
-    let text = std::fs::read_to_string(&meta_path).unwrap();
-    let mut meta: serde_json::Value = serde_json::from_str(&text).unwrap();
-    meta.as_object_mut().unwrap().remove("text.embed_tokens");
-    std::fs::write(&meta_path, serde_json::to_string(&meta).unwrap()).unwrap();
+    let graph_path = q.join("graph.json");
+    let text = std::fs::read_to_string(&graph_path).unwrap();
+    let mut graph: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let node = graph["text"]["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|n| n["name"] == "embed_tokens")
+        .unwrap();
+    node.as_object_mut().unwrap().remove("op");
+    std::fs::write(&graph_path, serde_json::to_string(&graph).unwrap()).unwrap();
     fails_with(
         &run(&["run", "--model", &s(&q), "--prompt", "Hi"]),
-        "text.embed_tokens",
+        "embed_tokens",
+    );
+
+    // A directory written by the previous format (no graph.json): re-quantize.
+    std::fs::remove_file(&graph_path).unwrap();
+    std::fs::write(q.join("quantized.json"), "{}").unwrap();
+    fails_with(
+        &run(&["run", "--model", &s(&q), "--prompt", "Hi"]),
+        "re-quantize",
     );
 }
 
@@ -264,4 +278,65 @@ fn inspect_reads_a_quantized_directory_without_float_weights() {
         "{text}"
     );
     assert!(text.contains("integer path (int16)"), "{text}");
+}
+
+/// A 320 px input: the MSFA's 20x20 fused map does not divide the trained model's 8x8 grid, so
+/// it is resized bilinearly, which the integer path now does too. The model converts for that size
+/// (the lowered encoder holds an integer bilinear resize) and answers on the integer path.
+#[test]
+fn a_320_px_input_quantizes_and_runs_on_the_integer_path() {
+    use autoneural::engine::Engine;
+    use autoneural::generate::GenerateOptions;
+    use autoneural::pipeline::{ImageInput, PromptInput};
+    use autoneural::quant::scheme::Scheme;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cockpit-320");
+    std::fs::create_dir_all(&dir).unwrap();
+    let trained = root().join("models/autoneural-cockpit-tiny");
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(trained.join(f), dir.join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(trained.join("config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    cfg["vision_config"]["image_size"] = 320.into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+
+    let engine = Engine::load(&dir).unwrap();
+    let image = ImageInput::File(root().join("assets/cockpit_road.png"));
+    let pixels = engine.load_pixels(&[image]).unwrap();
+    assert_eq!(pixels[0].shape(), [3, 320, 320]);
+    let prompt = PromptInput::Chat {
+        user: "What colour is the traffic light?".into(),
+        system: None,
+    };
+    let ids = engine.prompt_ids(&prompt, 1).unwrap();
+    let scheme = Scheme::parse("default").unwrap();
+    let engine = engine.quantize_for(&scheme, &pixels, &ids).unwrap();
+    let Engine::Integer(q) = &engine else {
+        panic!("expected the integer engine")
+    };
+    let encoder = &q.model.vision.as_ref().unwrap().encoder.graph;
+    let resize = encoder
+        .nodes
+        .iter()
+        .find(|n| n.name == "msfa.interpolate")
+        .expect("the 320 px encoder resizes bilinearly");
+    assert_eq!(resize.op.kind(), "resize_bilinear");
+    let opts = GenerateOptions {
+        max_new_tokens: 8,
+        stop_tokens: engine.stop_tokens(),
+        sampling: Default::default(),
+        context: 512,
+    };
+    let (generation, _) = engine
+        .generate(&pixels, &ids, &opts, &mut |_| Ok(()))
+        .unwrap();
+    assert!(!generation.tokens.is_empty());
+    let answer = engine.tokenizer().decode(&generation.tokens).unwrap();
+    println!("320 px, integer path: {answer:?}");
 }

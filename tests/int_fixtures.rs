@@ -243,7 +243,7 @@ fn gptq_calibrated_engines(model_dir: &Path, samples: &[(PathBuf, &str)]) -> Vec
     use autoneural::pipeline::Pipeline;
     use autoneural::quant::calibrate::{calibrate, CalibrationOptions, Rounding, DEFAULT_BINS};
     use autoneural::quant::calibset::CalibrationSample;
-    use autoneural::quant::model::QAutoNeural;
+    use autoneural::quant::int_model::IntModel;
 
     let pipe = Pipeline::load(model_dir).unwrap();
     let samples: Vec<CalibrationSample> = samples
@@ -264,7 +264,7 @@ fn gptq_calibrated_engines(model_dir: &Path, samples: &[(PathBuf, &str)]) -> Vec
         .iter()
         .map(|s| {
             let scheme = Scheme::parse(s).unwrap();
-            let model = QAutoNeural::build(&pipe.model, &stats, &scheme, None).unwrap();
+            let model = IntModel::build(&pipe.model, &stats, &scheme, None).unwrap();
             Engine::Integer(Box::new(IntegerPipeline {
                 model,
                 config: pipe.model.config.clone(),

@@ -11,17 +11,33 @@
 
 mod common;
 
+use autoneural::exec::{FloatProgram, SequenceState, Val};
 use autoneural::generate::argmax;
-use autoneural::models::lfm2::{Lfm2Config, Lfm2Model};
+use autoneural::models::lfm2::{self, Lfm2Config};
 use autoneural::observe::NoObserver;
-use autoneural::weights::{WeightStore, Weights};
+use autoneural::weights::WeightStore;
 use autoneural::Tensor;
 use common::*;
 use serde_json::Value;
-use std::sync::Arc;
+
+/// The language model's graph program.
+struct Lm(FloatProgram);
+
+impl Lm {
+    fn embed(&self, ids: &[u32]) -> Tensor {
+        self.0.embed(ids).unwrap()
+    }
+    fn state(&self) -> SequenceState {
+        self.0.new_state(1024)
+    }
+    /// Logits of every row of `x` (input embeddings) after the positions in `state`.
+    fn logits(&self, x: Tensor, state: &mut SequenceState) -> Tensor {
+        self.0.logits(Val::F(x), state, &mut NoObserver).unwrap()
+    }
+}
 
 struct Loaded {
-    model: Lfm2Model,
+    model: Lm,
     image_token_id: u32,
     format: &'static str,
 }
@@ -36,10 +52,10 @@ fn load(case: &Case) -> Loaded {
         other => panic!("{}: unexpected model_type {other:?}", case.name),
     };
     let cfg = Lfm2Config::from_json(text_json).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-    let store = Arc::new(WeightStore::open_dir(&dir).unwrap());
-    let root = Weights::new(store);
-    let model = Lfm2Model::load(&cfg, &root.pp(prefix), Some(&root))
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let store = WeightStore::open_dir(&dir).unwrap();
+    let graph = lfm2::graph::build(&cfg, &store, prefix).unwrap();
+    let model =
+        Lm(FloatProgram::load(graph, &store).unwrap_or_else(|e| panic!("{}: {e}", case.name)));
     let image_token_id = json["image_token_id"].as_u64().unwrap_or(396) as u32;
     Loaded {
         model,
@@ -50,7 +66,7 @@ fn load(case: &Case) -> Loaded {
 
 /// Prompt embeddings with the reference image embeddings at the `<image>` positions.
 fn prompt_embeddings(case: &Case, l: &Loaded, ids: &[u32]) -> Tensor {
-    let mut x = l.model.embed(ids).unwrap();
+    let mut x = l.model.embed(ids);
     if case.num_images() == 0 {
         return x;
     }
@@ -84,34 +100,27 @@ fn lfm2_matches_transformers_on_every_golden_case() {
         let want_logits = case.npy("logits.npy");
         let x = prompt_embeddings(&case, &l, &ids);
 
-        // One uncached forward over the whole prompt.
-        let mut cache = m.new_cache();
-        let hidden = m.forward(x.clone(), &mut cache, &mut NoObserver).unwrap();
-        let e_full = max_rel_err(&m.logits(&hidden), &want_logits);
+        // One forward over the whole prompt.
+        let e_full = max_rel_err(&m.logits(x.clone(), &mut m.state()), &want_logits);
 
-        // The same prompt, one token at a time through the cache.
-        let mut cache = m.new_cache();
+        // The same prompt, one token at a time through the sequence state.
+        let mut state = m.state();
         let mut step_logits = Vec::with_capacity(want_logits.numel());
         for t in 0..ids.len() {
-            let h = m
-                .forward(rows(&x, t, 1), &mut cache, &mut NoObserver)
-                .unwrap();
-            step_logits.extend_from_slice(m.logits(&h).data());
+            step_logits.extend_from_slice(m.logits(rows(&x, t, 1), &mut state).data());
         }
         let step_logits = Tensor::new(want_logits.shape(), step_logits).unwrap();
         let e_step = max_rel_err(&step_logits, &want_logits);
 
         // Greedy decoding with the cache.
         let want_ids = case.ids("generated_ids");
-        let mut cache = m.new_cache();
-        let hidden = m.forward(x, &mut cache, &mut NoObserver).unwrap();
-        let mut next = argmax(m.logits_last(&hidden).data());
+        let mut state = m.state();
+        let n = ids.len();
+        let prompt = m.logits(x, &mut state);
+        let mut next = argmax(prompt.row(n - 1));
         let mut got_ids = vec![next];
         while got_ids.len() < want_ids.len() {
-            let h = m
-                .forward(m.embed(&[next]).unwrap(), &mut cache, &mut NoObserver)
-                .unwrap();
-            next = argmax(m.logits(&h).data());
+            next = argmax(m.logits(m.embed(&[next]), &mut state).data());
             got_ids.push(next);
         }
         let greedy_ok = got_ids == want_ids;

@@ -5,7 +5,7 @@ use autoneural::engine::{Engine, IntegerPipeline};
 use autoneural::pipeline::Pipeline;
 use autoneural::quant::calibrate::{calibrate, CalibrationOptions, Rounding, DEFAULT_BINS};
 use autoneural::quant::calibset::CalibrationSample;
-use autoneural::quant::model::QAutoNeural;
+use autoneural::quant::int_model::IntModel;
 use autoneural::quant::scheme::Scheme;
 use std::path::PathBuf;
 
@@ -50,7 +50,7 @@ fn save_load_run_is_bit_identical() {
         .unwrap();
     for scheme in ["default", "w8a8", "vision=w8a16,text=w8a16", "w16a16"] {
         let scheme = Scheme::parse(scheme).unwrap();
-        let q = QAutoNeural::build(&pipe.model, &stats, &scheme, None).unwrap();
+        let q = IntModel::build(&pipe.model, &stats, &scheme, None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         q.save(dir.path(), &model_dir).unwrap();
         let in_memory = Engine::Integer(Box::new(IntegerPipeline {

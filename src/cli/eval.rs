@@ -2,6 +2,7 @@
 //! model and integer schemes side by side, against the majority-answer baseline.
 
 use anyhow::{bail, Context, Result};
+use autoneural::artifact::is_quantized_dir;
 use autoneural::dataset::{self, Record};
 use autoneural::engine::{Engine, IntegerPipeline};
 use autoneural::eval::{self, EvalOptions, Outcome, Scores};
@@ -10,7 +11,7 @@ use autoneural::quant::calibrate::{
     calibrate, CalibrationOptions, CalibrationStats, Rounding, DEFAULT_BINS,
 };
 use autoneural::quant::calibset::{read_calibration_set, CalibrationSample};
-use autoneural::quant::model::QAutoNeural;
+use autoneural::quant::int_model::IntModel;
 use autoneural::quant::scheme::Scheme;
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -101,7 +102,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
 
     let mut runs = Vec::new();
-    if QAutoNeural::is_quantized_dir(&dir) {
+    if is_quantized_dir(&dir) {
         if !args.precisions.is_empty() {
             bail!(
                 "{} is already quantized; --precision applies to float model directories",
@@ -161,7 +162,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                         stats = Some(calibrated);
                     }
                     let stats = stats.as_ref().expect("calibrated above");
-                    let model = QAutoNeural::build(&pipe.model, stats, scheme, None)
+                    let model = IntModel::build(&pipe.model, stats, scheme, None)
                         .with_context(|| format!("quantizing for --precision {p}"))?;
                     integer = Engine::Integer(Box::new(IntegerPipeline {
                         model,

@@ -3,6 +3,7 @@
 //! part graphs `inspect` counts parameters and state from.
 
 use anyhow::{bail, Context, Result};
+use autoneural::artifact::is_quantized_dir;
 use autoneural::graph::builder::FromConfig;
 use autoneural::graph::cost::{elem_text, GraphCost, KindCost, NodeCost};
 use autoneural::graph::{bind_shape, Bindings, Dim, Graph, WeightSource};
@@ -11,7 +12,6 @@ use autoneural::models::connector;
 use autoneural::models::lfm2::{self, Lfm2Config};
 use autoneural::models::mobilenetv5::{self, VisionConfig};
 use autoneural::ops::activation::Activation;
-use autoneural::quant::model::QAutoNeural;
 use autoneural::weights::WeightStore;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -107,7 +107,7 @@ fn vision_graph(v: &VisionConfig, src: &dyn WeightSource) -> Result<Graph> {
 pub fn dir_parts(dir: &Path) -> Result<(AutoNeuralConfig, Parts, Option<WeightStore>)> {
     let cfg = AutoNeuralConfig::from_file(&dir.join("config.json"))
         .with_context(|| format!("reading {}", dir.display()))?;
-    if QAutoNeural::is_quantized_dir(dir) {
+    if is_quantized_dir(dir) {
         let parts = Parts::build(&cfg, &FromConfig)?;
         return Ok((cfg, parts, None));
     }

@@ -5,13 +5,13 @@
 
 use super::graph::{dir_parts, preset_config, Parts};
 use anyhow::{Context, Result};
+use autoneural::artifact::ARRAYS_FILE;
 use autoneural::graph::builder::FromConfig;
 use autoneural::graph::cost::state_sizes;
 use autoneural::graph::Graph;
 use autoneural::models::autoneural::AutoNeuralConfig;
 use autoneural::models::lfm2::LayerType;
-use autoneural::quant::model::QAutoNeural;
-use autoneural::quant::model_io::QUANT_STEM;
+use autoneural::quant::int_model::IntModel;
 use autoneural::weights::WeightStore;
 use clap::Args;
 use std::collections::HashSet;
@@ -55,8 +55,8 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
                 None => {
                     // Integer artifact: no float checkpoint; parameters from the config's graphs,
                     // bytes from the integer arrays actually stored.
-                    let (q, _) = QAutoNeural::load(&dir)?;
-                    let stored = std::fs::metadata(dir.join(format!("{QUANT_STEM}.safetensors")))
+                    let (q, _) = IntModel::load(&dir)?;
+                    let stored = std::fs::metadata(dir.join(ARRAYS_FILE))
                         .with_context(|| format!("reading {}", dir.display()))?
                         .len() as usize;
                     let label = format!("{} (integer-only, scheme {})", dir.display(), q.scheme);

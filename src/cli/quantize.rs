@@ -7,7 +7,7 @@ use autoneural::quant::calibrate::{
     calibrate, CalibrationOptions, RangeMethod, Rounding, DEFAULT_BINS,
 };
 use autoneural::quant::calibset::read_calibration_set;
-use autoneural::quant::model::QAutoNeural;
+use autoneural::quant::int_model::IntModel;
 use autoneural::quant::scheme::{Part, Scheme};
 use clap::Args;
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
             rounding,
         },
     )?;
-    let q = QAutoNeural::build(&pipe.model, &stats, &scheme, method)?;
+    let q = IntModel::build(&pipe.model, &stats, &scheme, method)?;
     let written = q.save(&args.out, &dir)?;
     stats
         .save(&args.out.join("calibration.json"))

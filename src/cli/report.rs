@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use autoneural::pipeline::{ImageInput, Pipeline, PromptInput};
-use autoneural::quant::model::QAutoNeural;
+use autoneural::quant::int_model::IntModel;
 use autoneural::quant::report::{analyse, svg_chart};
 use clap::Args;
 use std::path::PathBuf;
@@ -39,7 +39,7 @@ pub fn report(args: ReportArgs) -> Result<()> {
     }
     let dir = super::resolve_model_dir(&args.model)?;
     let pipe = Pipeline::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
-    let (quant, _) = QAutoNeural::load(&args.quantized)
+    let (quant, _) = IntModel::load(&args.quantized)
         .with_context(|| format!("loading quantized model {}", args.quantized.display()))?;
     let inputs: Vec<ImageInput> = args.images.iter().cloned().map(ImageInput::File).collect();
     let pixels = pipe.load_pixels(&inputs)?;

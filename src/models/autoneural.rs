@@ -10,7 +10,7 @@ use crate::exec::{FloatProgram, SequenceState, Val};
 use crate::models::connector;
 use crate::models::lfm2::{self, Lfm2Config};
 use crate::models::mobilenetv5::{self, VisionConfig};
-use crate::observe::{NoObserver, Observer};
+use crate::observe::Observer;
 use crate::ops::activation::Activation;
 use crate::tensor::Tensor;
 use crate::weights::WeightStore;
@@ -268,28 +268,14 @@ impl AutoNeuralModel {
 
     /// `embed_tokens(ids)`: `[T, hidden]`.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
-        let g = &self.text.graph;
-        let feed = vec![(g.port("ids")?, Val::Ids(ids.to_vec()))];
-        Ok(take_one(self.text.run(
-            feed,
-            &[g.port("embeds")?],
-            None,
-            &mut NoObserver,
-        )?))
+        self.text.embed(ids)
     }
 
     /// Teacher-forced logits of every row of the prompt embeddings `x` (`[T, hidden]`) from a
     /// fresh state; the observer sees every op, the head included.
     pub fn prompt_logits(&self, x: Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
-        let g = &self.text.graph;
         let mut state = self.new_state(x.dim(0));
-        let feed = vec![(g.port("embeds")?, Val::F(x))];
-        Ok(take_one(self.text.run(
-            feed,
-            &[g.port("logits")?],
-            Some(&mut state),
-            obs,
-        )?))
+        self.text.logits(Val::F(x), &mut state, obs)
     }
 
     /// A fresh decode state for up to `context` positions (at most the model's

@@ -2,6 +2,5 @@
 
 pub mod autoneural;
 pub mod connector;
-pub mod legacy;
 pub mod lfm2;
 pub mod mobilenetv5;

@@ -3,10 +3,11 @@
 //! embeddings). Everything between quantizing the input pixels and choosing a token from the
 //! integer logits runs in integer arithmetic.
 
+use crate::artifact::{QuantizedModel, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::exec::{IntProgram, QVal, SequenceState};
 use crate::generate::Decoder;
-use crate::models::autoneural::AutoNeuralModel;
+use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
 use crate::observe::{NoObserver, Observer};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
 use crate::quant::lower::lower;
@@ -16,6 +17,7 @@ use crate::quant::prepare::elementwise::requantize;
 use crate::quant::scheme::{Part, Scheme};
 use crate::quant::tensor::QTensor;
 use crate::tensor::Tensor;
+use std::path::Path;
 
 /// Output of the integer vision side for one image.
 pub struct QImageEncoding {
@@ -87,6 +89,44 @@ impl IntModel {
             image_token_id: float.config.image_token_id,
             max_positions: float.config.text.max_position_embeddings,
         })
+    }
+
+    /// Writes a self-contained quantized directory (see [`QuantizedModel::save`]); returns the
+    /// bytes of integer arrays written.
+    pub fn save(&self, dir: &Path, float_dir: &Path) -> Result<usize> {
+        let v = self.vision.as_ref();
+        QuantizedModel {
+            format_version: FORMAT_VERSION,
+            scheme: self.scheme.to_string(),
+            image_size: v.map(|v| v.image_size),
+            vision: v.map(|v| v.encoder.graph.clone()),
+            connector: v.map(|v| v.connector.graph.clone()),
+            image_to_embed: v.map(|v| v.to_embed.clone()),
+            text: self.text.graph.clone(),
+        }
+        .save(dir, float_dir)
+    }
+
+    /// Loads (and validates) a directory written by [`Self::save`]; no float weights are read.
+    pub fn load(dir: &Path) -> Result<(Self, AutoNeuralConfig)> {
+        let (q, config) = QuantizedModel::load(dir)?;
+        let vision = match (q.vision, q.connector, q.image_to_embed, q.image_size) {
+            (Some(encoder), Some(connector), Some(to_embed), Some(image_size)) => Some(IntVision {
+                image_size,
+                encoder: IntProgram::new(encoder),
+                connector: IntProgram::new(connector),
+                to_embed,
+            }),
+            _ => None,
+        };
+        let model = Self {
+            scheme: Scheme::parse(&q.scheme)?,
+            vision,
+            text: IntProgram::new(q.text),
+            image_token_id: config.image_token_id,
+            max_positions: config.text.max_position_embeddings,
+        };
+        Ok((model, config))
     }
 
     /// The quantization pixels enter the encoder in.

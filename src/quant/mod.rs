@@ -3,20 +3,14 @@
 //! operators ([`ops`]) and error metrics ([`metrics`]).
 
 pub mod arith;
-pub mod artifact;
 pub mod calibrate;
 pub mod calibset;
 pub mod gptq;
 pub mod int_model;
 pub mod lower;
 pub mod metrics;
-pub mod model;
-pub mod model_io;
-pub mod models;
 pub mod ops;
 pub mod params;
-pub mod persist;
-pub mod persist_models;
 pub mod prepare;
 pub mod report;
 pub mod scheme;

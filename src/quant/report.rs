@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::models::autoneural::AutoNeuralModel;
 use crate::observe::{Observer, Recorder};
-use crate::quant::model::QAutoNeural;
+use crate::quant::int_model::IntModel;
 use crate::tensor::Tensor;
 use std::collections::BTreeMap;
 
@@ -96,7 +96,7 @@ impl Report {
 /// teacher-forced) and accumulates per-op errors and perplexities.
 pub fn analyse(
     float: &AutoNeuralModel,
-    quant: &QAutoNeural,
+    quant: &IntModel,
     images: &[Tensor],
     prompts: &[Vec<u32>],
 ) -> Result<Report> {
@@ -120,10 +120,9 @@ pub fn analyse(
             reference: &rec.tensors,
             stats: &mut text,
         };
-        let qx = quant.text.embed(ids)?;
-        let mut qcache = quant.new_cache();
-        let qh = quant.text.forward(&qx, &mut qcache, &mut cmp)?;
-        let logits_q = quant.text.lm_head(&qh, &mut cmp).dequantize();
+        let logits_q = quant
+            .prompt_logits(quant.embed(ids)?, &mut cmp)?
+            .dequantize();
         for t in 0..ids.len().saturating_sub(1) {
             let target = ids[t + 1] as usize;
             nll_f += nll(logits_f.row(t), target);

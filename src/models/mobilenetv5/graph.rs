@@ -406,7 +406,6 @@ mod tests {
     use crate::graph::builder::FromConfig;
     use crate::graph::Dim;
     use crate::models::mobilenetv5::tests::synthetic_weights;
-    use crate::models::mobilenetv5::MobileNetV5Encoder;
     use crate::observe::{Observer, OpInput};
     use crate::tensor::Tensor;
     use std::collections::{BTreeMap, HashMap};
@@ -484,9 +483,10 @@ mod tests {
 
     /// Block kinds and options the golden cases lack (er with a 3x3 `conv_pwl`, uir ending in
     /// `dw_end`, with the stride there, without skip, an mqa changing the width, the stem as an
-    /// MSFA tap, a stage after the last tap), at odd sizes down to 1x1.
+    /// MSFA tap, a stage after the last tap) build and run at odd sizes down to 1x1, reporting
+    /// every op once. (They were bit-identical to the hand-written encoder this graph replaced.)
     #[test]
-    fn small_encoders_match_the_float_model_bit_for_bit() {
+    fn small_encoders_run_at_odd_sizes() {
         let er: &[&str] = &["er_r1_k3_s2_e4_c8", "er_r1_k3_s1_e2_c8_p3"];
         let uir: &[&str] = &[
             "uir_r1_a3_k5_s2_e4_c16",
@@ -507,26 +507,21 @@ mod tests {
             let arch = cfg.arch().unwrap();
             let dir = tempfile::tempdir().unwrap();
             let w = synthetic_weights(&arch, dir.path());
-            let enc = MobileNetV5Encoder::load(&cfg, &w).unwrap();
             for (h, wd) in [(64, 64), (37, 50), (9, 9), (1, 1)] {
                 let n = 3 * h * wd;
                 let data = (0..n).map(|i| ((i * 7919) % 2003) as f32 / 1001.5 - 1.0);
                 let px = Tensor::new(&[3, h, wd], data.collect()).unwrap();
-                let mut old = All::default();
-                let map = enc.forward(&px, &mut old).unwrap();
-                let want = enc.feature_tokens(&map).unwrap();
                 let g = build(&cfg, w.store().as_ref(), ROOT, (h, wd)).unwrap();
                 let (pixels, features) = (g.port("pixels").unwrap(), g.port("features").unwrap());
                 let prog = FloatProgram::load(g, w.store()).unwrap();
-                let mut new = All::default();
+                let mut obs = All::default();
                 let got = prog
-                    .run(vec![(pixels, Val::F(px))], &[features], None, &mut new)
+                    .run(vec![(pixels, Val::F(px))], &[features], None, &mut obs)
                     .unwrap();
                 let what = format!("{:?} at {h}x{wd}", cfg.msfa_indices);
-                assert!(old.tensors.len() > 40, "{what}");
-                assert_eq!(old.tensors, new.tensors, "{what}: observations");
-                assert_eq!(old.inputs, new.inputs, "{what}: reported inputs");
-                assert_eq!(bits(got[0].data()), bits(want.data()), "{what}");
+                assert!(obs.tensors.len() > 40 && !obs.inputs.is_empty(), "{what}");
+                assert_eq!(got[0].shape(), [9, 16], "{what}");
+                assert!(got[0].data().iter().all(|v| v.is_finite()), "{what}");
             }
         }
     }
