@@ -8,3 +8,16 @@ pub mod state;
 pub use float::{FloatProgram, Val};
 pub use int::{IntProgram, QVal};
 pub use state::{SequenceState, SlotData};
+
+#[cfg(test)]
+mod tests {
+    /// One program serves concurrent requests: it must be shareable across threads.
+    #[test]
+    fn programs_are_shareable_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::FloatProgram>();
+        shared::<super::IntProgram>();
+        shared::<crate::quant::int_model::IntModel>();
+        shared::<crate::models::autoneural::AutoNeuralModel>();
+    }
+}
