@@ -6,6 +6,7 @@
 //! are freed after their last use, and a node whose input dies with it works in place on it.
 
 use super::state::{SequenceState, SlotData};
+use super::{at_node, Plan};
 use crate::error::{Error, Result};
 use crate::graph::{bind_shape, Bindings, Dim, Elem, Graph, Node, Op, ValueId};
 use crate::observe::{NoObserver, Observer, OpInput};
@@ -215,30 +216,15 @@ impl FloatProgram {
     ) -> Result<Vec<Tensor>> {
         let g = &self.graph;
         let given: Vec<ValueId> = feeds.iter().map(|(v, _)| *v).collect();
-        let sched = g.schedule(&given, outputs);
         let b = bindings(g, &feeds)?;
-        let stateful = sched.iter().any(|&i| g.nodes[i].op.uses_position());
-        let start = match (&state, stateful) {
-            (Some(s), true) => {
-                s.check(&g.states, b.seq)?;
-                s.len()
-            }
-            (None, true) => {
-                return Err(Error::input(
-                    "this part of the model keeps decode state: pass a sequence state",
-                ))
-            }
-            _ => 0,
-        };
-        let mut last = vec![None; g.values.len()];
-        for &i in &sched {
-            for v in &g.nodes[i].inputs {
-                last[v.0 as usize] = Some(i);
-            }
-        }
-        for o in outputs {
-            last[o.0 as usize] = Some(usize::MAX);
-        }
+        let plan = Plan::new(
+            g,
+            &given,
+            outputs,
+            state.as_deref(),
+            b.seq,
+            Op::uses_position,
+        )?;
         let mut vals: Vec<Option<Val>> = vec![None; g.values.len()];
         for (v, val) in feeds {
             if let (Some(p), Val::F(t)) = (g.producer(v), &val) {
@@ -251,18 +237,15 @@ impl FloatProgram {
             }
             vals[v.0 as usize] = Some(val);
         }
-        for &i in &sched {
+        for &i in &plan.sched {
             let node = &g.nodes[i];
             report_input(node, &vals, &self.params, obs);
             let slot = state.as_deref_mut();
             let y = self
-                .eval(i, node, &mut vals, &last, slot, start, b)
-                .map_err(|e| match e {
-                    Error::Input(m) => Error::input(format!("`{}`: {m}", node.name)),
-                    e => e,
-                })?;
+                .eval(i, node, &mut vals, &plan.last, slot, plan.start, b)
+                .map_err(at_node(&node.name))?;
             for v in &node.inputs {
-                if last[v.0 as usize] == Some(i) {
+                if plan.last[v.0 as usize] == Some(i) {
                     vals[v.0 as usize] = None;
                 }
             }
@@ -274,11 +257,7 @@ impl FloatProgram {
             }
             vals[node.output.0 as usize] = Some(Val::F(y));
         }
-        if stateful {
-            if let Some(s) = state {
-                s.advance(b.seq);
-            }
-        }
+        plan.finish(state, b.seq);
         outputs
             .iter()
             .map(|o| match &vals[o.0 as usize] {
@@ -651,7 +630,12 @@ fn random_tensor(key: &str, shape: &[usize], seed: u64, center: f32, half: f32) 
     Tensor::from_parts(shape, data)
 }
 
-fn conv_spec(stride: usize, dilation: usize, groups: usize, pad: &[usize; 4]) -> Conv2dSpec {
+pub(crate) fn conv_spec(
+    stride: usize,
+    dilation: usize,
+    groups: usize,
+    pad: &[usize; 4],
+) -> Conv2dSpec {
     Conv2dSpec::new(
         stride,
         dilation,

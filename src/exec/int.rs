@@ -5,6 +5,7 @@
 #![deny(clippy::float_arithmetic)]
 
 use super::state::{SequenceState, SlotData};
+use super::{at_node, Plan};
 use crate::error::{Error, Result};
 use crate::graph::qop::QOp;
 use crate::graph::{Dim, Elem, Graph, Node, ValueId};
@@ -88,47 +89,15 @@ impl IntProgram {
     ) -> Result<Vec<QTensor>> {
         let g = &self.graph;
         let given: Vec<ValueId> = feeds.iter().map(|(v, _)| *v).collect();
-        let sched = g.schedule(&given, outputs);
-        // Every value a scheduled node reads must be fed or computed before it (a graph input
-        // left unfed is an error, not a panic).
-        let mut ready = vec![false; g.values.len()];
-        for v in &given {
-            ready[v.0 as usize] = true;
-        }
-        for &i in &sched {
-            let node = &g.nodes[i];
-            if let Some(v) = node.inputs.iter().find(|v| !ready[v.0 as usize]) {
-                return Err(Error::input(format!(
-                    "`{}` reads `{}`, which this call neither feeds nor computes",
-                    node.name,
-                    g.value(*v).name
-                )));
-            }
-            ready[node.output.0 as usize] = true;
-        }
         let seq = self.check_feeds(&feeds)?;
-        let stateful = sched.iter().any(|&i| g.nodes[i].op.uses_position());
-        let start = match (&state, stateful) {
-            (Some(s), true) => {
-                s.check(&g.states, seq)?;
-                s.len()
-            }
-            (None, true) => {
-                return Err(Error::input(
-                    "this part of the model keeps decode state: pass a sequence state",
-                ))
-            }
-            _ => 0,
-        };
-        let mut last = vec![None; g.values.len()];
-        for &i in &sched {
-            for v in &g.nodes[i].inputs {
-                last[v.0 as usize] = Some(i);
-            }
-        }
-        for o in outputs {
-            last[o.0 as usize] = Some(usize::MAX);
-        }
+        let plan = Plan::new(
+            g,
+            &given,
+            outputs,
+            state.as_deref(),
+            seq,
+            QOp::uses_position,
+        )?;
         let mut vals: Vec<Option<QVal>> = vec![None; g.values.len()];
         for (v, val) in feeds {
             if let (Some(p), QVal::Q(t)) = (g.producer(v), &val) {
@@ -136,26 +105,21 @@ impl IntProgram {
             }
             vals[v.0 as usize] = Some(val);
         }
-        for &i in &sched {
+        for &i in &plan.sched {
             let node = &g.nodes[i];
             let slot = state.as_deref_mut();
-            let y = self.eval(node, &vals, slot, start).map_err(|e| match e {
-                Error::Input(m) => Error::input(format!("`{}`: {m}", node.name)),
-                e => e,
-            })?;
+            let y = self
+                .eval(node, &vals, slot, plan.start)
+                .map_err(at_node(&node.name))?;
             for v in &node.inputs {
-                if last[v.0 as usize] == Some(i) {
+                if plan.last[v.0 as usize] == Some(i) {
                     vals[v.0 as usize] = None;
                 }
             }
             report(node, &y, obs);
             vals[node.output.0 as usize] = Some(QVal::Q(y));
         }
-        if stateful {
-            if let Some(s) = state {
-                s.advance(seq);
-            }
-        }
+        plan.finish(state, seq);
         outputs
             .iter()
             .map(|o| match &vals[o.0 as usize] {

@@ -16,12 +16,12 @@
 //! - decode-state slots take the quantization of the edge they store.
 
 use crate::error::{Error, Result};
+use crate::exec::float::conv_spec;
 use crate::exec::FloatProgram;
 use crate::graph::qop::QOp;
 use crate::graph::{Elem, Graph, Node, Op, ValueId};
 use crate::ops::activation::Activation;
 use crate::ops::attention::AttnShape;
-use crate::ops::conv::{Conv2dSpec, Pad2d};
 use crate::ops::rope::Rope;
 use crate::quant::arith::{check_reduction, qmax, qmin};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
@@ -477,17 +477,7 @@ pub fn lower(
                 let (c_out, cpg, kh, kw) = (w.dim(0), w.dim(1), w.dim(2), w.dim(3));
                 let qw = c.weight(name, w.data(), c_out, cpg * kh * kw)?;
                 let y = c.act(name)?;
-                let spec = Conv2dSpec::new(
-                    *stride,
-                    *dilation,
-                    *groups,
-                    Pad2d {
-                        top: pad[0],
-                        bottom: pad[1],
-                        left: pad[2],
-                        right: pad[3],
-                    },
-                );
+                let spec = conv_spec(*stride, *dilation, *groups, pad);
                 let b = bias.map(|b| p(b).data());
                 let conv =
                     conv2d_from_quantized(&qw, cpg, (kh, kw), b, spec, q(0)?, y).map_err(&at)?;
