@@ -161,3 +161,59 @@ fn fresh(s: &StateInfo, context: usize) -> SlotData {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{fixed, Dim};
+    use crate::quant::params::ActQuant;
+
+    fn slots(elem: Elem) -> Vec<StateInfo> {
+        vec![
+            StateInfo {
+                name: "conv".into(),
+                shape: fixed(&[2, 3]),
+                elem,
+            },
+            StateInfo {
+                name: "k".into(),
+                shape: vec![Dim::Past, Dim::Fixed(4)],
+                elem,
+            },
+        ]
+    }
+
+    #[test]
+    fn windows_start_at_zero_kv_is_preallocated_and_reset_keeps_it() {
+        let q = ActQuant {
+            scale: 0.5,
+            zero_point: -3,
+            bits: 8,
+        };
+        let mut st = SequenceState::new(&slots(Elem::Q(q)), 10);
+        assert_eq!(st.slots()[0], SlotData::I16(vec![-3; 6]));
+        let SlotData::I16(k) = st.slot_mut(1) else {
+            panic!("integer slots")
+        };
+        assert!(k.is_empty() && k.capacity() >= 40);
+        k.extend_from_slice(&[1; 8]);
+        if let SlotData::I16(w) = st.slot_mut(0) {
+            w.fill(7);
+        }
+        st.advance(2);
+        assert_eq!((st.len(), st.window_bytes(), st.kv_bytes()), (2, 12, 16));
+        assert!(st.check(&slots(Elem::Q(q)), 9).is_err(), "11 > context 10");
+        assert!(
+            st.check(&slots(Elem::F32), 1).is_err(),
+            "another graph's slots"
+        );
+        st.reset();
+        assert_eq!(st, SequenceState::new(&slots(Elem::Q(q)), 10));
+        let SlotData::I16(k) = st.slot_mut(1) else {
+            panic!("integer slots")
+        };
+        assert!(k.capacity() >= 40, "reset keeps the K/V allocation");
+        let f = SequenceState::new(&slots(Elem::F32), 1);
+        assert_eq!(f.slots()[0], SlotData::F32(vec![0.0; 6]));
+    }
+}

@@ -241,12 +241,6 @@ impl<O> Graph<O> {
             .map(|i| ValueId(i as u32))
     }
 
-    /// [`Self::find`] as an error naming the value.
-    pub fn expect(&self, name: &str) -> Result<ValueId> {
-        self.find(name)
-            .ok_or_else(|| Error::input(format!("the graph has no value named `{name}`")))
-    }
-
     /// The node producing `v`, if any (inputs have none).
     pub fn producer(&self, v: ValueId) -> Option<usize> {
         self.nodes.iter().position(|n| n.output == v)
@@ -254,17 +248,6 @@ impl<O> Graph<O> {
 
     pub fn param_count(&self) -> usize {
         self.params.iter().map(|p| p.numel()).sum()
-    }
-
-    /// For each value, the index of the last node reading it (`None`: never read).
-    pub fn last_uses(&self) -> Vec<Option<usize>> {
-        let mut last = vec![None; self.values.len()];
-        for (i, n) in self.nodes.iter().enumerate() {
-            for v in &n.inputs {
-                last[v.0 as usize] = Some(i);
-            }
-        }
-        last
     }
 
     /// The nodes needed to compute `outputs` when the values in `given` are supplied (a given

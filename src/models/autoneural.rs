@@ -242,27 +242,23 @@ impl AutoNeuralModel {
     /// Token embeddings of `ids`, with the rows at `image_token_id` positions replaced, in order,
     /// by the rows of `image_embeddings` (one `[tokens, hidden]` tensor per image).
     pub fn embed_prompt(&self, ids: &[u32], image_embeddings: &[Tensor]) -> Result<Tensor> {
-        let placeholder = self.config.image_token_id;
-        let slots = ids.iter().filter(|&&id| id == placeholder).count();
-        let rows: usize = image_embeddings.iter().map(|t| t.dim(0)).sum();
-        if slots != rows && (slots > 0 || !image_embeddings.is_empty()) {
-            return Err(Error::input(format!(
-                "the prompt has {slots} image tokens (id {placeholder}) but {} image(s) give {rows} visual tokens ({} per image)",
-                image_embeddings.len(),
-                self.tokens_per_image()
-            )));
-        }
+        let rows: Vec<&[f32]> = image_embeddings.iter().map(|t| t.data()).collect();
+        check_image_rows(
+            ids,
+            self.config.image_token_id,
+            &rows,
+            self.config.text.hidden_size,
+        )?;
         let mut x = self.embed(ids)?;
         let hidden = x.dim(1);
-        let mut sources = image_embeddings
-            .iter()
-            .flat_map(|t| t.data().chunks_exact(hidden));
-        for (pos, &id) in ids.iter().enumerate() {
-            if id == placeholder {
-                let row = sources.next().expect("counts checked above");
-                x.data_mut()[pos * hidden..(pos + 1) * hidden].copy_from_slice(row);
-            }
-        }
+        merge_image_rows(
+            ids,
+            self.config.image_token_id,
+            x.data_mut(),
+            hidden,
+            &rows,
+            |s, d| d.copy_from_slice(s),
+        );
         Ok(x)
     }
 
@@ -293,6 +289,46 @@ impl AutoNeuralModel {
             v.map_or(0, |v| v.connector.graph.param_count()),
             self.text.graph.param_count(),
         )
+    }
+}
+
+/// Checks that the prompt's `placeholder` positions match the images' rows (`[tokens, hidden]`
+/// row-major each); the float and integer models share it.
+pub(crate) fn check_image_rows<T>(
+    ids: &[u32],
+    placeholder: u32,
+    images: &[&[T]],
+    hidden: usize,
+) -> Result<()> {
+    let slots = ids.iter().filter(|&&id| id == placeholder).count();
+    let rows: usize = images.iter().map(|t| t.len() / hidden.max(1)).sum();
+    if slots != rows && (slots > 0 || !images.is_empty()) {
+        return Err(Error::input(format!(
+            "the prompt has {slots} image tokens (id {placeholder}) but {} image(s) give {rows} \
+             visual tokens",
+            images.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the images' rows, in order, over the prompt embeddings `x` (`[T, hidden]`) at the
+/// `placeholder` positions; `put(src, dst)` copies (or requantizes) one row. Counts must have
+/// passed [`check_image_rows`].
+pub(crate) fn merge_image_rows<T>(
+    ids: &[u32],
+    placeholder: u32,
+    x: &mut [T],
+    hidden: usize,
+    images: &[&[T]],
+    mut put: impl FnMut(&[T], &mut [T]),
+) {
+    let mut sources = images.iter().flat_map(|t| t.chunks_exact(hidden));
+    for (pos, &id) in ids.iter().enumerate() {
+        if id == placeholder {
+            let row = sources.next().expect("counts checked by check_image_rows");
+            put(row, &mut x[pos * hidden..(pos + 1) * hidden]);
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use crate::artifact::{QuantizedModel, FORMAT_VERSION};
 use crate::error::{Error, Result};
 use crate::exec::{IntProgram, QVal, SequenceState};
 use crate::generate::Decoder;
-use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
+use crate::models::autoneural::{
+    check_image_rows, merge_image_rows, AutoNeuralConfig, AutoNeuralModel,
+};
 use crate::observe::{NoObserver, Observer};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
 use crate::quant::lower::lower;
@@ -170,27 +172,23 @@ impl IntModel {
     /// Integer token embeddings of `ids` with the `image_token_id` rows replaced, in order, by
     /// the image embeddings (requantized into the embedding quantization).
     pub fn embed_prompt(&self, ids: &[u32], images: &[QTensor]) -> Result<QTensor> {
-        let slots = ids.iter().filter(|&&i| i == self.image_token_id).count();
-        let rows: usize = images.iter().map(|t| t.dim(0)).sum();
-        if slots != rows && (slots > 0 || !images.is_empty()) {
-            return Err(Error::input(format!(
-                "the prompt has {slots} image tokens (id {}) but the images give {rows} visual tokens",
-                self.image_token_id
-            )));
-        }
+        let rows: Vec<&[i16]> = images.iter().map(|t| t.data.as_slice()).collect();
+        let hidden = self.text.graph.value(self.text.graph.port("embeds")?).shape[1];
+        let hidden = hidden.fixed().unwrap_or(1);
+        check_image_rows(ids, self.image_token_id, &rows, hidden)?;
         let mut x = self.embed(ids)?;
-        if rows == 0 {
+        if images.is_empty() {
             return Ok(x);
         }
         let requant = &self.vision.as_ref().ok_or_else(text_only)?.to_embed;
-        let hidden = x.dim(1);
-        let mut sources = images.iter().flat_map(|t| t.data.chunks_exact(hidden));
-        for (pos, &id) in ids.iter().enumerate() {
-            if id == self.image_token_id {
-                let row = sources.next().expect("counts checked above");
-                requant.apply_slice(row, &mut x.data[pos * hidden..(pos + 1) * hidden]);
-            }
-        }
+        merge_image_rows(
+            ids,
+            self.image_token_id,
+            &mut x.data,
+            hidden,
+            &rows,
+            |s, d| requant.apply_slice(s, d),
+        );
         Ok(x)
     }
 
