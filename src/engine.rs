@@ -6,10 +6,10 @@ use crate::artifact::is_quantized_dir;
 use crate::chat::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::generate::{generate_with, FloatDecoder, GenerateOptions, Generation};
-use crate::models::autoneural::AutoNeuralConfig;
+use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
 use crate::observe::NoObserver;
 use crate::pipeline::{self, ImageInput, Pipeline, PromptInput};
-use crate::quant::calibrate::{CalibrationObserver, RangeMethod, DEFAULT_BINS};
+use crate::quant::calibrate::{CalibrationObserver, CalibrationStats, RangeMethod, DEFAULT_BINS};
 use crate::quant::int_model::{IntModel, QDecoder};
 use crate::quant::scheme::{Part, Scheme};
 use crate::quant::tensor::QTensor;
@@ -47,6 +47,40 @@ pub struct Intermediates {
     pub logits: Tensor,
 }
 
+/// Calibration statistics from one request: `model` encodes `pixels`, then prefills `ids` and
+/// greedily decodes up to `answer_tokens` more (stopping at `stops`), all seen by `obs`.
+pub fn calibrate_on_request(
+    model: &AutoNeuralModel,
+    pixels: &[Tensor],
+    ids: &[u32],
+    stops: &[u32],
+    answer_tokens: usize,
+    mut obs: CalibrationObserver,
+) -> Result<CalibrationStats> {
+    obs.set_part(Part::Vision);
+    let mut embeds = Vec::new();
+    for p in pixels {
+        embeds.push(model.encode_image(p, &mut obs)?.embeddings);
+    }
+    obs.set_part(Part::Text);
+    let x = model.embed_prompt(ids, &embeds)?;
+    let mut state = model.new_state(ids.len() + answer_tokens);
+    let opts = GenerateOptions {
+        max_new_tokens: answer_tokens,
+        stop_tokens: stops.to_vec(),
+        sampling: Default::default(),
+        context: model.config.text.max_position_embeddings,
+    };
+    let mut dec = FloatDecoder {
+        lm: &model.text,
+        state: &mut state,
+        prompt: Some(x),
+        obs: &mut obs,
+    };
+    generate_with(&mut dec, ids.len(), &opts, &mut |_| Ok(()))?;
+    Ok(obs.into_stats())
+}
+
 impl Engine {
     /// A float model directory, or a quantized one (written by `autoneural quantize`).
     pub fn load(dir: &Path) -> Result<Self> {
@@ -72,29 +106,15 @@ impl Engine {
         let Engine::Float(pipe) = self else {
             return Ok(self);
         };
-        let mut obs = CalibrationObserver::new(DEFAULT_BINS)?;
-        obs.set_part(Part::Vision);
-        let mut embeds = Vec::new();
-        for p in pixels {
-            embeds.push(pipe.model.encode_image(p, &mut obs)?.embeddings);
-        }
-        obs.set_part(Part::Text);
-        let x = pipe.model.embed_prompt(ids, &embeds)?;
-        let mut state = pipe.model.new_state(ids.len() + CALIBRATION_ANSWER_TOKENS);
-        let opts = GenerateOptions {
-            max_new_tokens: CALIBRATION_ANSWER_TOKENS,
-            stop_tokens: pipeline::stop_tokens(&pipe.model.config, &pipe.tokenizer),
-            sampling: Default::default(),
-            context: pipe.model.config.text.max_position_embeddings,
-        };
-        let mut dec = FloatDecoder {
-            lm: &pipe.model.text,
-            state: &mut state,
-            prompt: Some(x),
-            obs: &mut obs,
-        };
-        generate_with(&mut dec, ids.len(), &opts, &mut |_| Ok(()))?;
-        let stats = obs.into_stats();
+        let stops = pipeline::stop_tokens(&pipe.model.config, &pipe.tokenizer);
+        let stats = calibrate_on_request(
+            &pipe.model,
+            pixels,
+            ids,
+            &stops,
+            CALIBRATION_ANSWER_TOKENS,
+            CalibrationObserver::new(DEFAULT_BINS)?,
+        )?;
         let model = IntModel::build(&pipe.model, &stats, scheme, None::<RangeMethod>)?;
         Ok(Engine::Integer(Box::new(IntegerPipeline {
             model,

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the module map and data flow.
 
 pub mod artifact;
+pub mod bench;
 pub mod chat;
 pub mod dataset;
 pub mod engine;

@@ -30,6 +30,15 @@ pub struct WeightStore {
 }
 
 impl WeightStore {
+    /// A store with no tensors (models over generated weights).
+    pub fn empty() -> Self {
+        WeightStore {
+            paths: Vec::new(),
+            maps: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
     /// Opens the checkpoint of a model directory: `model.safetensors`, or
     /// `model.safetensors.index.json` with its shards.
     pub fn open_dir(dir: &Path) -> Result<Self> {

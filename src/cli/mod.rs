@@ -1,5 +1,6 @@
 //! Command definitions (clap) and dispatch. Each subcommand lives in its own file.
 
+mod bench;
 mod dataset;
 mod dump;
 mod eval;
@@ -52,6 +53,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render or check procedural VQA datasets (`dataset cockpit`, `dataset validate`).
     Dataset(dataset::DatasetArgs),
+    /// Measure this machine: instruction peaks, kernels, LM prefill/decode, vision latency and
+    /// time to first token on real shapes (random weights).
+    Bench(bench::BenchArgs),
 }
 
 /// Arguments shared by `run` and `dump`: model, images, prompt.
@@ -143,6 +147,7 @@ pub fn resolve_model_dir(model: &std::path::Path) -> Result<PathBuf> {
 }
 
 pub fn main(cli: Cli) -> Result<()> {
+    autoneural::quant::kernels::level_from_env().map_err(anyhow::Error::msg)?;
     if let Some(n) = cli.threads {
         if n == 0 {
             bail!("--threads must be at least 1");
@@ -161,5 +166,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Report(a) => report::report(a),
         Command::Eval(a) => eval::eval(a),
         Command::Dataset(a) => dataset::dataset(a),
+        Command::Bench(a) => bench::bench(a),
     }
 }

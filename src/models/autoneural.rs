@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::exec::{FloatProgram, SequenceState, Val};
+use crate::graph::builder::FromConfig;
 use crate::models::connector;
 use crate::models::lfm2::{self, Lfm2Config};
 use crate::models::mobilenetv5::{self, VisionConfig};
@@ -187,6 +188,44 @@ impl AutoNeuralModel {
         Ok(Self {
             config,
             store,
+            text,
+            vision,
+        })
+    }
+
+    /// A model of `config`'s shapes over deterministic pseudo-random weights
+    /// ([`FloatProgram::random`]), for benchmarks of real architectures without a checkpoint. It
+    /// has no weight store, so it encodes images at the config's size only.
+    pub fn random(config: AutoNeuralConfig, seed: u64) -> Result<Self> {
+        let src = &FromConfig;
+        let text = lfm2::graph::build(&config.text, src, text_root(&config))?;
+        let text = FloatProgram::random(text, seed)?;
+        let vision = match &config.vision {
+            None => None,
+            Some(v) => {
+                let size = (v.image_size, v.image_size);
+                let encoder = mobilenetv5::graph::build(v, src, VISION_ROOT, size)?;
+                let encoder = FloatProgram::random(encoder, seed)?;
+                let features = encoder.graph.value(encoder.graph.port("features")?);
+                let in_dim = features.shape[1].fixed().unwrap_or(0);
+                let connector = connector::build(
+                    in_dim,
+                    config.projector_hidden_size,
+                    config.text.hidden_size,
+                    config.projector_hidden_act,
+                    src,
+                    CONNECTOR_ROOT,
+                )?;
+                Some(FloatVision {
+                    config: v.clone(),
+                    encoder,
+                    connector: FloatProgram::random(connector, seed)?,
+                })
+            }
+        };
+        Ok(Self {
+            config,
+            store: Arc::new(WeightStore::empty()),
             text,
             vision,
         })

@@ -1,12 +1,14 @@
 //! The integer-only path: quantization arithmetic ([`arith`], runtime, no floats), choosing
 //! quantization parameters ([`params`], conversion time), quantized tensors ([`tensor`]), integer
-//! operators ([`ops`]) and error metrics ([`metrics`]).
+//! operators ([`ops`], the scalar references) with their SIMD variants ([`kernels`]) and error
+//! metrics ([`metrics`]).
 
 pub mod arith;
 pub mod calibrate;
 pub mod calibset;
 pub mod gptq;
 pub mod int_model;
+pub mod kernels;
 pub mod lower;
 pub mod metrics;
 pub mod ops;

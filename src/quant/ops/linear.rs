@@ -19,6 +19,8 @@ use crate::quant::arith::{
     check_multipliers, check_reduction, pack_int4, qmax, qmin, requantize, size_product,
     unpack_int4, Multiplier,
 };
+use crate::quant::kernels;
+use crate::quant::kernels::gemm::{self, RowSums, RowSumsCache};
 use crate::quant::params::{ActQuant, QuantWeight};
 use crate::quant::tensor::QTensor;
 use rayon::prelude::*;
@@ -53,6 +55,9 @@ pub struct QMatrix {
     /// `[out, inp.div_ceil(group)]`, each in `[0, 2^GROUP_SCALE_BITS]`.
     #[serde(with = "crate::artifact::array")]
     pub group_mult: Vec<u16>,
+    /// Per-row sums the SIMD kernels need, computed at the first product.
+    #[serde(skip)]
+    pub sums: RowSumsCache,
 }
 
 impl QMatrix {
@@ -115,6 +120,7 @@ impl QMatrix {
             group,
             data,
             group_mult,
+            sums: RowSumsCache::default(),
         };
         m.validate()?;
         Ok(m)
@@ -250,6 +256,11 @@ impl QMatrix {
             }
         }
         v
+    }
+
+    /// The per-row weight sums of the SIMD kernels (computed once).
+    pub fn row_sums(&self) -> std::sync::Arc<RowSums> {
+        self.sums.get_or_compute(self)
     }
 
     /// Bound on `|group_mult * q|`: what one input is multiplied by in the accumulator.
@@ -437,10 +448,24 @@ impl QLinear {
     }
 }
 
-/// THE integer linear kernel: `x [t, weight.inp]` (raw integers in `q.0`) times `weight^T`, plus
+/// THE integer linear product, at the run-time kernel level ([`crate::quant::kernels::level`]):
+/// bit for bit [`linear_rows_ref`]. Shared by [`QLinear`], the tied output projection and the
+/// convolutions.
+pub fn linear_rows(
+    weight: &QMatrix,
+    bias: Option<&[i64]>,
+    mult: &[Multiplier],
+    q: (ActQuant, ActQuant),
+    x: &[i16],
+    t: usize,
+) -> Vec<i16> {
+    gemm::linear(kernels::level(), weight, bias, mult, q, x, t)
+}
+
+/// The reference integer linear kernel (the specification of every SIMD variant): `x [t, weight.inp]` (raw integers in `q.0`) times `weight^T`, plus
 /// the bias in accumulator units, requantized per output row into `q.1`. Shared by [`QLinear`]
 /// and the tied output projection that reads an embedding table as its weight.
-pub fn linear_rows(
+pub fn linear_rows_ref(
     weight: &QMatrix,
     bias: Option<&[i64]>,
     mult: &[Multiplier],
