@@ -74,6 +74,8 @@ pub struct Report {
     pub ttft: Vec<models::TtftRow>,
     /// Peak resident memory after each section, MiB.
     pub peak_rss_mib: Vec<(String, f64)>,
+    /// With `--profile`: integer op kind, seconds, calls (every integer run, warm-ups included).
+    pub profile: Vec<(String, f64, u64)>,
 }
 
 impl Report {
@@ -184,6 +186,22 @@ impl Report {
                     r.vision_ms,
                     r.prefill_ms,
                     r.ttft_ms
+                );
+            }
+            s.push('\n');
+        }
+        if !self.profile.is_empty() {
+            let total: f64 = self.profile.iter().map(|p| p.1).sum();
+            let _ = writeln!(
+                s,
+                "{:<24} {:>10} {:>7} {:>8}",
+                "integer op", "s", "%", "calls"
+            );
+            for (kind, secs, n) in &self.profile {
+                let _ = writeln!(
+                    s,
+                    "{kind:<24} {secs:>10.3} {:>7.1} {n:>8}",
+                    100.0 * secs / total.max(1e-12)
                 );
             }
             s.push('\n');

@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also report the integer ops' time per op kind (every integer run of the section).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn pools(counts: &[usize]) -> Result<Vec<rayon::ThreadPool>> {
@@ -103,6 +106,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         vec![cores]
     };
     let pools = pools(&counts)?;
+    autoneural::exec::profile::enable(a.profile);
     let widest = pools.last().expect("at least one thread count");
     let bar = ProgressBar::new_spinner();
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")?);
@@ -206,6 +210,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
+    if a.profile {
+        r.profile = autoneural::exec::profile::take();
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

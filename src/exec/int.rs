@@ -108,9 +108,17 @@ impl IntProgram {
         for &i in &plan.sched {
             let node = &g.nodes[i];
             let slot = state.as_deref_mut();
+            let t0 = super::profile::enabled().then(std::time::Instant::now);
             let y = self
                 .eval(node, &vals, slot, plan.start)
                 .map_err(at_node(&node.name))?;
+            if let Some(t0) = t0 {
+                let kind = match &node.op {
+                    QOp::Conv2d(c) if c.depthwise => "conv2d_depthwise",
+                    op => op.kind(),
+                };
+                super::profile::add(kind, t0.elapsed());
+            }
             for v in &node.inputs {
                 if plan.last[v.0 as usize] == Some(i) {
                     vals[v.0 as usize] = None;

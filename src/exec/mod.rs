@@ -3,6 +3,7 @@
 
 pub mod float;
 pub mod int;
+pub mod profile;
 pub mod state;
 
 pub use float::{FloatProgram, Val};

@@ -64,8 +64,15 @@ impl Multiplier {
     /// `i128` (|x| < 2^63, m < 2^31, so |x * m| < 2^94).
     #[inline]
     pub fn apply(self, x: i64) -> i64 {
-        let prod = x as i128 * self.m as i128;
         let right = 31 - self.shift;
+        // Fast path, same result: |x| < 2^32 and m < 2^31 keep |x * m| < 2^63, and adding the
+        // rounding half (< 2^62) to the magnitude still fits a u64.
+        if (1..=63).contains(&right) && x.unsigned_abs() < 1 << 32 {
+            let prod = x * self.m as i64;
+            let mag = (prod.unsigned_abs() + (1u64 << (right - 1))) >> right;
+            return if prod >= 0 { mag as i64 } else { -(mag as i64) };
+        }
+        let prod = x as i128 * self.m as i128;
         let y = if right >= 0 {
             rounding_shift_right(prod, right as u32)
         } else {
@@ -201,6 +208,50 @@ pub fn isqrt(x: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`Multiplier::apply`] without its fast path.
+    fn apply_wide(m: Multiplier, x: i64) -> i64 {
+        let prod = x as i128 * m.m as i128;
+        let right = 31 - m.shift;
+        if right < 0 {
+            return m.apply(x); // left shifts never take the fast path
+        }
+        rounding_shift_right(prod, right as u32).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    }
+
+    #[test]
+    fn multiplier_fast_path_equals_the_wide_product() {
+        let mut s = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let edges = [
+            0i64,
+            1,
+            -1,
+            (1 << 32) - 1,
+            -(1 << 32) + 1,
+            1 << 32,
+            -(1 << 32),
+            i64::MAX,
+            i64::MIN,
+        ];
+        for i in 0..200_000 {
+            let m = Multiplier {
+                m: ((1u64 << 30) + next() % (1 << 30)) as i32,
+                shift: (next() % 100) as i32 - 70,
+            };
+            let x = if i < edges.len() * 100 {
+                edges[i % edges.len()]
+            } else {
+                (next() as i64) >> (next() % 64)
+            };
+            assert_eq!(m.apply(x), apply_wide(m, x), "{m:?} x {x}");
+        }
+    }
 
     #[test]
     fn rounding_is_to_nearest_ties_away_from_zero() {

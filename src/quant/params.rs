@@ -3,6 +3,7 @@
 //! per output channel or per group. Nothing here runs at inference time.
 
 use super::arith::{qmax, qmin, saturate, Multiplier};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Converts a real multiplier to fixed point: `real = m * 2^(shift - 31)`, `m` in `[2^30, 2^31)`.
@@ -162,13 +163,17 @@ pub fn quantize_weight(
     };
     let gpr = inp.div_ceil(group);
     // Real scale of every group.
+    // Rows in parallel: the MSE search dominates the conversion of large models.
     let mut scales = vec![0.0f32; out * gpr];
-    for o in 0..out {
-        for g in 0..gpr {
-            let vals = &w[o * inp + g * group..o * inp + ((g + 1) * group).min(inp)];
-            scales[o * gpr + g] = choose_scale(vals, qm, range);
-        }
-    }
+    scales
+        .par_chunks_mut(gpr.max(1))
+        .enumerate()
+        .for_each(|(o, row)| {
+            for (g, sc) in row.iter_mut().enumerate() {
+                let vals = &w[o * inp + g * group..o * inp + ((g + 1) * group).min(inp)];
+                *sc = choose_scale(vals, qm, range);
+            }
+        });
     if gran == Granularity::PerTensor {
         let s = scales.iter().fold(0.0f32, |m, &v| m.max(v));
         scales.iter_mut().for_each(|v| *v = s);

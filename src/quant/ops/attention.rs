@@ -33,6 +33,7 @@ use crate::ops::attention::{AttnShape, Mask};
 use crate::quant::arith::{check_reduction, requantize, saturate, size_product, Multiplier};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Fixed point of the unnormalised exponentials in [`PvMode::Deferred`].
@@ -144,9 +145,6 @@ impl QAttention {
         let zp_p = self.softmax.out.zero_point as i64;
         let (zo, bits) = (self.out.zero_point, self.out.bits);
         let mut out = vec![0i16; tq * nh * dv];
-        let mut scores = vec![0i64; tk];
-        let mut p = vec![0i16; tk];
-        let mut e = vec![0i64; tk];
         if self.mode == PvMode::Deferred {
             // e <= 2^22, |v - zp| < 2^16: the P.V sum stays inside i64.
             assert!(
@@ -154,54 +152,68 @@ impl QAttention {
                 "attention: {tk} keys exceed the deferred mode's 2^25"
             );
         }
-        for h in 0..nh {
-            let kvh = h / group;
-            for i in 0..tq {
-                let visible = match mask {
-                    Mask::None => tk,
-                    Mask::Causal { offset } => (offset + i + 1).min(tk),
-                };
-                let qi = &qc[i * nh * d + h * d..][..d];
-                for (j, s) in scores[..visible].iter_mut().enumerate() {
-                    let kj = &kc[j * nkv * d + kvh * d..][..d];
-                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
-                }
-                scores[visible..].fill(0);
-                let oi = &mut out[i * nh * dv + h * dv..][..dv];
-                match self.mode {
-                    PvMode::Probabilities => {
-                        self.softmax.forward_row(&scores, visible, &mut p);
-                        for (c, o) in oi.iter_mut().enumerate() {
-                            let acc: i64 = p[..visible]
-                                .iter()
-                                .enumerate()
-                                .map(|(j, &pj)| {
-                                    (pj as i64 - zp_p) * vc[j * nkv * dv + kvh * dv + c]
-                                })
-                                .sum();
-                            *o = requantize(acc, self.out_mult, zo, bits) as i16;
+        // Query rows in parallel (each row holds every head); P.V accumulates key by key into a
+        // row of `dv` sums (contiguous reads of V). Integer sums: any order gives the same.
+        out.par_chunks_mut((nh * dv).max(1))
+            .enumerate()
+            .for_each_init(
+                || {
+                    (
+                        vec![0i64; tk],
+                        vec![0i16; tk],
+                        vec![0i64; tk],
+                        vec![0i64; dv],
+                    )
+                },
+                |(scores, p, e, acc), (i, orow)| {
+                    let visible = match mask {
+                        Mask::None => tk,
+                        Mask::Causal { offset } => (offset + i + 1).min(tk),
+                    };
+                    for h in 0..nh {
+                        let kvh = h / group;
+                        let qi = &qc[i * nh * d + h * d..][..d];
+                        for (j, s) in scores[..visible].iter_mut().enumerate() {
+                            let kj = &kc[j * nkv * d + kvh * d..][..d];
+                            *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                        }
+                        scores[visible..].fill(0);
+                        let oi = &mut orow[h * dv..][..dv];
+                        acc.fill(0);
+                        let vrow = |j: usize| &vc[j * nkv * dv + kvh * dv..][..dv];
+                        match self.mode {
+                            PvMode::Probabilities => {
+                                self.softmax.forward_row(scores, visible, p);
+                                for (j, &pj) in p[..visible].iter().enumerate() {
+                                    let w = pj as i64 - zp_p;
+                                    for (a, &vv) in acc.iter_mut().zip(vrow(j)) {
+                                        *a += w * vv;
+                                    }
+                                }
+                                for (o, &a) in oi.iter_mut().zip(acc.iter()) {
+                                    *o = requantize(a, self.out_mult, zo, bits) as i16;
+                                }
+                            }
+                            PvMode::Deferred => {
+                                let sum =
+                                    self.softmax.exp_row(scores, visible, e, DEFERRED_EXP_BITS);
+                                let r = reciprocal(sum as u64);
+                                let m = self.out_mult;
+                                for (j, &ej) in e[..visible].iter().enumerate() {
+                                    for (a, &vv) in acc.iter_mut().zip(vrow(j)) {
+                                        *a += ej * vv;
+                                    }
+                                }
+                                for (o, &a) in oi.iter_mut().zip(acc.iter()) {
+                                    let prod = a as i128 * r.m as i128 * m.m as i128;
+                                    let y = scale_pow2(prod, r.shift + m.shift - 62);
+                                    *o = saturate(y.saturating_add(zo as i64), bits) as i16;
+                                }
+                            }
                         }
                     }
-                    PvMode::Deferred => {
-                        let sum = self
-                            .softmax
-                            .exp_row(&scores, visible, &mut e, DEFERRED_EXP_BITS);
-                        let r = reciprocal(sum as u64);
-                        let m = self.out_mult;
-                        for (c, o) in oi.iter_mut().enumerate() {
-                            let acc: i64 = e[..visible]
-                                .iter()
-                                .enumerate()
-                                .map(|(j, &ej)| ej * vc[j * nkv * dv + kvh * dv + c])
-                                .sum();
-                            let prod = acc as i128 * r.m as i128 * m.m as i128;
-                            let y = scale_pow2(prod, r.shift + m.shift - 62);
-                            *o = saturate(y.saturating_add(zo as i64), bits) as i16;
-                        }
-                    }
-                }
-            }
-        }
+                },
+            );
         out
     }
 

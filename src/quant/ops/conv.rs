@@ -13,7 +13,7 @@
 //! Padding is with the input zero point, i.e. real 0: padded taps contribute `(zp_x - zp_x) = 0`
 //! and are skipped.
 
-use super::linear::{check_act, check_weighted, QMatrix};
+use super::linear::{check_act, check_weighted, linear_rows, QMatrix};
 use crate::error::{Error, Result};
 use crate::ops::conv::{conv_out_size, Pad2d};
 use crate::quant::arith::{requantize, size_product, Multiplier};
@@ -158,11 +158,11 @@ impl QConv2d {
         let (h, w) = (x.shape[1], x.shape[2]);
         let (oh, ow) = self.out_size(h, w);
         let zp = self.x.zero_point;
-        let xc: Vec<i32> = x.data.iter().map(|&v| v as i32 - zp).collect();
         let data = if self.depthwise {
+            let xc: Vec<i32> = x.data.iter().map(|&v| v as i32 - zp).collect();
             self.depthwise_forward(&xc, h, w, oh, ow)
         } else {
-            self.regular_forward(&xc, h, w, oh, ow)
+            self.regular_forward(&x.data, h, w, oh, ow)
         };
         QTensor::new(&[self.c_out, oh, ow], data, self.y)
     }
@@ -181,18 +181,25 @@ impl QConv2d {
         requantize(acc, self.mult[o], self.y.zero_point, self.y.bits) as i16
     }
 
-    /// groups = 1: per output row, gather the `[OW, K]` patch matrix (zeros for padding), then one
-    /// grouped dot product per (channel, column).
-    fn regular_forward(&self, xc: &[i32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<i16> {
+    /// groups = 1: im2col (raw values, the zero point where the window reads padding, so the
+    /// centered value there is 0) over chunks of output rows, each chunk one integer GEMM
+    /// ([`linear_rows`]: the run-time kernel level) of `[positions, K] x [C_out, K]^T`.
+    fn regular_forward(&self, x: &[i16], h: usize, w: usize, oh: usize, ow: usize) -> Vec<i16> {
         let (c_in, kh, kw) = (self.c_in, self.kh, self.kw);
         let k = c_in * kh * kw;
-        let wv = self.weight.values();
-        let group = self.weight.group;
-        let rows: Vec<Vec<i16>> = (0..oh)
+        let zp = self.x.zero_point as i16;
+        // Output rows per chunk: about 2^18 patch values (512 KiB), at least one row.
+        let rows_per_chunk = ((1usize << 18) / (ow * k).max(1)).clamp(1, oh.max(1));
+        let chunks: Vec<(usize, Vec<i16>)> = (0..oh)
+            .step_by(rows_per_chunk)
+            .collect::<Vec<_>>()
             .into_par_iter()
-            .map(|oy| {
-                let mut col = vec![0i32; ow * k];
-                for (ox, patch) in col.chunks_exact_mut(k).enumerate() {
+            .map(|oy0| {
+                let oy1 = (oy0 + rows_per_chunk).min(oh);
+                let n = (oy1 - oy0) * ow;
+                let mut col = vec![zp; n * k];
+                for (p, patch) in col.chunks_exact_mut(k).enumerate() {
+                    let (oy, ox) = (oy0 + p / ow, p % ow);
                     for ci in 0..c_in {
                         for ky in 0..kh {
                             let Some(iy) = self.src(oy, ky, self.pad.top, h) else {
@@ -200,39 +207,63 @@ impl QConv2d {
                             };
                             for kx in 0..kw {
                                 if let Some(ix) = self.src(ox, kx, self.pad.left, w) {
-                                    patch[(ci * kh + ky) * kw + kx] = xc[(ci * h + iy) * w + ix];
+                                    patch[(ci * kh + ky) * kw + kx] = x[(ci * h + iy) * w + ix];
                                 }
                             }
                         }
                     }
                 }
-                let mut out = vec![0i16; self.c_out * ow];
-                for (o, orow) in out.chunks_exact_mut(ow).enumerate() {
-                    let wr = &wv[o * k..(o + 1) * k];
-                    let gm = self.weight.row_group_mult(o);
-                    for (v, patch) in orow.iter_mut().zip(col.chunks_exact(k)) {
-                        *v = self.finish(o, super::linear::dot_grouped(patch, wr, gm, group));
-                    }
-                }
-                out
+                let y = linear_rows(
+                    &self.weight,
+                    self.bias.as_deref(),
+                    &self.mult,
+                    (self.x, self.y),
+                    &col,
+                    n,
+                );
+                (oy0, y)
             })
             .collect();
-        let mut y = vec![0i16; self.c_out * oh * ow];
-        for (oy, r) in rows.iter().enumerate() {
-            for o in 0..self.c_out {
-                y[(o * oh + oy) * ow..][..ow].copy_from_slice(&r[o * ow..(o + 1) * ow]);
+        let plane = oh * ow;
+        let mut y = vec![0i16; self.c_out * plane];
+        for (oy0, part) in chunks {
+            let n = part.len() / self.c_out.max(1);
+            for (p, row) in part.chunks_exact(self.c_out).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    y[o * plane + oy0 * ow + p] = v;
+                }
             }
+            debug_assert!(oy0 * ow + n <= plane);
         }
         y
     }
 
-    /// Depthwise: direct loops, one task per channel. Per-group multipliers (groups of kernel
-    /// taps) are applied per tap: `sum_g gm_g * sum_{t in g} p_t == sum_t gm_{g(t)} p_t` exactly.
+    /// Depthwise: one task per channel. Per-group multipliers (groups of kernel taps) are
+    /// applied per tap: `sum_g gm_g * sum_{t in g} p_t == sum_t gm_{g(t)} p_t` exactly. Each
+    /// output row accumulates tap by tap over the columns whose window reads inside the image
+    /// (a contiguous range), so the inner loop has no bounds checks and vectorizes.
     fn depthwise_forward(&self, xc: &[i32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<i16> {
-        let (kh, kw) = (self.kh, self.kw);
+        let (kh, kw, stride, dil) = (self.kh, self.kw, self.stride, self.dilation);
         let wv = self.weight.values();
         let group = self.weight.group;
         let mut y = vec![0i16; self.c_out * oh * ow];
+        // Columns `ox` whose tap `kx` reads inside `[0, w)`: ix = ox * stride + kx * dil - left.
+        let col_range = |kx: usize| -> (usize, usize) {
+            let off = kx * dil;
+            let left = self.pad.left;
+            let lo = if off >= left {
+                0
+            } else {
+                (left - off).div_ceil(stride)
+            };
+            let hi = if w + left > off {
+                ((w + left - off - 1) / stride + 1).min(ow)
+            } else {
+                0
+            };
+            (lo.min(hi), hi)
+        };
+        let ranges: Vec<(usize, usize)> = (0..kw).map(col_range).collect();
         y.par_chunks_mut((oh * ow).max(1))
             .enumerate()
             .for_each(|(c, plane)| {
@@ -245,20 +276,35 @@ impl QConv2d {
                     .enumerate()
                     .map(|(t, &q)| q as i64 * gm[t / group] as i64)
                     .collect();
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = 0i64;
-                        for ky in 0..kh {
-                            let Some(iy) = self.src(oy, ky, self.pad.top, h) else {
+                let mut acc = vec![0i64; ow];
+                for (oy, out_row) in plane.chunks_exact_mut(ow.max(1)).enumerate() {
+                    acc.fill(0);
+                    for ky in 0..kh {
+                        let Some(iy) = self.src(oy, ky, self.pad.top, h) else {
+                            continue;
+                        };
+                        let row = &src[iy * w..(iy + 1) * w];
+                        for (kx, &(lo, hi)) in ranges.iter().enumerate() {
+                            let e = eff[ky * kw + kx];
+                            if e == 0 || lo >= hi {
                                 continue;
-                            };
-                            for kx in 0..kw {
-                                if let Some(ix) = self.src(ox, kx, self.pad.left, w) {
-                                    acc += src[iy * w + ix] as i64 * eff[ky * kw + kx];
+                            }
+                            // ix = ox * stride + kx * dil - left, inside the row for ox in [lo, hi).
+                            let first = lo * stride + kx * dil - self.pad.left;
+                            if stride == 1 {
+                                let xs = &row[first..first + (hi - lo)];
+                                for (a, &v) in acc[lo..hi].iter_mut().zip(xs) {
+                                    *a += v as i64 * e;
+                                }
+                            } else {
+                                for (i, a) in acc[lo..hi].iter_mut().enumerate() {
+                                    *a += row[first + i * stride] as i64 * e;
                                 }
                             }
                         }
-                        plane[oy * ow + ox] = self.finish(c, acc);
+                    }
+                    for (v, &a) in out_row.iter_mut().zip(&acc) {
+                        *v = self.finish(c, a);
                     }
                 }
             });

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::quant::arith::{qmax, qmin, rounding_shift_right, saturate};
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// An elementwise function as an integer table (see the module docs).
@@ -40,6 +41,9 @@ pub struct QLut {
     #[serde(with = "crate::artifact::array")]
     pub table: Vec<i32>,
 }
+
+/// Elements per parallel task of a lookup.
+const LUT_CHUNK: usize = 1 << 14;
 
 impl QLut {
     /// Checks everything [`Self::eval`] relies on: the activations, the interval and fraction
@@ -104,16 +108,22 @@ impl QLut {
     /// Elementwise over a slice of input integers.
     pub fn apply(&self, xs: &[i16], out: &mut [i16]) {
         assert_eq!(xs.len(), out.len());
-        for (o, &v) in out.iter_mut().zip(xs) {
-            *o = self.eval(v as i32) as i16;
-        }
+        out.par_chunks_mut(LUT_CHUNK)
+            .zip(xs.par_chunks(LUT_CHUNK))
+            .for_each(|(o, x)| {
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = self.eval(v as i32) as i16;
+                }
+            });
     }
 
     /// Elementwise in place (the values change quantization from `self.x` to `self.y`).
     pub fn apply_inplace(&self, xs: &mut [i16]) {
-        for v in xs.iter_mut() {
-            *v = self.eval(*v as i32) as i16;
-        }
+        xs.par_chunks_mut(LUT_CHUNK).for_each(|c| {
+            for v in c.iter_mut() {
+                *v = self.eval(*v as i32) as i16;
+            }
+        });
     }
 
     pub fn forward(&self, x: &QTensor) -> QTensor {
