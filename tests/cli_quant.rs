@@ -340,3 +340,93 @@ fn a_320_px_input_quantizes_and_runs_on_the_integer_path() {
     let answer = engine.tokenizer().decode(&generation.tokens).unwrap();
     println!("320 px, integer path: {answer:?}");
 }
+
+/// The kernel levels this CPU runs (`AUTONEURAL_KERNELS` values).
+fn kernel_levels() -> Vec<&'static str> {
+    let mut v = vec!["scalar"];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") {
+            v.push("avx2");
+        }
+        if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+            v.push("avx512");
+        }
+    }
+    v
+}
+
+#[test]
+fn every_kernel_level_and_thread_count_gives_identical_outputs() {
+    // The whole integer model (vision, connector, LM, greedy answer) at every instruction level
+    // the machine has and at 1 and 2 threads: the same bytes, for the schemes that exercise
+    // every GEMM arithmetic (grouped int4 x int16 pairs, int8 x int8 quads, grouped int4 x int8).
+    let tmp = tempfile::tempdir().unwrap();
+    let img = s(&root().join("assets/sample_dashboard.png"));
+    for scheme in ["default", "w8a8", "w4a8"] {
+        let q = quantize(tmp.path(), scheme);
+        let mut first: Option<(String, Vec<Vec<u8>>, String)> = None;
+        for level in kernel_levels() {
+            for threads in ["1", "2"] {
+                let what = format!("{scheme} at {level}, {threads} thread(s)");
+                let dump = tmp.path().join(format!("dump-{scheme}-{level}-{threads}"));
+                let run_at = |args: &[&str]| {
+                    let out = Command::new(env!("CARGO_BIN_EXE_autoneural"))
+                        .env("AUTONEURAL_KERNELS", level)
+                        .args(["--threads", threads])
+                        .args(args)
+                        .output()
+                        .unwrap();
+                    ok(&out)
+                };
+                run_at(&[
+                    "dump",
+                    "--model",
+                    &s(&q),
+                    "--image",
+                    &img,
+                    "--prompt",
+                    "Hi",
+                    "--out",
+                    &s(&dump),
+                ]);
+                let files: Vec<Vec<u8>> =
+                    ["vision_features.npy", "image_embeddings.npy", "logits.npy"]
+                        .iter()
+                        .map(|f| std::fs::read(dump.join(f)).unwrap())
+                        .collect();
+                let answer = run_at(&[
+                    "run",
+                    "--model",
+                    &s(&q),
+                    "--image",
+                    &img,
+                    "--prompt",
+                    "What speed is shown?",
+                    "--max-tokens",
+                    "8",
+                    "--json",
+                ]);
+                let answer = format!("{:?}", tokens(&answer));
+                match &first {
+                    None => first = Some((what, files, answer)),
+                    Some((w0, f0, a0)) => {
+                        assert!(f0 == &files, "{what}: dumped tensors differ from {w0}");
+                        assert_eq!(a0, &answer, "{what}: answer differs from {w0}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_unknown_or_unsupported_kernel_level_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_autoneural"))
+        .env("AUTONEURAL_KERNELS", "neon9000")
+        .args(["inspect", "--model", &random_model()])
+        .output()
+        .unwrap();
+    fails_with(&out, "AUTONEURAL_KERNELS=neon9000 is not a kernel level");
+}
