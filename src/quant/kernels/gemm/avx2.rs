@@ -1,7 +1,7 @@
 //! AVX2 tiles of the integer GEMM: `vpmaddwd` + `vpaddd` on int16 pairs, 16 inputs a block.
 //! (`vpmaddubsw` is not used: its int16 pair sums saturate, which would not be exact.)
 
-use super::{Job, KIND_I4, KIND_I8};
+use super::{ptrs, Job, KIND_I4, KIND_I8};
 use std::arch::x86_64::*;
 
 /// Sum of the 8 int32 lanes, widened first.
@@ -49,6 +49,7 @@ pub(super) unsafe fn pairs<const KIND: u8, const MR: usize, const NR: usize>(
 ) {
     const BLOCK: usize = 16;
     let bb = block_bytes::<KIND>(BLOCK);
+    let (xs, ws, tails) = ptrs::<_, MR, NR>(job);
     let mut acc = [[_mm256_setzero_si256(); NR]; MR];
     let mut since_flush = 0;
     // Group multipliers, broadcast once per group (not divided out per block).
@@ -65,18 +66,14 @@ pub(super) unsafe fn pairs<const KIND: u8, const MR: usize, const NR: usize>(
         let tail = b == job.tail_block;
         let mut w = [_mm256_setzero_si256(); NR];
         for (r, wr) in w.iter_mut().enumerate() {
-            let p = if tail {
-                job.tail[r]
-            } else {
-                job.w[r].add(b * bb)
-            };
+            let p = if tail { tails[r] } else { ws[r].add(b * bb) };
             *wr = load_w16::<KIND>(p);
             if job.group_blocks > 0 {
                 *wr = _mm256_mullo_epi16(*wr, gmv[r]);
             }
         }
         for (m, accm) in acc.iter_mut().enumerate() {
-            let xv = _mm256_loadu_si256(job.x[m].add(b * BLOCK) as *const __m256i);
+            let xv = _mm256_loadu_si256(xs[m].add(b * BLOCK) as *const __m256i);
             for (a, wr) in accm.iter_mut().zip(&w) {
                 *a = _mm256_add_epi32(*a, _mm256_madd_epi16(xv, *wr));
             }

@@ -113,6 +113,20 @@ pub(crate) struct Job<'a, X> {
     pub flush: usize,
 }
 
+/// The job's pointers as fixed-size arrays (registers in the tile loop, no bounds checks).
+#[inline(always)]
+pub(crate) fn ptrs<X, const MR: usize, const NR: usize>(
+    job: &Job<'_, X>,
+) -> ([*const X; MR], [*const u8; NR], [*const u8; NR]) {
+    let mut x = [std::ptr::null(); MR];
+    x.copy_from_slice(&job.x[..MR]);
+    let mut w = [std::ptr::null(); NR];
+    w.copy_from_slice(&job.w[..NR]);
+    let mut t = [std::ptr::null(); NR];
+    t.copy_from_slice(&job.tail[..NR]);
+    (x, w, t)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Arith {
     Pairs,
@@ -170,9 +184,16 @@ impl Plan {
             });
         }
         let (block, mr) = match level {
-            Level::Avx512 => (32, 4),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => (avx512::pairs_block(kind), 4),
             _ => (16, 2),
         };
+        // Products a lane takes per block (int4 blocks on AVX-512 are two 32-input halves).
+        let dps_per_block = if level == Level::Avx512 {
+            block / 32
+        } else {
+            1
+        } as i128;
         let group_blocks = if single {
             0
         } else if kind != KIND_I16 && w.group.is_multiple_of(block) {
@@ -182,7 +203,7 @@ impl Plan {
         };
         let gmax = if single { 1 } else { 1i128 << GROUP_SCALE_BITS };
         // Two products of raw |x| <= 2^(bits-1) and |w * gm| per lane and block.
-        let flush = lane_cap / (2 * (1i128 << (x.bits - 1)) * wmax * gmax);
+        let flush = lane_cap / (dps_per_block * 2 * (1i128 << (x.bits - 1)) * wmax * gmax);
         if flush < 1 {
             return None;
         }
@@ -644,7 +665,12 @@ mod tests {
         assert_eq!(p(&lin(4, 64, 16)), w, "w4a16 grouped");
         assert_eq!(p(&lin(8, 256, 8)), q, "w8a8");
         assert_eq!(p(&lin(4, 256, 8)), q, "w4a8 per channel");
-        assert_eq!(p(&lin(4, 32, 8)), w, "w4a8 grouped");
+        assert_eq!(p(&lin(4, 64, 8)), w, "w4a8 grouped");
+        assert_eq!(
+            p(&lin(4, 32, 16)),
+            Some((Level::Avx2, Arith::Pairs)),
+            "int4 groups of 32: AVX2's 16-input blocks"
+        );
         assert_eq!(p(&lin(16, 256, 16)), w, "w16a16");
         assert_eq!(p(&lin(16, 64, 16)), None, "w16a16 grouped: reference");
     }
