@@ -152,68 +152,65 @@ impl QAttention {
                 "attention: {tk} keys exceed the deferred mode's 2^25"
             );
         }
-        // Query rows in parallel (each row holds every head); P.V accumulates key by key into a
-        // row of `dv` sums (contiguous reads of V). Integer sums: any order gives the same.
-        out.par_chunks_mut((nh * dv).max(1))
-            .enumerate()
-            .for_each_init(
-                || {
-                    (
-                        vec![0i64; tk],
-                        vec![0i16; tk],
-                        vec![0i64; tk],
-                        vec![0i64; dv],
-                    )
-                },
-                |(scores, p, e, acc), (i, orow)| {
-                    let visible = match mask {
-                        Mask::None => tk,
-                        Mask::Causal { offset } => (offset + i + 1).min(tk),
-                    };
-                    for h in 0..nh {
-                        let kvh = h / group;
-                        let qi = &qc[i * nh * d + h * d..][..d];
-                        for (j, s) in scores[..visible].iter_mut().enumerate() {
-                            let kj = &kc[j * nkv * d + kvh * d..][..d];
-                            *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+        // (query row, head) pairs in parallel: `out` is `[tq, nh, dv]`, so chunk `c` is row
+        // `c / nh`, head `c % nh` (a decode step still has every head to share out). P.V
+        // accumulates key by key into `dv` sums (contiguous reads of V). Integer sums: any
+        // order gives the same.
+        out.par_chunks_mut(dv.max(1)).enumerate().for_each_init(
+            || {
+                (
+                    vec![0i64; tk],
+                    vec![0i16; tk],
+                    vec![0i64; tk],
+                    vec![0i64; dv],
+                )
+            },
+            |(scores, p, e, acc), (c, oi)| {
+                let (i, h) = (c / nh, c % nh);
+                let visible = match mask {
+                    Mask::None => tk,
+                    Mask::Causal { offset } => (offset + i + 1).min(tk),
+                };
+                let kvh = h / group;
+                let qi = &qc[i * nh * d + h * d..][..d];
+                for (j, s) in scores[..visible].iter_mut().enumerate() {
+                    let kj = &kc[j * nkv * d + kvh * d..][..d];
+                    *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum();
+                }
+                scores[visible..].fill(0);
+                acc.fill(0);
+                let vrow = |j: usize| &vc[j * nkv * dv + kvh * dv..][..dv];
+                match self.mode {
+                    PvMode::Probabilities => {
+                        self.softmax.forward_row(scores, visible, p);
+                        for (j, &pj) in p[..visible].iter().enumerate() {
+                            let w = pj as i64 - zp_p;
+                            for (a, &vv) in acc.iter_mut().zip(vrow(j)) {
+                                *a += w * vv;
+                            }
                         }
-                        scores[visible..].fill(0);
-                        let oi = &mut orow[h * dv..][..dv];
-                        acc.fill(0);
-                        let vrow = |j: usize| &vc[j * nkv * dv + kvh * dv..][..dv];
-                        match self.mode {
-                            PvMode::Probabilities => {
-                                self.softmax.forward_row(scores, visible, p);
-                                for (j, &pj) in p[..visible].iter().enumerate() {
-                                    let w = pj as i64 - zp_p;
-                                    for (a, &vv) in acc.iter_mut().zip(vrow(j)) {
-                                        *a += w * vv;
-                                    }
-                                }
-                                for (o, &a) in oi.iter_mut().zip(acc.iter()) {
-                                    *o = requantize(a, self.out_mult, zo, bits) as i16;
-                                }
-                            }
-                            PvMode::Deferred => {
-                                let sum =
-                                    self.softmax.exp_row(scores, visible, e, DEFERRED_EXP_BITS);
-                                let r = reciprocal(sum as u64);
-                                let m = self.out_mult;
-                                for (j, &ej) in e[..visible].iter().enumerate() {
-                                    for (a, &vv) in acc.iter_mut().zip(vrow(j)) {
-                                        *a += ej * vv;
-                                    }
-                                }
-                                for (o, &a) in oi.iter_mut().zip(acc.iter()) {
-                                    let prod = a as i128 * r.m as i128 * m.m as i128;
-                                    let y = scale_pow2(prod, r.shift + m.shift - 62);
-                                    *o = saturate(y.saturating_add(zo as i64), bits) as i16;
-                                }
-                            }
+                        for (o, &a) in oi.iter_mut().zip(acc.iter()) {
+                            *o = requantize(a, self.out_mult, zo, bits) as i16;
                         }
                     }
-                },
-            );
+                    PvMode::Deferred => {
+                        let sum = self.softmax.exp_row(scores, visible, e, DEFERRED_EXP_BITS);
+                        let r = reciprocal(sum as u64);
+                        let m = self.out_mult;
+                        for (j, &ej) in e[..visible].iter().enumerate() {
+                            for (a, &vv) in acc.iter_mut().zip(vrow(j)) {
+                                *a += ej * vv;
+                            }
+                        }
+                        for (o, &a) in oi.iter_mut().zip(acc.iter()) {
+                            let prod = a as i128 * r.m as i128 * m.m as i128;
+                            let y = scale_pow2(prod, r.shift + m.shift - 62);
+                            *o = saturate(y.saturating_add(zo as i64), bits) as i16;
+                        }
+                    }
+                }
+            },
+        );
         out
     }
 
