@@ -44,8 +44,8 @@ pub struct BenchArgs {
     /// w8a16, w8a8).
     #[arg(long = "precision", value_delimiter = ',')]
     precisions: Vec<String>,
-    /// Thread counts to measure with (default: 1 and all cores for `all` and `lm`, all cores
-    /// otherwise).
+    /// Thread counts to measure with (default: `--threads` if given, else 1 and all cores for
+    /// `all` and `lm`, all cores otherwise).
     #[arg(long = "thread-counts", value_delimiter = ',')]
     thread_counts: Vec<usize>,
     /// Prompt tokens: the prefill of `lm` (default 512), the text of `ttft` (default 32).
@@ -95,11 +95,15 @@ fn precisions(given: &[String], default: &[&str]) -> Result<Vec<Precision>> {
         .collect()
 }
 
-pub fn bench(a: BenchArgs) -> Result<()> {
+/// `threads`: the global `--threads`, which is then the one thread count measured unless
+/// `--thread-counts` says otherwise.
+pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     let cores = rayon::current_num_threads();
     let all = a.section == Section::All;
     let counts = if !a.thread_counts.is_empty() {
         a.thread_counts.clone()
+    } else if let Some(n) = threads {
+        vec![n]
     } else if (all || a.section == Section::Lm) && cores > 1 {
         vec![1, cores]
     } else {

@@ -166,6 +166,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Report(a) => report::report(a),
         Command::Eval(a) => eval::eval(a),
         Command::Dataset(a) => dataset::dataset(a),
-        Command::Bench(a) => bench::bench(a),
+        Command::Bench(a) => bench::bench(a, cli.threads),
     }
 }
