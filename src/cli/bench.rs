@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// Image sizes for `vision`.
     #[arg(long = "image-size", value_delimiter = ',', default_values_t = vec![256, 512, 768])]
     image_sizes: Vec<usize>,
+    /// Weight shapes `OUTxIN` for `kernels` (default: LFM2-1.2B's FFN, 8192x2048 and 2048x8192).
+    #[arg(long = "shape", value_delimiter = ',')]
+    shapes: Vec<String>,
     /// Token counts for `kernels`.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 64, 512])]
     tokens: Vec<usize>,
@@ -66,6 +69,16 @@ pub struct BenchArgs {
     /// Also report the integer ops' time per op kind (every integer run of the section).
     #[arg(long)]
     profile: bool,
+}
+
+fn parse_shape(s: &str) -> Result<[usize; 2]> {
+    let bad = || anyhow::anyhow!("--shape {s}: expected OUTxIN, e.g. 8192x2048");
+    let (o, i) = s.split_once('x').ok_or_else(bad)?;
+    let (o, i): (usize, usize) = (o.parse().map_err(|_| bad())?, i.parse().map_err(|_| bad())?);
+    if o == 0 || i == 0 || o.saturating_mul(i) > 1 << 30 {
+        bail!("--shape {s}: each side at least 1 and at most 2^30 weights");
+    }
+    Ok([o, i])
 }
 
 fn pools(counts: &[usize]) -> Result<Vec<rayon::ThreadPool>> {
@@ -132,9 +145,17 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         }
     }
     if all || a.section == Section::Kernels {
+        let shapes = if a.shapes.is_empty() {
+            vec![[8192, 2048], [2048, 8192]]
+        } else {
+            a.shapes
+                .iter()
+                .map(|s| parse_shape(s))
+                .collect::<Result<_>>()?
+        };
         for p in &pools {
             let n = p.current_num_threads();
-            for shape in [[8192, 2048], [2048, 8192]] {
+            for &shape in &shapes {
                 r.kernels
                     .extend(p.install(|| kernels::run(shape, &a.tokens, level(), n, &progress))?);
             }

@@ -66,6 +66,8 @@ pub(super) unsafe fn pairs<const KIND: u8, const MR: usize, const NR: usize>(
         let tail = b == job.tail_block;
         let mut w = [_mm256_setzero_si256(); NR];
         for (r, wr) in w.iter_mut().enumerate() {
+            // Prefetches never fault, so the address may lie past the matrix.
+            _mm_prefetch::<_MM_HINT_T0>(ws[r].wrapping_add(b * bb + job.prefetch) as *const i8);
             let p = if tail { tails[r] } else { ws[r].add(b * bb) };
             *wr = load_w16::<KIND>(p);
             if job.group_blocks > 0 {

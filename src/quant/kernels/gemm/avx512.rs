@@ -135,6 +135,8 @@ pub(super) unsafe fn pairs<const KIND: u8, const MR: usize, const NR: usize>(
         let tail = b == job.tail_block;
         let mut w = [(_mm512_setzero_si512(), _mm512_setzero_si512()); NR];
         for (r, wr) in w.iter_mut().enumerate() {
+            // Prefetches never fault, so the address may lie past the matrix.
+            _mm_prefetch::<_MM_HINT_T0>(ws[r].wrapping_add(b * bb + job.prefetch) as *const i8);
             let p = if tail { tails[r] } else { ws[r].add(b * bb) };
             *wr = load_pairs::<KIND>(p);
             if job.group_blocks > 0 {
@@ -181,6 +183,8 @@ pub(super) unsafe fn quads<const KIND: u8, const MR: usize, const NR: usize>(
         let tail = b == job.tail_block;
         let mut w = [_mm512_setzero_si512(); NR];
         for (r, wr) in w.iter_mut().enumerate() {
+            // Prefetches never fault, so the address may lie past the matrix.
+            _mm_prefetch::<_MM_HINT_T0>(ws[r].wrapping_add(b * bb + job.prefetch) as *const i8);
             let p = if tail { tails[r] } else { ws[r].add(b * bb) };
             *wr = load_w8::<KIND>(p);
         }

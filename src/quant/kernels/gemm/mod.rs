@@ -111,6 +111,9 @@ pub(crate) struct Job<'a, X> {
     pub group_blocks: usize,
     /// Blocks the int32 lanes can take before they must be widened.
     pub flush: usize,
+    /// Bytes from a weight being read to the one to prefetch (the same offset in the next tile's
+    /// rows: a decode step streams the weights from DRAM once, in short rows).
+    pub prefetch: usize,
 }
 
 /// The job's pointers as fixed-size arrays (registers in the tile loop, no bounds checks).
@@ -402,6 +405,7 @@ fn run<X: Sync>(
                                 blocks: (k0, k1),
                                 group_blocks: p.group_blocks,
                                 flush: p.flush,
+                                prefetch: 2 * NR * row_bytes,
                             };
                             let o = &mut tile_out[..mr * nr];
                             o.fill(0);
