@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::exec::{FloatProgram, SequenceState, Val};
 use crate::graph::builder::FromConfig;
+use crate::graph::{Graph, WeightSource};
 use crate::models::connector;
 use crate::models::lfm2::{self, Lfm2Config};
 use crate::models::mobilenetv5::{self, VisionConfig};
@@ -159,32 +160,8 @@ impl AutoNeuralModel {
     }
 
     pub fn from_store(config: AutoNeuralConfig, store: Arc<WeightStore>) -> Result<Self> {
-        let src = store.as_ref();
-        let text = lfm2::graph::build(&config.text, src, text_root(&config))?;
-        let text = FloatProgram::load(text, &store)?;
-        let vision = match &config.vision {
-            None => None,
-            Some(v) => {
-                let size = (v.image_size, v.image_size);
-                let encoder = mobilenetv5::graph::build(v, src, VISION_ROOT, size)?;
-                let encoder = FloatProgram::load(encoder, &store)?;
-                let features = encoder.graph.value(encoder.graph.port("features")?);
-                let in_dim = features.shape[1].fixed().unwrap_or(0);
-                let connector = connector::build(
-                    in_dim,
-                    config.projector_hidden_size,
-                    config.text.hidden_size,
-                    config.projector_hidden_act,
-                    src,
-                    CONNECTOR_ROOT,
-                )?;
-                Some(FloatVision {
-                    config: v.clone(),
-                    encoder,
-                    connector: FloatProgram::load(connector, &store)?,
-                })
-            }
-        };
+        let (text, vision) =
+            Self::programs(&config, store.as_ref(), |g| FloatProgram::load(g, &store))?;
         Ok(Self {
             config,
             store,
@@ -197,15 +174,29 @@ impl AutoNeuralModel {
     /// ([`FloatProgram::random`]), for benchmarks of real architectures without a checkpoint. It
     /// has no weight store, so it encodes images at the config's size only.
     pub fn random(config: AutoNeuralConfig, seed: u64) -> Result<Self> {
-        let src = &FromConfig;
-        let text = lfm2::graph::build(&config.text, src, text_root(&config))?;
-        let text = FloatProgram::random(text, seed)?;
+        let (text, vision) =
+            Self::programs(&config, &FromConfig, |g| FloatProgram::random(g, seed))?;
+        Ok(Self {
+            config,
+            store: Arc::new(WeightStore::empty()),
+            text,
+            vision,
+        })
+    }
+
+    /// The part graphs of `config` (optional weights as `src` says), each made a program by
+    /// `program` (loaded from a checkpoint, or generated).
+    fn programs(
+        config: &AutoNeuralConfig,
+        src: &dyn WeightSource,
+        program: impl Fn(Graph) -> Result<FloatProgram>,
+    ) -> Result<(FloatProgram, Option<FloatVision>)> {
+        let text = program(lfm2::graph::build(&config.text, src, text_root(config))?)?;
         let vision = match &config.vision {
             None => None,
             Some(v) => {
                 let size = (v.image_size, v.image_size);
-                let encoder = mobilenetv5::graph::build(v, src, VISION_ROOT, size)?;
-                let encoder = FloatProgram::random(encoder, seed)?;
+                let encoder = program(mobilenetv5::graph::build(v, src, VISION_ROOT, size)?)?;
                 let features = encoder.graph.value(encoder.graph.port("features")?);
                 let in_dim = features.shape[1].fixed().unwrap_or(0);
                 let connector = connector::build(
@@ -219,16 +210,11 @@ impl AutoNeuralModel {
                 Some(FloatVision {
                     config: v.clone(),
                     encoder,
-                    connector: FloatProgram::random(connector, seed)?,
+                    connector: program(connector)?,
                 })
             }
         };
-        Ok(Self {
-            config,
-            store: Arc::new(WeightStore::empty()),
-            text,
-            vision,
-        })
+        Ok((text, vision))
     }
 
     pub fn has_vision(&self) -> bool {
