@@ -113,7 +113,7 @@ fn precisions(given: &[String], default: &[&str]) -> Result<Vec<Precision>> {
 pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     let cores = rayon::current_num_threads();
     let all = a.section == Section::All;
-    let counts = if !a.thread_counts.is_empty() {
+    let counts: Vec<usize> = if !a.thread_counts.is_empty() {
         a.thread_counts.clone()
     } else if let Some(n) = threads {
         vec![n]
@@ -123,6 +123,16 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         vec![cores]
     };
     let pools = pools(&counts)?;
+    // Building, calibrating and lowering the models uses every core whatever is measured.
+    let setup = rayon::ThreadPoolBuilder::new()
+        .num_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .build()
+        .context("building the setup thread pool")?;
+    setup.install(|| run_sections(&a, &pools))
+}
+
+fn run_sections(a: &BenchArgs, pools: &[rayon::ThreadPool]) -> Result<()> {
+    let all = a.section == Section::All;
     autoneural::exec::profile::enable(a.profile);
     let widest = pools.last().expect("at least one thread count");
     let bar = ProgressBar::new_spinner();
@@ -140,7 +150,7 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
     };
     if all || a.section == Section::Peaks {
         progress("instruction peaks");
-        for p in &pools {
+        for p in pools {
             r.peaks.extend(peak::measure(p));
         }
     }
@@ -153,7 +163,7 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
                 .map(|s| parse_shape(s))
                 .collect::<Result<_>>()?
         };
-        for p in &pools {
+        for p in pools {
             let n = p.current_num_threads();
             for &shape in &shapes {
                 r.kernels
