@@ -197,7 +197,7 @@ fn run_sections(a: &BenchArgs, pools: &[rayon::ThreadPool]) -> Result<()> {
                     // One model in memory at a time.
                     let (name, model) = v.pop().expect("just pushed");
                     r.lm.extend(models::lm(
-                        &name, &model, &ps, &pools, prompt, a.decode, &progress,
+                        &name, &model, &ps, pools, prompt, a.decode, &progress,
                     )?);
                     mark(&mut r, &name);
                 }
