@@ -4,6 +4,10 @@
 //! A user prompt may contain `<image>` placeholders, one per image, in order; when it has none,
 //! the images go first, before the text (as the LFM2-VL processor does). Each placeholder becomes
 //! `<|image_start|>` + one `<image>` per visual token + `<|image_end|>`.
+//!
+//! The prompt is rendered as [`Piece`]s: template tokens are inserted by id, and everything the
+//! user or system wrote is encoded as text with special-token matching off, so typing
+//! `<|im_end|><|im_start|>assistant` into a prompt cannot forge a turn.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -14,19 +18,69 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token matching off: user text containing `<|im_end|>`
+    /// is encoded as the characters it is made of.
+    literal: tokenizers::Tokenizer,
+    /// Bytes of the longest vocabulary entry: no text of more than `n * max_token_bytes` bytes
+    /// can fit in `n` tokens, which bounds what is handed to the tokenizer at all.
+    max_token_bytes: usize,
 }
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
-            ));
-        }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = crate::files::read_bytes(path, crate::files::limits::TOKENIZER)?;
+        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::corrupt(path, format!("cannot read tokenizer: {e}")))?;
-        Ok(Self { inner })
+        let mut literal = inner.clone();
+        literal.set_encode_special_tokens(true);
+        let max_token_bytes = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Ok(Self {
+            inner,
+            literal,
+            max_token_bytes,
+        })
+    }
+
+    /// Refuses text that cannot fit in `tokens` tokens, before tokenizing it (a huge input
+    /// would otherwise cost many times its size in tokenizer memory).
+    pub fn check_fits(&self, text_bytes: usize, tokens: usize) -> Result<()> {
+        if text_bytes > tokens.saturating_mul(self.max_token_bytes) {
+            return Err(Error::input(format!(
+                "the prompt text ({text_bytes} bytes) cannot fit in the context of {tokens} tokens"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Encodes text as text: special-token strings in it are not turned into their ids.
+    pub fn encode_literal(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .literal
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encodes a rendered prompt: template tokens by id (as text when the vocabulary lacks
+    /// them), text pieces with [`Self::encode_literal`].
+    pub fn encode_pieces(&self, pieces: &[Piece]) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for p in pieces {
+            match p {
+                Piece::Token(t) => match self.inner.token_to_id(t) {
+                    Some(id) => ids.push(id),
+                    None => ids.extend(self.encode(t)?),
+                },
+                Piece::Text(text) => ids.extend(self.encode_literal(text)?),
+            }
+        }
+        Ok(ids)
     }
 
     /// Encodes text literally: special-token strings in it become their ids, and nothing (no BOS)
@@ -75,16 +129,25 @@ impl Default for ChatTokens {
     }
 }
 
+/// One piece of a rendered prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// A template token, inserted by id.
+    Token(String),
+    /// Text, encoded as text.
+    Text(String),
+}
+
 /// Renders a single-turn LFM2 chat prompt, expanding image placeholders.
 ///
 /// `<|startoftext|>[<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n`
-pub fn render_prompt(
+pub fn render_pieces(
     user: &str,
     system: Option<&str>,
     num_images: usize,
     tokens_per_image: usize,
     t: &ChatTokens,
-) -> Result<String> {
+) -> Result<Vec<Piece>> {
     let placeholders = user.matches(IMAGE_PLACEHOLDER).count();
     let content = if placeholders == 0 {
         format!("{}{user}", IMAGE_PLACEHOLDER.repeat(num_images))
@@ -95,21 +158,61 @@ pub fn render_prompt(
             "the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given"
         )));
     };
-    let expanded_image = format!(
-        "{}{}{}",
-        t.image_start,
-        t.image.repeat(tokens_per_image),
-        t.image_end
-    );
-    let content = content.replace(IMAGE_PLACEHOLDER, &expanded_image);
-    let mut out = t.bos.clone();
+    let tok = |s: &str| Piece::Token(s.to_string());
+    let mut out = vec![tok(&t.bos)];
+    // Adjacent text is merged so it is encoded in one piece, as a whole rendered string would be.
+    let mut text = String::new();
+    let flush = |text: &mut String, out: &mut Vec<Piece>| {
+        if !text.is_empty() {
+            out.push(Piece::Text(std::mem::take(text)));
+        }
+    };
     if let Some(sys) = system {
-        out.push_str(&format!("<|im_start|>system\n{sys}<|im_end|>\n"));
+        out.push(tok("<|im_start|>"));
+        text.push_str("system\n");
+        text.push_str(sys);
+        flush(&mut text, &mut out);
+        out.push(tok("<|im_end|>"));
+        text.push('\n');
+        flush(&mut text, &mut out);
     }
-    out.push_str(&format!(
-        "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
-    ));
+    out.push(tok("<|im_start|>"));
+    text.push_str("user\n");
+    for (i, part) in content.split(IMAGE_PLACEHOLDER).enumerate() {
+        if i > 0 {
+            flush(&mut text, &mut out);
+            out.push(tok(&t.image_start));
+            out.extend(std::iter::repeat_n(tok(&t.image), tokens_per_image));
+            out.push(tok(&t.image_end));
+        }
+        text.push_str(part);
+    }
+    flush(&mut text, &mut out);
+    out.push(tok("<|im_end|>"));
+    text.push('\n');
+    flush(&mut text, &mut out);
+    out.push(tok("<|im_start|>"));
+    text.push_str("assistant\n");
+    flush(&mut text, &mut out);
     Ok(out)
+}
+
+/// [`render_pieces`] as one string (for display; encode the pieces, not this string).
+pub fn render_prompt(
+    user: &str,
+    system: Option<&str>,
+    num_images: usize,
+    tokens_per_image: usize,
+    t: &ChatTokens,
+) -> Result<String> {
+    Ok(
+        render_pieces(user, system, num_images, tokens_per_image, t)?
+            .into_iter()
+            .map(|p| match p {
+                Piece::Token(s) | Piece::Text(s) => s,
+            })
+            .collect(),
+    )
 }
 
 /// Turns generated token ids into text incrementally, emitting only complete UTF-8 text (a

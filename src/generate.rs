@@ -281,6 +281,14 @@ pub fn generate_with(
     timings.prefill_s = start.elapsed().as_secs_f64();
     let mut decode_start = Instant::now();
     let stop_reason = loop {
+        // NaN or infinite logits (a diverging model, damaged weights) would sample garbage.
+        if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
+            return Err(Error::input(format!(
+                "the model produced a non-finite logit ({bad}) at generated token {}; its \
+                 weights or inputs are broken",
+                tokens.len()
+            )));
+        }
         let next = sampler.sample(&logits);
         tokens.push(next);
         if tokens.len() == 1 {

@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod files;
 pub mod generate;
 pub mod graph;
 pub mod models;

@@ -7,8 +7,13 @@ use std::path::Path;
 
 /// Reads a float32 (or float64, converted) C-order array.
 pub fn read_f32(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
+    let bytes = crate::files::read_bytes(path, crate::files::limits::NPY)?;
+    parse_f32(&bytes, path)
+}
+
+/// [`read_f32`] of bytes already in memory; `path` names them in errors.
+pub fn parse_f32(bytes: &[u8], path: &Path) -> Result<Tensor> {
+    let npy = npyz::NpyFile::new(bytes)
         .map_err(|e| Error::corrupt(path, format!("not a .npy file: {e}")))?;
     if npy.order() != npyz::Order::C {
         return Err(Error::corrupt(
@@ -18,6 +23,21 @@ pub fn read_f32(path: &Path) -> Result<Tensor> {
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let type_str = npy.dtype().descr();
+    // The header's shape must be backed by data: a 100-byte file may not declare a 1e12-element
+    // array (the reader would reserve memory for it first).
+    let width = if type_str.contains("f8") { 8 } else { 4 };
+    let bytes_needed = shape
+        .iter()
+        .try_fold(width, |acc: usize, &d| acc.checked_mul(d));
+    if bytes_needed.is_none_or(|n| n > bytes.len()) {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "header declares shape {shape:?}, more than the file's {} bytes hold",
+                bytes.len()
+            ),
+        ));
+    }
     let data: Vec<f32> = if type_str.contains("f4") {
         npy.into_vec::<f32>()
             .map_err(|e| Error::corrupt(path, e.to_string()))?

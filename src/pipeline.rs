@@ -1,7 +1,7 @@
 //! The user-facing pipeline: a loaded model directory (weights + tokenizer) turning images and a
 //! prompt into prompt embeddings, used by the CLI's `run` and `dump`.
 
-use crate::chat::{render_prompt, ChatTokens, TextTokenizer};
+use crate::chat::{render_pieces, ChatTokens, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel, ImageEncoding};
 use crate::observe::Observer;
@@ -107,14 +107,18 @@ pub fn prompt_ids(
     match prompt {
         PromptInput::Tokens(ids) => Ok(ids.clone()),
         PromptInput::Chat { user, system } => {
-            let text = render_prompt(
+            tokenizer.check_fits(
+                user.len() + system.as_ref().map_or(0, String::len),
+                config.text.max_position_embeddings,
+            )?;
+            let pieces = render_pieces(
                 user,
                 system.as_deref(),
                 num_images,
                 tokens_per_image,
                 &ChatTokens::default(),
             )?;
-            let ids = tokenizer.encode(&text)?;
+            let ids = tokenizer.encode_pieces(&pieces)?;
             let slots = ids.iter().filter(|&&i| i == config.image_token_id).count();
             if num_images > 0 && slots != num_images * tokens_per_image {
                 return Err(Error::input(format!(

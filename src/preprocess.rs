@@ -14,31 +14,75 @@ pub const MAX_INPUT_PIXELS: u64 = 64 * 1024 * 1024;
 /// architecture is built for; larger inputs would need tens of GB of activations).
 pub const MAX_PIXELS_SIDE: usize = 3072;
 
+/// Longest side accepted for an image file. Together with [`MAX_INPUT_PIXELS`] it bounds the
+/// resize's intermediate buffer (the vertical pass keeps the input width at the output height).
+pub const MAX_INPUT_SIDE: u32 = 16384;
+
+/// Most bytes an image decoder may allocate.
+const MAX_DECODER_ALLOC: u64 = 1 << 30;
+
 /// Decodes an image file and preprocesses it to `[3, size, size]` in [0, 1].
 pub fn load_image(path: &Path, size: usize) -> Result<Tensor> {
-    let err = |msg: String| Error::Image {
+    let bytes = crate::files::read_bytes(path, crate::files::limits::IMAGE)?;
+    let img = decode_image(&bytes).map_err(|msg| Error::Image {
         path: path.to_path_buf(),
         msg,
+    })?;
+    Ok(preprocess(&img, size))
+}
+
+/// Decodes an encoded image (PNG, JPEG, WebP, BMP, GIF, TIFF) to RGB, bounding its size before
+/// any pixel is decoded and refusing truncated files.
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::RgbImage, String> {
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| format!("cannot read image: {e}"))
     };
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    let (w, h) = reader
+    let r = reader()?;
+    let format = r.format().ok_or_else(|| {
+        "not an image in a supported format (PNG, JPEG, WebP, BMP, GIF, TIFF)".to_string()
+    })?;
+    let (w, h) = r
         .into_dimensions()
-        .map_err(|e| err(format!("cannot read image: {e}")))?;
-    if (w as u64) * (h as u64) > MAX_INPUT_PIXELS {
-        return Err(err(format!(
-            "{w}x{h} is larger than the {MAX_INPUT_PIXELS}-pixel limit"
-        )));
+        .map_err(|e| format!("cannot read image: {e}"))?;
+    if w == 0 || h == 0 {
+        return Err(format!("{w}x{h} image has no pixels"));
     }
-    let img = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
+    if w > MAX_INPUT_SIDE || h > MAX_INPUT_SIDE || (w as u64) * (h as u64) > MAX_INPUT_PIXELS {
+        return Err(format!(
+            "{w}x{h} is larger than the limit ({MAX_INPUT_SIDE} pixels a side, \
+             {MAX_INPUT_PIXELS} pixels in all)"
+        ));
+    }
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        return Err("truncated JPEG (no end-of-image marker after the scan data)".into());
+    }
+    let mut r = reader()?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_INPUT_SIDE);
+    limits.max_image_height = Some(MAX_INPUT_SIDE);
+    limits.max_alloc = Some(MAX_DECODER_ALLOC);
+    r.limits(limits);
+    let img = r
         .decode()
-        .map_err(|e| err(format!("cannot decode image: {e}")))?;
-    Ok(preprocess(&img.to_rgb8(), size))
+        .map_err(|e| format!("cannot decode image: {e}"))?;
+    Ok(img.to_rgb8())
+}
+
+/// A JPEG's entropy-coded data ends with an EOI marker (FF D9); a truncated file (which decoders
+/// silently fill with gray) has none after its first start-of-scan marker (FF DA).
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let find = |from: usize, m: [u8; 2]| {
+        bytes[from..]
+            .windows(2)
+            .position(|w| w == m)
+            .map(|i| i + from)
+    };
+    match find(0, [0xFF, 0xDA]) {
+        Some(sos) => bytes[sos..].windows(2).rev().any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
 }
 
 /// Resizes an RGB image to `size x size` and lays it out as `[3, size, size]` floats in [0, 1].
@@ -60,7 +104,11 @@ pub fn preprocess(img: &image::RgbImage, size: usize) -> Tensor {
 
 /// Loads a preprocessed `[3, H, W]` array from `.npy` (used by parity tests: no resize involved).
 pub fn load_pixels_npy(path: &Path) -> Result<Tensor> {
-    let t = crate::npy::read_f32(path)?;
+    check_pixels(crate::npy::read_f32(path)?, path)
+}
+
+/// Checks a preprocessed pixel array: `[3, H, W]`, within the size limit, finite.
+pub fn check_pixels(t: Tensor, path: &Path) -> Result<Tensor> {
     if t.rank() != 3 || t.dim(0) != 3 {
         return Err(Error::input(format!(
             "{}: pixels must be a [3, H, W] float32 array, got shape {:?}",

@@ -10,7 +10,6 @@ use crate::tensor::Tensor;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,6 +26,8 @@ pub struct WeightStore {
     paths: Vec<PathBuf>,
     maps: Vec<Mmap>,
     index: HashMap<String, Entry>,
+    /// The `__metadata__` string map of each file's header.
+    metadata: Vec<HashMap<String, String>>,
 }
 
 impl WeightStore {
@@ -36,6 +37,7 @@ impl WeightStore {
             paths: Vec::new(),
             maps: Vec::new(),
             index: HashMap::new(),
+            metadata: Vec::new(),
         }
     }
 
@@ -44,10 +46,11 @@ impl WeightStore {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        if single.is_file() {
+        // `exists`: a FIFO or directory in their place gets open_regular's error, not "missing".
+        if single.exists() {
             Self::open_files(&[single])
-        } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        } else if index.exists() {
+            let text = crate::files::read_text(&index, crate::files::limits::JSON)?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| Error::corrupt(&index, e.to_string()))?;
             let map = json
@@ -59,6 +62,13 @@ impl WeightStore {
                 let f = v.as_str().ok_or_else(|| {
                     Error::corrupt(&index, "weight_map values must be file names")
                 })?;
+                // A shard is a file beside the index: no directories, no `..`, no absolute paths.
+                if Path::new(f).file_name() != Some(std::ffi::OsStr::new(f)) {
+                    return Err(Error::corrupt(
+                        &index,
+                        format!("shard `{f}` is not a plain file name in the model directory"),
+                    ));
+                }
                 files.insert(dir.join(f));
             }
             let files: Vec<PathBuf> = files.into_iter().collect();
@@ -85,13 +95,9 @@ impl WeightStore {
 
     /// Maps the given safetensors files and indexes their tensors.
     pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
-        let mut store = WeightStore {
-            paths: Vec::new(),
-            maps: Vec::new(),
-            index: HashMap::new(),
-        };
+        let mut store = WeightStore::empty();
         for path in paths {
-            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let (file, _) = crate::files::open_regular(path)?;
             // SAFETY: the file is opened read-only and the map is never written; as with every
             // mmap-based loader, modifying the file while it is mapped is the caller's problem.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
@@ -124,6 +130,9 @@ impl WeightStore {
                     },
                 );
             }
+            store
+                .metadata
+                .push(meta.metadata().clone().unwrap_or_default());
             store.paths.push(path.clone());
             store.maps.push(map);
         }
@@ -136,6 +145,11 @@ impl WeightStore {
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.index.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The header metadata (`__metadata__`) of the `i`-th file.
+    pub fn file_metadata(&self, i: usize) -> Option<&HashMap<String, String>> {
+        self.metadata.get(i)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -169,6 +183,17 @@ impl WeightStore {
             Error::CorruptFile { msg, .. } => Error::corrupt(&self.paths[e.file], msg),
             other => other,
         })?;
+        // F64 values beyond f32's range become infinite here too, so this is checked after the
+        // conversion: a non-finite weight would only turn into NaN logits and garbage answers.
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::corrupt(
+                &self.paths[e.file],
+                format!(
+                    "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
+                    data[i]
+                ),
+            ));
+        }
         Tensor::new(&e.shape, data)
     }
 

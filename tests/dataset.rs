@@ -107,7 +107,7 @@ fn generation_is_deterministic_and_seed_dependent() {
     dataset::generate_cockpit(&b, &opts(12, 3)).unwrap();
     dataset::generate_cockpit(&c, &opts(12, 4)).unwrap();
     let (sa, sb, sc) = (snapshot(&a), snapshot(&b), snapshot(&c));
-    assert_eq!(sa.len(), 12 + 4);
+    assert_eq!(sa.len(), 12 + 4 + 1); // images, three splits + dataset.json, the manifest
     assert_eq!(sa, sb, "same arguments must give byte-identical files");
     assert_ne!(sa["train.jsonl"], sc["train.jsonl"]);
     assert_ne!(sa["images/train/000001.png"], sc["images/train/000001.png"]);

@@ -251,7 +251,8 @@ fn trained_vision_features_sqnr_at_w8a16_and_w16a16() {
             "--quantized".into(),
             s(&q),
             "--svg".into(),
-            s(&tmp.path().join("r.svg")),
+            // One chart per scheme: report never replaces an existing file without --force.
+            s(&tmp.path().join(format!("r-{scheme}-{rounding}.svg"))),
             "--json".into(),
             "--images".into(),
         ];

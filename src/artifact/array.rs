@@ -363,6 +363,10 @@ impl ArraySource {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    pub fn store(&self) -> &WeightStore {
+        &self.store
+    }
 }
 
 thread_local! {

@@ -46,6 +46,7 @@
 //! message asking to re-quantize.
 
 pub mod array;
+pub mod digest;
 
 use crate::error::{Error, Result};
 use crate::graph::qop::QOp;
@@ -60,7 +61,7 @@ use serde_json::Value;
 use std::path::Path;
 
 /// The version [`QuantizedModel::save`] writes and [`QuantizedModel::load`] reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The graphs and scalars.
 pub const GRAPH_FILE: &str = "graph.json";
 /// The integer arrays.
@@ -123,7 +124,8 @@ impl<O> QuantizedModel<O> {
 /// Whether `dir` holds a quantized model, of this format or the previous one (so callers route
 /// both here and a v1 directory gets [`V1_MESSAGE`]).
 pub fn is_quantized_dir(dir: &Path) -> bool {
-    dir.join(GRAPH_FILE).is_file() || dir.join(ARRAYS_FILE).is_file()
+    // `exists`, not `is_file`: a FIFO or directory in their place is reported by the loader.
+    dir.join(GRAPH_FILE).exists() || dir.join(ARRAYS_FILE).exists()
 }
 
 impl QuantizedModel {
@@ -217,7 +219,7 @@ impl QuantizedModel {
         let (text, arrays) = self.to_files()?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let cfg_path = float_dir.join("config.json");
-        let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg_text = crate::files::read_text(&cfg_path, crate::files::limits::JSON)?;
         let mut cfg: Value = serde_json::from_str(&cfg_text)
             .map_err(|e| Error::corrupt(&cfg_path, format!("invalid JSON: {e}")))?;
         if !cfg.is_object() {
@@ -231,7 +233,7 @@ impl QuantizedModel {
         });
         let out_cfg = dir.join("config.json");
         let pretty = serde_json::to_string_pretty(&cfg).map_err(|e| Error::input(e.to_string()))?;
-        std::fs::write(&out_cfg, pretty).map_err(|e| Error::io(&out_cfg, e))?;
+        std::fs::write(&out_cfg, &pretty).map_err(|e| Error::io(&out_cfg, e))?;
         for name in ["tokenizer.json", "tokenizer_config.json"] {
             let src = float_dir.join(name);
             if src.is_file() {
@@ -248,7 +250,15 @@ impl QuantizedModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let st = dir.join(ARRAYS_FILE);
-        let data = safetensors::serialize(views, None)
+        // Digests of everything the directory's meaning depends on (see `digest`).
+        let meta = digest::metadata(
+            &[
+                ("config.json", pretty.as_bytes()),
+                (GRAPH_FILE, text.as_bytes()),
+            ],
+            &arrays,
+        );
+        let data = safetensors::serialize(views, Some(meta))
             .map_err(|e| Error::input(format!("serializing {}: {e}", st.display())))?;
         std::fs::write(&st, data).map_err(|e| Error::io(&st, e))?;
         let graph = dir.join(GRAPH_FILE);
@@ -316,8 +326,19 @@ impl QuantizedModel {
     /// Loads a directory written by [`Self::save`] (validated; see the module docs), with the
     /// model's config. No float weights are read.
     pub fn load(dir: &Path) -> Result<(Self, AutoNeuralConfig)> {
+        Self::load_checked(dir, true)
+    }
+
+    /// [`Self::load`] without the digest check, for fuzzing the parsers behind it (a mutated
+    /// file would never get past the digests). Not for loading models.
+    #[doc(hidden)]
+    pub fn load_without_digests(dir: &Path) -> Result<(Self, AutoNeuralConfig)> {
+        Self::load_checked(dir, false)
+    }
+
+    fn load_checked(dir: &Path, verify_digests: bool) -> Result<(Self, AutoNeuralConfig)> {
         let graph_path = dir.join(GRAPH_FILE);
-        if !graph_path.is_file() {
+        if !graph_path.exists() {
             if dir.join(ARRAYS_FILE).is_file() && dir.join(V1_META_FILE).is_file() {
                 return Err(Error::corrupt(dir, V1_MESSAGE));
             }
@@ -329,8 +350,9 @@ impl QuantizedModel {
                 ),
             ));
         }
-        let config = AutoNeuralConfig::from_file(&dir.join("config.json"))?;
-        let text = std::fs::read_to_string(&graph_path).map_err(|e| Error::io(&graph_path, e))?;
+        let cfg_path = dir.join("config.json");
+        let cfg_bytes = crate::files::read_bytes(&cfg_path, crate::files::limits::JSON)?;
+        let text = crate::files::read_text(&graph_path, crate::files::limits::JSON)?;
         let corrupt = |e: Error| Error::corrupt(&graph_path, message(e));
         let top: Value =
             serde_json::from_str(&text).map_err(|e| Error::corrupt(&graph_path, e.to_string()))?;
@@ -343,6 +365,19 @@ impl QuantizedModel {
             }
             _ => {}
         }
+        let arrays = dir.join(ARRAYS_FILE);
+        let source = ArraySource::open(&arrays)?;
+        if verify_digests {
+            digest::verify(
+                source.store(),
+                &arrays,
+                &[
+                    ("config.json", &cfg_path, &cfg_bytes),
+                    (GRAPH_FILE, &graph_path, text.as_bytes()),
+                ],
+            )?;
+        }
+        let config = AutoNeuralConfig::from_file(&cfg_path)?;
         // Structural errors inside a part are reported with the part (and node) they are in.
         for part in PARTS {
             if let Some(g) = top.get(part).filter(|g| !g.is_null()) {
@@ -351,8 +386,6 @@ impl QuantizedModel {
         }
         let raw: QuantizedModel<Value> =
             QuantizedModel::deserialize(top).map_err(|e| corrupt(Error::input(e.to_string())))?;
-        let arrays = dir.join(ARRAYS_FILE);
-        let source = ArraySource::open(&arrays)?;
         let (model, source) = array::loading(source, || raw.into_ops())?;
         let model = model.map_err(|e| Error::corrupt(&graph_path, message(e)))?;
         if let Some(first) = source.unused().first() {

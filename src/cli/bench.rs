@@ -85,8 +85,11 @@ fn pools(counts: &[usize]) -> Result<Vec<rayon::ThreadPool>> {
     counts
         .iter()
         .map(|&n| {
-            if n == 0 || n > 1024 {
-                bail!("thread counts must be in 1..=1024, got {n}");
+            if n == 0 || n > super::MAX_THREADS {
+                bail!(
+                    "thread counts must be in 1..={}, got {n}",
+                    super::MAX_THREADS
+                );
             }
             rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
@@ -206,7 +209,7 @@ fn run_sections(a: &BenchArgs, pools: &[rayon::ThreadPool]) -> Result<()> {
         };
         for (name, model) in &models {
             r.lm.extend(models::lm(
-                name, model, &ps, &pools, prompt, a.decode, &progress,
+                name, model, &ps, pools, prompt, a.decode, &progress,
             )?);
             mark(&mut r, name);
         }
@@ -249,9 +252,9 @@ fn run_sections(a: &BenchArgs, pools: &[rayon::ThreadPool]) -> Result<()> {
         r.profile = autoneural::exec::profile::take();
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
     } else {
-        print!("{}", r.table());
+        out!("{}", r.table())?;
     }
     Ok(())
 }

@@ -31,13 +31,14 @@ struct CockpitArgs {
     /// Random seed; the same arguments give byte-identical files.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output directory (created if missing).
+    /// Output directory (new or empty; see --force).
     #[arg(long)]
     out: PathBuf,
     /// Image side in pixels (64..=2048).
     #[arg(long, default_value_t = 256)]
     size: u32,
-    /// Replace a dataset already in the output directory.
+    /// Replace what autoneural wrote earlier in a non-empty --out (files it did not write are
+    /// never touched).
     #[arg(long)]
     force: bool,
 }
@@ -85,7 +86,7 @@ fn cockpit(a: CockpitArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join("/")
     };
-    println!(
+    outln!(
         "wrote {} images ({} train/validation/test), {} questions of {} types to {} in {:.1}s",
         summary.total_images(),
         splits(&summary.images),
@@ -93,23 +94,23 @@ fn cockpit(a: CockpitArgs) -> Result<()> {
         summary.answers.len(),
         a.out.display(),
         start.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 
 fn validate(a: ValidateArgs) -> Result<()> {
     let summary = dataset::validate(&a.dir)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "ok: {} images, {} questions, {} types in {}",
         summary.total_images(),
         summary.total_questions(),
         summary.answers.len(),
         a.dir.display()
-    );
+    )?;
     if a.answers {
         for (kind, counts) in &summary.answers {
             let total: usize = counts.values().sum();
@@ -126,11 +127,11 @@ fn validate(a: ValidateArgs) -> Result<()> {
             } else {
                 String::new()
             };
-            println!(
+            outln!(
                 "  {kind:<16} {total:>5} q, majority {:>5.1}%: {}{tail}",
                 100.0 * summary.majority_baseline(kind).unwrap_or(0.0),
                 shown.join(", ")
-            );
+            )?;
         }
     }
     Ok(())

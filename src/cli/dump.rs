@@ -4,6 +4,7 @@
 use super::InputArgs;
 use anyhow::{Context, Result};
 use autoneural::engine::Engine;
+use autoneural::files::OutputDir;
 use autoneural::npy::write_f32;
 use autoneural::Tensor;
 use clap::Args;
@@ -13,16 +14,22 @@ use std::path::{Path, PathBuf};
 pub struct DumpArgs {
     #[command(flatten)]
     input: InputArgs,
-    /// Output directory (created if needed).
+    /// Output directory (new or empty; see --force).
     #[arg(long)]
     out: PathBuf,
+    /// Replace what autoneural wrote earlier in a non-empty --out (files it did not write are
+    /// never touched).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn dump(args: DumpArgs) -> Result<()> {
     let dir = args.input.model_dir()?;
     let engine = Engine::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating output directory {}", args.out.display()))?;
+    let mut inputs = vec![dir.as_path()];
+    inputs.extend(args.input.images.iter().map(PathBuf::as_path));
+    inputs.extend(args.input.pixels.iter().map(PathBuf::as_path));
+    let out = OutputDir::begin(&args.out, "dump", &inputs, args.force)?;
 
     let pixels = engine.load_pixels(&args.input.image_inputs())?;
     let prompt_ids = engine.prompt_ids(&args.input.prompt_input(), pixels.len())?;
@@ -39,36 +46,41 @@ pub fn dump(args: DumpArgs) -> Result<()> {
     let t = engine.intermediates(&pixels, &prompt_ids)?;
     let mut written = Vec::new();
     if !pixels.is_empty() {
-        write(&args.out, "pixels.npy", &stack(&pixels)?, &mut written)?;
+        write(out.path(), "pixels.npy", &stack(&pixels)?, &mut written)?;
         write(
-            &args.out,
+            out.path(),
             "vision_features.npy",
             &concat_rows(&t.features)?,
             &mut written,
         )?;
         write(
-            &args.out,
+            out.path(),
             "image_embeddings.npy",
             &concat_rows(&t.embeddings)?,
             &mut written,
         )?;
     }
-    write(&args.out, "logits.npy", &t.logits, &mut written)?;
+    write(out.path(), "logits.npy", &t.logits, &mut written)?;
     std::fs::write(
-        args.out.join("prompt_ids.json"),
+        out.path().join("prompt_ids.json"),
         serde_json::to_string(&prompt_ids)?,
     )
     .context("writing prompt_ids.json")?;
+    let dest = out.commit()?;
     for w in written {
-        println!("{}", w.display());
+        outln!("{}", dest.join(w).display())?;
     }
     Ok(())
 }
 
-fn write(dir: &Path, name: &str, t: &Tensor, written: &mut Vec<PathBuf>) -> Result<()> {
-    let p = dir.join(name);
-    write_f32(&p, t)?;
-    written.push(p);
+fn write(
+    dir: &Path,
+    name: &'static str,
+    t: &Tensor,
+    written: &mut Vec<&'static str>,
+) -> Result<()> {
+    write_f32(&dir.join(name), t)?;
+    written.push(name);
     Ok(())
 }
 

@@ -178,14 +178,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 
     let agreement = agreement_with_float(&runs)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&to_json(
                 &args, &dir, &questions, &majority, &baseline, &runs, &agreement
             ))?
-        );
+        )?;
     } else {
-        print_table(&args, &dir, &questions, &baseline, &runs, &agreement);
+        print_table(&args, &dir, &questions, &baseline, &runs, &agreement)?;
     }
     Ok(())
 }
@@ -318,14 +318,14 @@ fn print_table(
     baseline: &Scores,
     runs: &[Run],
     agreement: &[(String, eval::Tally)],
-) {
-    println!(
+) -> Result<()> {
+    outln!(
         "{} on {} ({} split, {} questions), exact match:",
         dir.display(),
         args.dataset.display(),
         args.split,
         questions.len()
-    );
+    )?;
     let width = runs
         .iter()
         .map(|r| r.precision.len())
@@ -336,7 +336,7 @@ fn print_table(
     for r in runs {
         header += &format!(" {:>width$}", r.precision);
     }
-    println!("{header}");
+    outln!("{header}")?;
     let pct = |x: f64| format!("{:.1}%", 100.0 * x);
     for (kind, base) in &baseline.per_type {
         let mut line = format!("{:<18} {:>9} {:>9}", kind, base.total, pct(base.accuracy()));
@@ -344,7 +344,7 @@ fn print_table(
             let t = r.scores.per_type.get(kind).copied().unwrap_or_default();
             line += &format!(" {:>width$}", pct(t.accuracy()));
         }
-        println!("{line}");
+        outln!("{line}")?;
     }
     let mut line = format!(
         "{:<18} {:>9} {:>9}",
@@ -355,22 +355,22 @@ fn print_table(
     for r in runs {
         line += &format!(" {:>width$}", pct(r.scores.overall().accuracy()));
     }
-    println!("{line}");
+    outln!("{line}")?;
     for (p, t) in agreement {
-        println!(
+        outln!(
             "{p}: same answer as float on {}/{} questions ({})",
             t.correct,
             t.total,
             pct(t.accuracy())
-        );
+        )?;
     }
     for r in runs {
-        println!(
+        outln!(
             "{}: {:.1} s ({:.1} questions/s)",
             r.precision,
             r.seconds,
             questions.len() as f64 / r.seconds.max(1e-9)
-        );
+        )?;
     }
     for r in runs {
         let wrong: Vec<&Outcome> = r
@@ -380,13 +380,17 @@ fn print_table(
             .take(args.show_errors)
             .collect();
         if !wrong.is_empty() {
-            println!("wrong answers at {}:", r.precision);
+            outln!("wrong answers at {}:", r.precision)?;
             for o in wrong {
-                println!(
+                outln!(
                     "  {} {:?}: expected {:?}, got {:?}",
-                    o.image, o.question, o.expected, o.got
-                );
+                    o.image,
+                    o.question,
+                    o.expected,
+                    o.got
+                )?;
             }
         }
     }
+    Ok(())
 }

@@ -296,9 +296,9 @@ pub fn graph(args: GraphArgs) -> Result<()> {
         params: totals,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&listing)?);
+        outln!("{}", serde_json::to_string_pretty(&listing)?)?;
     } else {
-        print_listing(&listing);
+        print_listing(&listing)?;
     }
     Ok(())
 }
@@ -400,17 +400,17 @@ fn cell(n: u64, f: fn(u64) -> String) -> String {
     }
 }
 
-fn print_listing(l: &Listing) {
-    println!("model: {}", l.model);
+fn print_listing(l: &Listing) -> Result<()> {
+    outln!("model: {}", l.model)?;
     for s in &l.sections {
-        println!();
+        outln!()?;
         let bind = match s.pass {
             "prefill" => format!(" (T = {}, P = {})", s.seq, s.past),
             "decode" => format!(" (one step: T = {}, P = {})", s.seq, s.past),
             _ if s.seq > 0 => format!(" (T = {})", s.seq),
             _ => String::new(),
         };
-        println!("== {} {}{bind}: {} nodes", s.part, s.pass, s.nodes.len());
+        outln!("== {} {}{bind}: {} nodes", s.part, s.pass, s.nodes.len())?;
         let header = [
             "node",
             "op",
@@ -470,15 +470,15 @@ fn print_listing(l: &Listing) {
                     line.push_str(&format!("{c:>w$}"));
                 }
             }
-            println!("{}", line.trim_end());
+            outln!("{}", line.trim_end())?;
         }
         let t = &s.total;
-        println!(
+        outln!(
             "total: params {} (each weight once), MACs {}, vector ops {}",
             group(s.params),
             human(t.macs),
             human(t.vector_ops),
-        );
+        )?;
         let mut bytes = format!(
             "       weights {} (read by this call {}), activations written {}",
             human_bytes(s.weight_bytes),
@@ -493,7 +493,7 @@ fn print_listing(l: &Listing) {
                 human_bytes(s.state_bytes),
             );
         }
-        println!("{bytes}");
+        outln!("{bytes}")?;
         let mut kinds: Vec<(&&str, &KindCost)> = s.by_op.iter().collect();
         kinds.sort_by(|a, b| b.1.cost.macs.cmp(&a.1.cost.macs).then(a.0.cmp(b.0)));
         let per: Vec<String> = kinds
@@ -505,18 +505,19 @@ fn print_listing(l: &Listing) {
             })
             .collect();
         if !per.is_empty() {
-            println!("       MACs by op: {}", per.join(", "));
+            outln!("       MACs by op: {}", per.join(", "))?;
         }
     }
     let p = &l.params;
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "parameters: vision {} + connector {} + text {} = {}",
         group(p.vision as u64),
         group(p.connector as u64),
         group(p.text as u64),
         group(p.total as u64)
-    );
+    )?;
+    Ok(())
 }
 
 /// 1234567 -> "1,234,567".

@@ -27,7 +27,7 @@ pub struct InspectArgs {
     #[arg(long, conflicts_with = "model")]
     preset: Option<String>,
     /// Context length (tokens) for the KV-cache estimate.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = super::context_arg)]
     context: usize,
     /// Print as JSON.
     #[arg(long)]
@@ -128,78 +128,78 @@ fn report(
             "conv_state_bytes_f32": conv_state,
             "visual_tokens_per_image": cfg.vision.as_ref().map(|v| v.msfa_output_resolution * v.msfa_output_resolution),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
     }
 
-    println!("model: {label}");
+    outln!("model: {label}")?;
     match &cfg.vision {
         Some(v) => {
-            println!(
+            outln!(
                 "vision: input {0}x{0}, MSFA {1:?} -> {2}x{2}x{3} ({4} visual tokens/image)",
                 v.image_size,
                 v.msfa_indices,
                 v.msfa_output_resolution,
                 v.num_features,
                 v.msfa_output_resolution * v.msfa_output_resolution
-            );
+            )?;
             for line in v.arch()?.summary().lines() {
-                println!("  {line}");
+                outln!("  {line}")?;
             }
-            println!(
+            outln!(
                 "connector: linear {} -> {} ({:?}) -> linear -> {}",
                 v.num_features,
                 cfg.projector_hidden_size,
                 cfg.projector_hidden_act,
                 text.hidden_size
-            );
+            )?;
         }
-        None => println!("vision: none (text-only LFM2 checkpoint)"),
+        None => outln!("vision: none (text-only LFM2 checkpoint)")?,
     }
     let layout: String = text
         .layer_types
         .iter()
         .map(|t| if *t == LayerType::Attention { 'A' } else { 'c' })
         .collect();
-    println!(
+    outln!(
         "language: LFM2, {} layers [{}] ({} conv, {} attention; c = gated short conv, A = GQA), hidden {}, heads {}/{} kv, head_dim {}, ffn {}, vocab {}",
         text.layer_types.len(), layout, conv_layers, attn_layers, text.hidden_size,
         text.num_attention_heads, text.num_key_value_heads, text.head_dim, text.ff_dim(), text.vocab_size
-    );
-    println!("parameters:");
-    println!("  vision     {:>14}", group(parts[0]));
-    println!("  connector  {:>14}", group(parts[1]));
-    println!("  language   {:>14}", group(parts[2]));
+    )?;
+    outln!("parameters:")?;
+    outln!("  vision     {:>14}", group(parts[0]))?;
+    outln!("  connector  {:>14}", group(parts[1]))?;
+    outln!("  language   {:>14}", group(parts[2]))?;
     if parts[3] > 0 {
-        println!("  other      {:>14}", group(parts[3]));
+        outln!("  other      {:>14}", group(parts[3]))?;
     }
-    println!("  total      {:>14}", group(total_params));
-    println!("memory:");
+    outln!("  total      {:>14}", group(total_params))?;
+    outln!("memory:")?;
     if let Some(b) = weight_bytes {
-        println!("  weights on disk         {:>14} bytes", group(b));
+        outln!("  weights on disk         {:>14} bytes", group(b))?;
     }
-    println!(
+    outln!(
         "  weights as f32          {:>14} bytes",
         group(total_params * 4)
-    );
-    println!(
+    )?;
+    outln!(
         "  conv state (f32, fixed) {:>14} bytes ({conv_layers} conv layers)",
         group(conv_state)
-    );
-    println!(
+    )?;
+    outln!(
         "  KV cache (f32) @ {:<6} {:>14} bytes ({attn_layers} attention layers, {} bytes/token)",
         args.context,
         group(kv_bytes),
         group(kv_per_token)
-    );
+    )?;
     if integer {
         // The integer path keeps its conv state and K/V as int16.
-        println!(
+        outln!(
             "  integer path (int16): conv state {} bytes, KV cache @ {} {} bytes",
             group(conv_state / 2),
             args.context,
             group(kv_bytes / 2)
-        );
+        )?;
     }
     Ok(())
 }

@@ -1,5 +1,24 @@
 //! Command definitions (clap) and dispatch. Each subcommand lives in its own file.
 
+/// `println!` that returns an error instead of panicking when standard output cannot be written
+/// (`> /dev/full`); a closed pipe ends the process quietly through SIGPIPE (see `main`).
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
+/// `print!` with the error handling of [`outln!`].
+#[allow(unused_macros)]
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($t)*))
+    };
+}
+
 mod bench;
 mod dataset;
 mod dump;
@@ -16,6 +35,10 @@ use autoneural::pipeline::{ImageInput, PromptInput};
 use autoneural::quant::scheme::Scheme;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+
+/// Most worker threads a command may ask for (far beyond any useful count, far below one that
+/// takes seconds to spawn).
+pub const MAX_THREADS: usize = 1024;
 
 /// The embedded default model, relative to the working directory or to the source tree.
 pub const DEFAULT_MODEL: &str = "models/autoneural-cockpit-tiny";
@@ -133,6 +156,24 @@ impl InputArgs {
     }
 }
 
+/// Parses a `--context` value: 1 up to the largest context any config may declare.
+pub fn context_arg(s: &str) -> std::result::Result<usize, String> {
+    let max = autoneural::models::limits::POSITIONS;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of tokens in 1..={max}")),
+    }
+}
+
+/// Writes to standard output and flushes, naming standard output in the error.
+pub fn write_stdout(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
+}
+
 pub fn resolve_model_dir(model: &std::path::Path) -> Result<PathBuf> {
     if model.exists() {
         return Ok(model.to_path_buf());
@@ -149,8 +190,8 @@ pub fn resolve_model_dir(model: &std::path::Path) -> Result<PathBuf> {
 pub fn main(cli: Cli) -> Result<()> {
     autoneural::quant::kernels::level_from_env().map_err(anyhow::Error::msg)?;
     if let Some(n) = cli.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
+        if n == 0 || n > MAX_THREADS {
+            bail!("--threads must be in 1..={MAX_THREADS}, got {n}");
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

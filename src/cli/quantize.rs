@@ -2,6 +2,7 @@
 //! model for a scheme, and write a self-contained quantized directory.
 
 use anyhow::{Context, Result};
+use autoneural::files::OutputDir;
 use autoneural::pipeline::Pipeline;
 use autoneural::quant::calibrate::{
     calibrate, CalibrationOptions, RangeMethod, Rounding, DEFAULT_BINS,
@@ -36,9 +37,13 @@ pub struct QuantizeArgs {
     /// weights to nearest), `gptq-all` (the language model's too) or `nearest`.
     #[arg(long, default_value = "gptq")]
     rounding: String,
-    /// Output directory for the quantized model.
+    /// Output directory for the quantized model (new or empty; see --force).
     #[arg(long)]
     out: PathBuf,
+    /// Replace what autoneural wrote earlier in a non-empty --out (files it did not write are
+    /// never touched).
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn quantize(args: QuantizeArgs) -> Result<()> {
@@ -49,6 +54,11 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
     }
     let method = args.range.as_deref().map(RangeMethod::parse).transpose()?;
     let rounding: Rounding = args.rounding.parse()?;
+    let mut inputs = vec![dir.as_path(), args.calibration.as_path()];
+    inputs.extend(args.overrides.as_deref());
+    // Checked before the (long) calibration, written into a temporary sibling, moved into place
+    // only when complete.
+    let out = OutputDir::begin(&args.out, "quantize", &inputs, args.force)?;
     let samples = read_calibration_set(&args.calibration)?;
     let pipe = Pipeline::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
     let stats = calibrate(
@@ -62,26 +72,27 @@ pub fn quantize(args: QuantizeArgs) -> Result<()> {
         },
     )?;
     let q = IntModel::build(&pipe.model, &stats, &scheme, method)?;
-    let written = q.save(&args.out, &dir)?;
+    let written = q.save(out.path(), &dir)?;
     stats
-        .save(&args.out.join("calibration.json"))
+        .save(&out.path().join("calibration.json"))
         .context("writing calibration.json")?;
+    out.commit()?;
 
     // Theoretical size: every weight at its part's bit width.
     let (pv, pc, pt) = pipe.model.param_counts();
     let bits = |p: Part| scheme.part(p).weight_bits().unwrap_or(32) as usize;
     let theoretical =
         (pv * bits(Part::Vision) + pc * bits(Part::Connector) + pt * bits(Part::Text)) / 8;
-    println!(
+    outln!(
         "quantized {} with scheme {scheme}, {} rounding ({} calibration samples)",
         dir.display(),
         rounding,
         samples.len()
-    );
-    println!("wrote {}", args.out.display());
-    println!(
+    )?;
+    outln!("wrote {}", args.out.display())?;
+    outln!(
         "integer weights and tables: {written} bytes on disk; theoretical bits x params: {theoretical} bytes ({:.2}x)",
         written as f64 / theoretical.max(1) as f64
-    );
+    )?;
     Ok(())
 }

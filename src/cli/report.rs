@@ -2,6 +2,7 @@
 //! and end to end, with an SVG chart of SQNR by layer.
 
 use anyhow::{Context, Result};
+use autoneural::files::write_file;
 use autoneural::pipeline::{ImageInput, Pipeline, PromptInput};
 use autoneural::quant::int_model::IntModel;
 use autoneural::quant::report::{analyse, svg_chart};
@@ -22,9 +23,12 @@ pub struct ReportArgs {
     /// Prompts (chat text) to compare the language model and perplexity on.
     #[arg(long = "prompts", num_args = 1.., value_name = "TEXT")]
     prompts: Vec<String>,
-    /// Where to write the SVG chart of SQNR by layer.
-    #[arg(long, default_value = "quant_report.svg")]
-    svg: PathBuf,
+    /// Also write an SVG chart of SQNR by layer to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Replace an existing --svg file.
+    #[arg(long)]
+    force: bool,
     /// How many of the worst ops to list.
     #[arg(long, default_value_t = 10)]
     worst: usize,
@@ -38,6 +42,18 @@ pub fn report(args: ReportArgs) -> Result<()> {
         anyhow::bail!("give at least one --images or --prompts input to compare on");
     }
     let dir = super::resolve_model_dir(&args.model)?;
+    let mut read = vec![dir.as_path(), args.quantized.as_path()];
+    read.extend(args.images.iter().map(PathBuf::as_path));
+    if let Some(svg) = &args.svg {
+        // Refused before the analysis runs, not after.
+        autoneural::files::check_not_input(svg, &read)?;
+        if svg.exists() && !args.force {
+            anyhow::bail!(
+                "{} already exists; pass --force to replace it",
+                svg.display()
+            );
+        }
+    }
     let pipe = Pipeline::load(&dir).with_context(|| format!("loading model {}", dir.display()))?;
     let (quant, _) = IntModel::load(&args.quantized)
         .with_context(|| format!("loading quantized model {}", args.quantized.display()))?;
@@ -57,43 +73,43 @@ pub fn report(args: ReportArgs) -> Result<()> {
         })
         .collect::<autoneural::Result<Vec<_>>>()?;
     let r = analyse(&pipe.model, &quant, &pixels, &prompts)?;
-    std::fs::write(
-        &args.svg,
-        svg_chart(
+    if let Some(svg) = &args.svg {
+        let chart = svg_chart(
             &r,
             &format!(
                 "SQNR by op: {} ({})",
                 args.quantized.display(),
                 quant.scheme
             ),
-        ),
-    )
-    .with_context(|| format!("writing {}", args.svg.display()))?;
+        );
+        write_file(svg, chart.as_bytes(), &read, args.force)
+            .with_context(|| format!("writing the chart {}", svg.display()))?;
+    }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "scheme {} | {} image(s), {} prompt(s)",
         quant.scheme,
         pixels.len(),
         prompts.len()
-    );
-    println!("{:<60} {:>9} {:>10}", "op", "SQNR dB", "rel RMS %");
+    )?;
+    outln!("{:<60} {:>9} {:>10}", "op", "SQNR dB", "rel RMS %")?;
     let mut ops: Vec<_> = r.ops.iter().collect();
     ops.sort_by_key(|(_, s)| s.order);
     for (name, s) in &ops {
-        println!(
+        outln!(
             "{name:<60} {:>9.2} {:>10.3}",
             s.sqnr_db(),
             100.0 * s.relative_rms()
-        );
+        )?;
     }
-    println!("\nworst {}:", args.worst);
+    outln!("\nworst {}:", args.worst)?;
     for (name, s) in r.worst(args.worst) {
-        println!("  {name:<58} {:>9.2} dB", s.sqnr_db());
+        outln!("  {name:<58} {:>9.2} dB", s.sqnr_db())?;
     }
-    println!("\nheadline:");
+    outln!("\nheadline:")?;
     for (label, key) in [
         ("vision features (msfa.norm)", "vision:msfa.norm"),
         (
@@ -103,21 +119,23 @@ pub fn report(args: ReportArgs) -> Result<()> {
         ("LM logits", "text:lm_head"),
     ] {
         if let Some(s) = r.get(key) {
-            println!(
+            outln!(
                 "  {label:<30} SQNR {:>7.2} dB   relative RMS {:.3} %",
                 s.sqnr_db(),
                 100.0 * s.relative_rms()
-            );
+            )?;
         }
     }
     if r.predicted_tokens > 0 {
         let (pf, pq) = (r.perplexity_float(), r.perplexity_integer());
-        println!(
+        outln!(
             "  prompt perplexity              float {pf:.3}  integer {pq:.3}  ({:+.2} %, {} tokens)",
             100.0 * (pq / pf - 1.0),
             r.predicted_tokens
-        );
+        )?;
     }
-    println!("chart: {}", args.svg.display());
+    if let Some(svg) = &args.svg {
+        outln!("chart: {}", svg.display())?;
+    }
     Ok(())
 }

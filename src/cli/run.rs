@@ -27,7 +27,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Context length limit (prompt + generated); default: the model's max_position_embeddings.
-    #[arg(long)]
+    #[arg(long, value_parser = super::context_arg)]
     context: Option<usize>,
     /// Print token ids, text and timings as JSON instead of streaming text.
     #[arg(long)]
@@ -44,9 +44,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     let pixels = engine.load_pixels(&args.input.image_inputs())?;
     let prompt_ids = engine.prompt_ids(&args.input.prompt_input(), pixels.len())?;
     let engine = args.input.apply_precision(engine, &pixels, &prompt_ids)?;
-    let context = args
-        .context
-        .unwrap_or(engine.config().text.max_position_embeddings);
+    let limit = engine.config().text.max_position_embeddings;
+    let context = args.context.unwrap_or(limit);
+    if context > limit {
+        anyhow::bail!(
+            "--context {context} is larger than the model's {limit} positions \
+             (max_position_embeddings)"
+        );
+    }
     if prompt_ids.len() >= context {
         anyhow::bail!(autoneural::Error::ContextOverflow {
             tokens: prompt_ids.len(),
@@ -70,9 +75,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (gen, vision_s) = engine.generate(&pixels, &prompt_ids, &opts, &mut |id| {
         if !json {
             if let Some(text) = stream.push(id)? {
+                // A write error stops the generation at once instead of dropping the answer.
                 let mut out = stdout.lock();
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
+                out.write_all(text.as_bytes())
+                    .and_then(|()| out.flush())
+                    .map_err(|e| autoneural::Error::io("standard output", e))?;
             }
         }
         Ok(())
@@ -80,8 +87,9 @@ pub fn run(args: RunArgs) -> Result<()> {
     if !json {
         if let Some(rest) = stream.finish()? {
             let mut out = stdout.lock();
-            let _ = out.write_all(rest.as_bytes());
-            let _ = out.flush();
+            out.write_all(rest.as_bytes())
+                .and_then(|()| out.flush())
+                .context("writing to standard output")?;
         }
     }
     let ttft_s = start.elapsed().as_secs_f64() - gen.timings.decode_s;
@@ -105,9 +113,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "decode_tokens_per_s": gen.timings.decode_tokens_per_s(),
             }
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        println!();
+        outln!()?;
         tracing::info!(
             ttft_s,
             prefill_tok_s = gen.timings.prefill_tokens_per_s(),

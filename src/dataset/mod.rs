@@ -169,38 +169,11 @@ fn check_options(opts: &GenerateOptions) -> Result<()> {
     Ok(())
 }
 
-/// Prepares `out`: creates it, refuses an existing dataset unless `force`, in which case the
-/// files this module writes are removed first (nothing else in the directory is touched).
-fn prepare_dir(out: &Path, force: bool) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        return Err(Error::input(format!(
-            "output {} exists and is not a directory",
-            out.display()
-        )));
-    }
-    fs::create_dir_all(out).map_err(|e| io_error("creating output directory", out, e))?;
-    let mut ours = vec![out.join(INFO_FILE), out.join("images")];
-    ours.extend(SPLITS.iter().map(|s| out.join(format!("{s}.jsonl"))));
-    let existing: Vec<_> = ours.iter().filter(|p| p.exists()).collect();
-    if existing.is_empty() {
-        return Ok(());
-    }
-    if !force {
-        return Err(Error::input(format!(
-            "{} already contains a dataset ({}); pass --force to replace it",
-            out.display(),
-            existing[0].display()
-        )));
-    }
-    for p in existing {
-        let r = if p.is_dir() {
-            fs::remove_dir_all(p)
-        } else {
-            fs::remove_file(p)
-        };
-        r.map_err(|e| io_error("removing", p, e))?;
-    }
-    Ok(())
+/// Disk space a generated set takes: the rendered scenes' PNGs are about three fifths of their
+/// raw RGB size (~115 KB per 256 px image), plus ~1 KB of JSONL per image.
+fn estimated_bytes(opts: &GenerateOptions) -> u64 {
+    let raw = 3 * opts.size as u64 * opts.size as u64;
+    opts.count as u64 * (raw * 3 / 5 + 1024)
 }
 
 fn write_png(path: &Path, img: &image::RgbImage) -> Result<()> {
@@ -226,7 +199,17 @@ pub fn generate_cockpit_with_progress(
     tick: &(dyn Fn() + Sync),
 ) -> Result<DatasetSummary> {
     check_options(opts)?;
-    prepare_dir(out, opts.force)?;
+    // Written into a temporary sibling and moved into place when complete; a non-empty `out` is
+    // refused unless `force`, and then only files an earlier autoneural output listed are
+    // replaced (see `files::output`).
+    let staged = crate::files::OutputDir::begin(out, "dataset cockpit", &[], opts.force)?;
+    crate::files::check_space(
+        out,
+        estimated_bytes(opts),
+        &format!("a {}-image dataset", opts.count),
+    )?;
+    let final_out = out;
+    let out = staged.path();
     for split in SPLITS {
         let d = out.join("images").join(split);
         fs::create_dir_all(&d).map_err(|e| io_error("creating directory", &d, e))?;
@@ -291,6 +274,8 @@ pub fn generate_cockpit_with_progress(
     let mut json = serde_json::to_string_pretty(&info).map_err(|e| Error::input(e.to_string()))?;
     json.push('\n');
     fs::write(&p, json).map_err(|e| io_error("writing", &p, e))?;
+    staged.commit()?;
+    debug_assert!(final_out.join(INFO_FILE).is_file());
     Ok(summary)
 }
 
@@ -332,7 +317,7 @@ pub fn read_split(dir: &Path, split: &str) -> Result<Vec<Record>> {
         )));
     }
     let path = dir.join(format!("{split}.jsonl"));
-    let text = fs::read_to_string(&path).map_err(|e| io_error("reading", &path, e))?;
+    let text = crate::files::read_text(&path, crate::files::limits::TEXT_LIST)?;
     let mut records = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let Some(r) = parse_line(&path, n, line)? else {
@@ -374,7 +359,7 @@ pub fn validate(dir: &Path) -> Result<DatasetSummary> {
     let mut owner: HashMap<String, &str> = HashMap::new();
     for split in SPLITS {
         let path = dir.join(format!("{split}.jsonl"));
-        let text = fs::read_to_string(&path).map_err(|e| io_error("reading", &path, e))?;
+        let text = crate::files::read_text(&path, crate::files::limits::TEXT_LIST)?;
         summary.images.insert(split.into(), 0);
         summary.questions.insert(split.into(), 0);
         for (n, line) in text.lines().enumerate() {
@@ -403,17 +388,16 @@ pub fn validate(dir: &Path) -> Result<DatasetSummary> {
     images.sort();
     images.par_iter().try_for_each(|rel| {
         let p = dir.join(rel);
-        let bytes = fs::read(&p).map_err(|e| io_error("reading", &p, e))?;
-        image::load_from_memory(&bytes).map_err(|e| Error::Image {
+        let bytes = crate::files::read_bytes(&p, crate::files::limits::IMAGE)?;
+        crate::preprocess::decode_image(&bytes).map_err(|msg| Error::Image {
             path: p.clone(),
-            msg: e.to_string(),
+            msg,
         })?;
         Ok::<(), Error>(())
     })?;
     let info_path = dir.join(INFO_FILE);
     if info_path.exists() {
-        let text =
-            fs::read_to_string(&info_path).map_err(|e| io_error("reading", &info_path, e))?;
+        let text = crate::files::read_text(&info_path, crate::files::limits::JSON)?;
         let info: DatasetInfo =
             serde_json::from_str(&text).map_err(|e| Error::corrupt(&info_path, e.to_string()))?;
         if info.count != summary.total_images() {

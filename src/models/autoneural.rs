@@ -36,7 +36,7 @@ pub struct AutoNeuralConfig {
 
 impl AutoNeuralConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path, crate::files::limits::JSON)?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::corrupt(path, format!("invalid JSON: {e}")))?;
         Self::from_json(&json)
@@ -76,14 +76,26 @@ impl AutoNeuralConfig {
                 let projector_hidden_act = Activation::from_hf_name(act_name).ok_or_else(|| {
                     Error::config(format!("unsupported projector_hidden_act `{act_name}`"))
                 })?;
+                // Token ids beyond u32 would otherwise wrap to a different, valid id.
+                let get_id = |key: &str| -> Result<u32> {
+                    let v = get_u(key)?;
+                    u32::try_from(v)
+                        .map_err(|_| Error::config(format!("`{key}` {v} is not a valid token id")))
+                };
+                let projector_hidden_size = get_u("projector_hidden_size")?;
+                crate::models::limits::check(
+                    "projector_hidden_size",
+                    usize::try_from(projector_hidden_size).unwrap_or(usize::MAX),
+                    crate::models::limits::WIDTH,
+                )?;
                 let cfg = Self {
                     vision: Some(vision),
                     text,
-                    projector_hidden_size: get_u("projector_hidden_size")? as usize,
+                    projector_hidden_size: projector_hidden_size as usize,
                     projector_hidden_act,
-                    image_token_id: get_u("image_token_id")? as u32,
-                    image_start_token_id: get_u("image_start_token_id")? as u32,
-                    image_end_token_id: get_u("image_end_token_id")? as u32,
+                    image_token_id: get_id("image_token_id")?,
+                    image_start_token_id: get_id("image_start_token_id")?,
+                    image_end_token_id: get_id("image_end_token_id")?,
                 };
                 let vocab = cfg.text.vocab_size as u64;
                 for (k, id) in [

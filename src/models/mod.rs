@@ -3,4 +3,5 @@
 pub mod autoneural;
 pub mod connector;
 pub mod lfm2;
+pub mod limits;
 pub mod mobilenetv5;

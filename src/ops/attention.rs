@@ -51,16 +51,23 @@ pub fn attention(
     assert_eq!(k.len(), tk * n_kv * d);
     assert_eq!(v.len(), tk * n_kv * dv);
     let group = n_heads / n_kv;
-    let heads: Vec<Vec<f32>> = (0..n_heads)
+    // Work items are (block of query rows, head): the scores of one item are `Q_BLOCK x tk`, so
+    // memory grows linearly with the sequence instead of holding a whole `tq x tk` matrix, and
+    // a single decoded token still spreads its heads over the threads.
+    let blocks = tq.div_ceil(Q_BLOCK);
+    let items: Vec<Vec<f32>> = (0..blocks * n_heads)
         .into_par_iter()
-        .map(|h| {
+        .map(|item| {
+            let (b, h) = (item / n_heads, item % n_heads);
             let kvh = h / group;
-            // scores[tq, tk] = q_h @ k_h^T
-            let mut scores = vec![0.0f32; tq * tk];
+            let q0 = b * Q_BLOCK;
+            let rows = Q_BLOCK.min(tq - q0);
+            // scores[rows, tk] = q_h[q0..q0 + rows] @ k_h^T
+            let mut scores = vec![0.0f32; rows * tk];
             matmul(
                 MatRef {
-                    data: &q[h * d..],
-                    rows: tq,
+                    data: &q[q0 * n_heads * d + h * d..],
+                    rows,
                     cols: d,
                     rs: n_heads * d,
                     cs: 1,
@@ -77,13 +84,13 @@ pub fn attention(
             for (i, row) in scores.chunks_exact_mut(tk).enumerate() {
                 let visible = match mask {
                     Mask::None => tk,
-                    Mask::Causal { offset } => (offset + i + 1).min(tk),
+                    Mask::Causal { offset } => (offset + q0 + i + 1).min(tk),
                 };
                 softmax_prefix(row, visible, scale);
             }
-            let mut out = vec![0.0f32; tq * dv];
+            let mut out = vec![0.0f32; rows * dv];
             matmul(
-                MatRef::row_major(&scores, tq, tk),
+                MatRef::row_major(&scores, rows, tk),
                 MatRef {
                     data: &v[kvh * dv..],
                     rows: tk,
@@ -97,13 +104,18 @@ pub fn attention(
         })
         .collect();
     let mut out = vec![0.0f32; tq * n_heads * dv];
-    for (h, oh) in heads.iter().enumerate() {
-        for i in 0..tq {
-            out[i * n_heads * dv + h * dv..][..dv].copy_from_slice(&oh[i * dv..(i + 1) * dv]);
+    for (item, oh) in items.iter().enumerate() {
+        let (b, h) = (item / n_heads, item % n_heads);
+        for (i, row) in oh.chunks_exact(dv.max(1)).enumerate() {
+            let t = b * Q_BLOCK + i;
+            out[t * n_heads * dv + h * dv..][..dv].copy_from_slice(row);
         }
     }
     out
 }
+
+/// Query rows per work item of [`attention`].
+const Q_BLOCK: usize = 64;
 
 /// Softmax of `scale * row[..visible]`; entries from `visible` on are masked to zero.
 pub fn softmax_prefix(row: &mut [f32], visible: usize, scale: f32) {
@@ -207,6 +219,18 @@ mod tests {
                     dv: 6,
                 },
                 None,
+            ),
+            // Several query blocks, the last one partial; causal with a past.
+            (
+                2 * Q_BLOCK + 7,
+                2 * Q_BLOCK + 10,
+                AttnShape {
+                    n_heads: 2,
+                    n_kv: 1,
+                    d: 4,
+                    dv: 3,
+                },
+                Some(3),
             ),
         ] {
             let q = gen(tq * s.n_heads * s.d, 1);

@@ -866,7 +866,7 @@ impl CalibrationStats {
 
     /// Reads statistics written by [`CalibrationStats::save`].
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::files::read_text(path, crate::files::limits::TEXT_LIST)?;
         let stats: CalibrationStats = serde_json::from_str(&text)
             .map_err(|e| Error::corrupt(path, format!("invalid calibration statistics: {e}")))?;
         check_bins(stats.bins).map_err(|e| Error::corrupt(path, e.to_string()))?;

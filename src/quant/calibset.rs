@@ -95,8 +95,7 @@ fn read_dir_set(dir: &Path) -> Result<Vec<CalibrationSample>> {
     images.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     let prompts_path = dir.join("prompts.txt");
     let prompts: Vec<String> = if prompts_path.is_file() {
-        std::fs::read_to_string(&prompts_path)
-            .map_err(|e| Error::io(&prompts_path, e))?
+        crate::files::read_text(&prompts_path, crate::files::limits::TEXT_LIST)?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
@@ -130,7 +129,7 @@ fn read_dir_set(dir: &Path) -> Result<Vec<CalibrationSample>> {
 }
 
 fn read_jsonl_set(path: &Path) -> Result<Vec<CalibrationSample>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::files::read_text(path, crate::files::limits::TEXT_LIST)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut samples = Vec::new();
     for (i, line) in text.lines().enumerate() {

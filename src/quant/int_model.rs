@@ -58,6 +58,7 @@ impl IntModel {
         scheme: &Scheme,
         method: Option<RangeMethod>,
     ) -> Result<Self> {
+        warn_unmatched_overrides(float, scheme);
         let text = IntProgram::new(lower(&float.text, Part::Text, stats, scheme, method, &[])?);
         let vision = match &float.vision {
             None => None,
@@ -264,4 +265,40 @@ fn text_only() -> Error {
 
 fn one(mut v: Vec<QTensor>) -> QTensor {
     v.pop().expect("one output requested")
+}
+
+/// An override whose pattern matches no op of the model is almost always a typo: say so.
+fn warn_unmatched_overrides(float: &AutoNeuralModel, scheme: &Scheme) {
+    let mut ops: Vec<(Part, &str)> = float
+        .text
+        .graph
+        .nodes
+        .iter()
+        .map(|n| (Part::Text, n.name.as_str()))
+        .collect();
+    if let Some(v) = &float.vision {
+        ops.extend(
+            v.encoder
+                .graph
+                .nodes
+                .iter()
+                .map(|n| (Part::Vision, n.name.as_str())),
+        );
+        ops.extend(
+            v.connector
+                .graph
+                .nodes
+                .iter()
+                .map(|n| (Part::Connector, n.name.as_str())),
+        );
+    }
+    for o in &scheme.overrides {
+        if !ops.iter().any(|(p, name)| o.matches(*p, name)) {
+            tracing::warn!(
+                "override pattern `{}`{} matches no op of the model; it has no effect",
+                o.pattern,
+                o.part.map(|p| format!(" (part {p})")).unwrap_or_default()
+            );
+        }
+    }
 }

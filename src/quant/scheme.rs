@@ -425,7 +425,7 @@ impl FromStr for Scheme {
 
 /// Reads `{"overrides": [{"pattern": ..., "precision": ..., "part"?: ...}, ...]}`.
 pub fn load_overrides(path: &Path) -> Result<Vec<Override>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::files::read_text(path, crate::files::limits::JSON)?;
     parse_overrides(&text).map_err(|msg| Error::corrupt(path, msg))
 }
 

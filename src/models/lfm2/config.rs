@@ -95,22 +95,21 @@ impl Lfm2Config {
 
     /// Checks the invariants the model relies on.
     pub fn validate(&self) -> Result<()> {
-        let pos = |v: usize, k: &str| {
-            if v == 0 {
-                Err(Error::config(format!("{k} must be positive")))
-            } else {
-                Ok(())
-            }
-        };
-        pos(self.vocab_size, "vocab_size")?;
-        pos(self.hidden_size, "hidden_size")?;
-        pos(self.intermediate_size, "intermediate_size")?;
-        pos(self.num_hidden_layers, "num_hidden_layers")?;
-        pos(self.num_attention_heads, "num_attention_heads")?;
-        pos(self.num_key_value_heads, "num_key_value_heads")?;
-        pos(self.head_dim, "head_dim")?;
-        pos(self.conv_l_cache, "conv_L_cache")?;
-        pos(self.max_position_embeddings, "max_position_embeddings")?;
+        use crate::models::limits::{self as max, check};
+        let pos = |v: usize, k: &str| check(k, v, usize::MAX);
+        check("vocab_size", self.vocab_size, max::VOCAB)?;
+        check("hidden_size", self.hidden_size, max::WIDTH)?;
+        check("intermediate_size", self.intermediate_size, max::WIDTH)?;
+        check("num_hidden_layers", self.num_hidden_layers, max::LAYERS)?;
+        check("num_attention_heads", self.num_attention_heads, max::HEADS)?;
+        check("num_key_value_heads", self.num_key_value_heads, max::HEADS)?;
+        check("head_dim", self.head_dim, max::HEAD_DIM)?;
+        check("conv_L_cache", self.conv_l_cache, max::CONV_CACHE)?;
+        check(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            max::POSITIONS,
+        )?;
         if self.layer_types.len() != self.num_hidden_layers {
             return Err(Error::config(format!(
                 "layer_types has {} entries but num_hidden_layers is {}",
@@ -146,7 +145,7 @@ impl Lfm2Config {
                 pos(self.block_multiple_of, "block_multiple_of")?;
             }
         }
-        if self.ff_dim() == 0 {
+        if self.ff_dim() == 0 || self.ff_dim() > max::WIDTH {
             return Err(Error::config(format!(
                 "intermediate_size {} gives an empty feed-forward layer",
                 self.intermediate_size

@@ -252,10 +252,22 @@ pub fn decode_block_str(block: &str) -> Result<(BlockArgs, usize)> {
     let int = |key: &str| -> Result<Option<usize>> {
         match options.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .parse::<usize>()
-                .map(Some)
-                .map_err(|_| err(format!("option `{key}{v}`: `{v}` is not an integer"))),
+            Some(v) => {
+                let n = v
+                    .parse::<usize>()
+                    .map_err(|_| err(format!("option `{key}{v}`: `{v}` is not an integer")))?;
+                let limit = match key {
+                    "r" => crate::models::limits::BLOCK_REPEAT,
+                    "k" | "a" | "p" => crate::models::limits::KERNEL,
+                    _ => crate::models::limits::CHANNELS,
+                };
+                if n > limit {
+                    return Err(err(format!(
+                        "option `{key}{v}`: larger than the {limit} this engine accepts"
+                    )));
+                }
+                Ok(Some(n))
+            }
         }
     };
     let required = |key: &str, what: &str| -> Result<usize> {
@@ -266,9 +278,10 @@ pub fn decode_block_str(block: &str) -> Result<(BlockArgs, usize)> {
             .get(key)
             .ok_or_else(|| err(format!("missing `{key}` ({what})")))?;
         match v.parse::<f64>() {
-            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            Ok(x) if x.is_finite() && x > 0.0 && x <= crate::models::limits::EXPANSION => Ok(x),
             _ => Err(err(format!(
-                "option `{key}{v}`: `{v}` is not a positive number"
+                "option `{key}{v}`: `{v}` is not a number in (0, {}]",
+                crate::models::limits::EXPANSION
             ))),
         }
     };
@@ -582,11 +595,19 @@ impl EncoderArch {
         if cfg.block_strings.is_empty() {
             return Err(Error::config("vision_config.block_strings is empty"));
         }
-        if cfg.stem_size == 0 || cfg.num_features == 0 || cfg.msfa_output_resolution == 0 {
-            return Err(Error::config(
-                "vision_config: stem_size, num_features and msfa_output_resolution must be positive",
-            ));
-        }
+        use crate::models::limits::{self as max, check};
+        check("vision_config.stem_size", cfg.stem_size, max::CHANNELS)?;
+        check(
+            "vision_config.num_features",
+            cfg.num_features,
+            max::CHANNELS,
+        )?;
+        check("vision_config.image_size", cfg.image_size, max::IMAGE_SIZE)?;
+        check(
+            "vision_config.msfa_output_resolution",
+            cfg.msfa_output_resolution,
+            cfg.image_size,
+        )?;
         if !(cfg.norm_eps.is_finite() && cfg.norm_eps >= 0.0) {
             return Err(Error::config(
                 "vision_config.norm_eps must be a finite number >= 0",
@@ -603,6 +624,14 @@ impl EncoderArch {
             let mut blocks = Vec::new();
             for s in stage {
                 let (args, repeat) = decode_block_str(s)?;
+                if decoded.iter().map(Vec::len).sum::<usize>() + blocks.len() + repeat
+                    > max::VISION_BLOCKS
+                {
+                    return Err(Error::config(format!(
+                        "vision_config.block_strings expand to more than {} blocks",
+                        max::VISION_BLOCKS
+                    )));
+                }
                 for _ in 0..repeat {
                     blocks.push((args.clone(), s.clone()));
                 }
@@ -1020,7 +1049,11 @@ mod tests {
             ("uir_r1_a3_k0_s1_c16", "missing `e`"),
             ("uir_r1_a3_k0_s1_e4_c1x6", "not an integer"),
             ("uir_r1_a3_k0_s1_ex_c16", "no value"),
-            ("uir_r1_a3_k0_s1_e0_c16", "positive number"),
+            ("uir_r1_a3_k0_s1_e0_c16", "not a number in (0, 64]"),
+            ("uir_r1_a3_k0_s1_e65_c16", "not a number in (0, 64]"),
+            ("uir_r257_a3_k0_s1_e4_c16", "larger than the 256"),
+            ("uir_r1_a3_k0_s1_e4_c70000", "larger than the 65536"),
+            ("uir_r1_a3_k17_s1_e4_c16", "larger than the 15"),
             ("uir_r1_a3_k0_s3_e4_c16", "stride 3"),
             ("uir_r1_a3_k3.5_s1_e4_c16", "mixed kernel"),
             ("uir_r1_a3_k0_s1_e4_c16_se0.25", "squeeze-excite"),
