@@ -78,6 +78,7 @@ impl TextTokenizer {
                     None => ids.extend(self.encode(t)?),
                 },
                 Piece::Text(text) => ids.extend(self.encode_literal(text)?),
+                Piece::Template(text) => ids.extend(self.encode(text)?),
             }
         }
         Ok(ids)
@@ -134,8 +135,10 @@ impl Default for ChatTokens {
 pub enum Piece {
     /// A template token, inserted by id.
     Token(String),
-    /// Text, encoded as text.
+    /// What a user or system wrote: encoded as text (special-token strings stay text).
     Text(String),
+    /// Text a chat template produced: encoded with its special tokens recognised.
+    Template(String),
 }
 
 /// Renders a single-turn LFM2 chat prompt, expanding image placeholders.
@@ -209,7 +212,7 @@ pub fn render_prompt(
         render_pieces(user, system, num_images, tokens_per_image, t)?
             .into_iter()
             .map(|p| match p {
-                Piece::Token(s) | Piece::Text(s) => s,
+                Piece::Token(s) | Piece::Text(s) | Piece::Template(s) => s,
             })
             .collect(),
     )

@@ -4,6 +4,7 @@
 
 use crate::artifact::is_quantized_dir;
 use crate::chat::TextTokenizer;
+use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::generate::{generate_with, FloatDecoder, GenerateOptions, Generation};
 use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
@@ -31,6 +32,7 @@ pub struct IntegerPipeline {
     pub model: IntModel,
     pub config: AutoNeuralConfig,
     pub tokenizer: TextTokenizer,
+    pub template: ChatTemplate,
 }
 
 /// Image embeddings ready for the language model, one `[tokens, hidden]` tensor per image.
@@ -38,6 +40,35 @@ pub enum ImageEmbeddings {
     Float(Vec<Tensor>),
     /// In the connector's output quantization.
     Integer(Vec<QTensor>),
+}
+
+impl ImageEmbeddings {
+    /// The embeddings of several encodings in order, for an engine on the integer path or not.
+    pub fn join(
+        parts: &[std::sync::Arc<ImageEmbeddings>],
+        integer: bool,
+    ) -> Result<ImageEmbeddings> {
+        let mixed = || Error::input("image embeddings from a float and an integer engine");
+        if !integer {
+            let mut v = Vec::new();
+            for p in parts {
+                match p.as_ref() {
+                    ImageEmbeddings::Float(t) => v.extend(t.iter().cloned()),
+                    ImageEmbeddings::Integer(_) => return Err(mixed()),
+                }
+            }
+            Ok(ImageEmbeddings::Float(v))
+        } else {
+            let mut v = Vec::new();
+            for p in parts {
+                match p.as_ref() {
+                    ImageEmbeddings::Integer(t) => v.extend(t.iter().cloned()),
+                    ImageEmbeddings::Float(_) => return Err(mixed()),
+                }
+            }
+            Ok(ImageEmbeddings::Integer(v))
+        }
+    }
 }
 
 /// Tensors of one forward pass, as `dump` writes them.
@@ -87,10 +118,12 @@ impl Engine {
         if is_quantized_dir(dir) {
             let (model, config) = IntModel::load(dir)?;
             let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+            let template = ChatTemplate::from_dir(dir)?;
             Ok(Engine::Integer(Box::new(IntegerPipeline {
                 model,
                 config,
                 tokenizer,
+                template,
             })))
         } else {
             Ok(Engine::Float(Box::new(Pipeline::load(dir)?)))
@@ -120,6 +153,7 @@ impl Engine {
             model,
             config: pipe.model.config.clone(),
             tokenizer: pipe.tokenizer,
+            template: pipe.template,
         })))
     }
 
@@ -134,6 +168,14 @@ impl Engine {
         match self {
             Engine::Float(p) => &p.tokenizer,
             Engine::Integer(q) => &q.tokenizer,
+        }
+    }
+
+    /// The chat template prompts are rendered with.
+    pub fn template(&self) -> &ChatTemplate {
+        match self {
+            Engine::Float(p) => &p.template,
+            Engine::Integer(q) => &q.template,
         }
     }
 
@@ -156,6 +198,7 @@ impl Engine {
         pipeline::prompt_ids(
             self.config(),
             self.tokenizer(),
+            self.template(),
             prompt,
             num_images,
             self.tokens_per_image(),

@@ -37,6 +37,10 @@ pub enum Error {
     Tokenizer(String),
     #[error("{0}")]
     Input(String),
+    /// Returned by a generation callback to stop generating (a stop sequence was produced, or
+    /// the client went away); `generate_with` then ends with `StopReason::Stopped`.
+    #[error("generation stopped by the caller")]
+    Stopped,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -120,6 +120,8 @@ pub enum StopReason {
     Eos,
     MaxTokens,
     Context,
+    /// The token callback returned [`Error::Stopped`].
+    Stopped,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -295,7 +297,10 @@ pub fn generate_with(
             timings.first_token_s = start.elapsed().as_secs_f64();
             decode_start = Instant::now();
         }
-        on_token(next)?;
+        match on_token(next) {
+            Err(Error::Stopped) => break StopReason::Stopped,
+            r => r?,
+        }
         if opts.stop_tokens.contains(&next) {
             break StopReason::Eos;
         }

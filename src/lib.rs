@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod bench;
 pub mod chat;
+pub mod chat_template;
 pub mod dataset;
 pub mod engine;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quant;
+pub mod server;
 pub mod tensor;
 pub mod weights;
 

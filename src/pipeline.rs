@@ -1,7 +1,8 @@
 //! The user-facing pipeline: a loaded model directory (weights + tokenizer) turning images and a
 //! prompt into prompt embeddings, used by the CLI's `run` and `dump`.
 
-use crate::chat::{render_pieces, ChatTokens, TextTokenizer};
+use crate::chat::{ChatTokens, TextTokenizer, IMAGE_PLACEHOLDER};
+use crate::chat_template::{ChatTemplate, Segment, Turn};
 use crate::error::{Error, Result};
 use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel, ImageEncoding};
 use crate::observe::Observer;
@@ -34,13 +35,20 @@ pub enum PromptInput {
 pub struct Pipeline {
     pub model: AutoNeuralModel,
     pub tokenizer: TextTokenizer,
+    /// The directory's chat template (or the built-in LFM2 layout).
+    pub template: ChatTemplate,
 }
 
 impl Pipeline {
     pub fn load(dir: &Path) -> Result<Self> {
         let model = AutoNeuralModel::load(dir)?;
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
-        Ok(Self { model, tokenizer })
+        let template = ChatTemplate::from_dir(dir)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+        })
     }
 
     /// Loads and preprocesses the images.
@@ -64,6 +72,7 @@ impl Pipeline {
         prompt_ids(
             &self.model.config,
             &self.tokenizer,
+            &self.template,
             prompt,
             num_images,
             self.model.tokens_per_image(),
@@ -100,6 +109,7 @@ pub fn load_pixels(config: &AutoNeuralConfig, images: &[ImageInput]) -> Result<V
 pub fn prompt_ids(
     config: &AutoNeuralConfig,
     tokenizer: &TextTokenizer,
+    template: &ChatTemplate,
     prompt: &PromptInput,
     num_images: usize,
     tokens_per_image: usize,
@@ -111,13 +121,12 @@ pub fn prompt_ids(
                 user.len() + system.as_ref().map_or(0, String::len),
                 config.text.max_position_embeddings,
             )?;
-            let pieces = render_pieces(
-                user,
-                system.as_deref(),
-                num_images,
-                tokens_per_image,
-                &ChatTokens::default(),
-            )?;
+            let mut turns = Vec::with_capacity(2);
+            if let Some(sys) = system {
+                turns.push(Turn::text("system", sys));
+            }
+            turns.push(user_turn(user, num_images)?);
+            let pieces = template.render(&turns, true, tokens_per_image, &ChatTokens::default())?;
             let ids = tokenizer.encode_pieces(&pieces)?;
             let slots = ids.iter().filter(|&&i| i == config.image_token_id).count();
             if num_images > 0 && slots != num_images * tokens_per_image {
@@ -129,6 +138,34 @@ pub fn prompt_ids(
             Ok(ids)
         }
     }
+}
+
+/// A user message with `num_images` images: at its `<image>` placeholders, one per image in
+/// order, or (with none) before the text, as the LFM2-VL processor puts them.
+pub fn user_turn(user: &str, num_images: usize) -> Result<Turn> {
+    let placeholders = user.matches(IMAGE_PLACEHOLDER).count();
+    let mut content = Vec::new();
+    if placeholders == 0 {
+        content.extend(std::iter::repeat_n(Segment::Image, num_images));
+        content.push(Segment::Text(user.to_string()));
+    } else if placeholders == num_images {
+        for (i, part) in user.split(IMAGE_PLACEHOLDER).enumerate() {
+            if i > 0 {
+                content.push(Segment::Image);
+            }
+            if !part.is_empty() {
+                content.push(Segment::Text(part.to_string()));
+            }
+        }
+    } else {
+        return Err(Error::input(format!(
+            "the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given"
+        )));
+    }
+    Ok(Turn {
+        role: "user".into(),
+        content,
+    })
 }
 
 /// The config's EOS plus `<|im_end|>` if the tokenizer has it.

@@ -161,6 +161,14 @@ impl WeightStore {
         self.index.values().map(|e| e.end - e.start).sum()
     }
 
+    /// Bytes the float tensors take once decoded to f32 (from the headers alone).
+    pub fn f32_bytes(&self) -> u64 {
+        self.index
+            .values()
+            .map(|e| 4 * e.shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
+    }
+
     /// The stored dtype, shape and raw little-endian bytes of a tensor (integer tensors of
     /// quantized artifacts are read through this).
     pub fn raw(&self, name: &str) -> Result<(Dtype, &[usize], &[u8])> {

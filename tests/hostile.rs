@@ -382,6 +382,42 @@ fn dump_refuses_a_non_empty_directory() {
 
 // ---------------------------------------------------------------- unbounded memory and time
 
+/// `run` on the random model with one image and `extra` arguments.
+fn run_on_image(image: &Path, extra: &[&str]) -> Outcome {
+    let (m, i) = (s(&random_model()), s(image));
+    let mut args = vec!["run", "--model", &m, "--image", &i, "--prompt", "x"];
+    args.extend(extra);
+    run(&args)
+}
+
+/// A 3-image cockpit set at 64 px.
+fn small_dataset(out: &Path) {
+    ok(&run(&[
+        "dataset",
+        "cockpit",
+        "--count",
+        "3",
+        "--size",
+        "64",
+        "--out",
+        &s(out),
+    ]));
+}
+
+/// `eval` of the random model in float on a dataset directory.
+fn eval_float(dataset: &Path) -> Outcome {
+    let (m, d) = (s(&random_model()), s(dataset));
+    run(&[
+        "eval",
+        "--model",
+        &m,
+        "--dataset",
+        &d,
+        "--precision",
+        "float",
+    ])
+}
+
 fn write_png(p: &Path, w: u32, h: u32) {
     image::RgbImage::new(w, h).save(p).unwrap();
 }
@@ -392,15 +428,7 @@ fn huge_declared_images_are_refused_before_decoding() {
     let p = tmp.path().join("wide.png");
     write_png(&p, 2_097_152, 1);
     assert!(std::fs::metadata(&p).unwrap().len() < 64 << 10);
-    let o = run(&[
-        "run",
-        "--model",
-        &s(&random_model()),
-        "--image",
-        &s(&p),
-        "--prompt",
-        "x",
-    ]);
+    let o = run_on_image(&p, &[]);
     refused(&o, "larger than the limit");
     assert!(o.elapsed < Duration::from_secs(20), "{:?}", o.elapsed);
 }
@@ -414,44 +442,17 @@ fn truncated_images_are_refused() {
         *px = image::Rgb([(x * 2) as u8, (y * 2) as u8, 128]);
     }
     img.save(&full).unwrap();
-    let bytes = std::fs::read(&full).unwrap();
-    for (name, cut) in [
-        ("half.jpg", &bytes[..bytes.len() / 2]),
-        ("cut.png", &[][..]),
-    ] {
+    let png = tmp.path().join("full.png");
+    img.save(&png).unwrap();
+    for (name, whole) in [("half.jpg", &full), ("half.png", &png)] {
+        let bytes = std::fs::read(whole).unwrap();
         let p = tmp.path().join(name);
-        let data: Vec<u8> = if name.ends_with(".png") {
-            let png = tmp.path().join("full.png");
-            img.save(&png).unwrap();
-            let b = std::fs::read(&png).unwrap();
-            b[..b.len() / 2].to_vec()
-        } else {
-            cut.to_vec()
-        };
-        std::fs::write(&p, data).unwrap();
-        let o = run(&[
-            "run",
-            "--model",
-            &s(&random_model()),
-            "--image",
-            &s(&p),
-            "--prompt",
-            "x",
-        ]);
-        refused(&o, name);
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        refused(&run_on_image(&p, &[]), name);
     }
-    // The complete JPEG still works.
-    ok(&run(&[
-        "run",
-        "--model",
-        &s(&random_model()),
-        "--image",
-        &s(&full),
-        "--prompt",
-        "x",
-        "--max-tokens",
-        "1",
-    ]));
+    // The complete files still work.
+    ok(&run_on_image(&full, &["--max-tokens", "1"]));
+    ok(&run_on_image(&png, &["--max-tokens", "1"]));
 }
 
 fn with_config(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
@@ -554,61 +555,24 @@ fn special_files_and_oversized_reads_are_refused_without_blocking() {
     }
     // An eval split that is a FIFO.
     let ds = tmp.path().join("ds");
-    ok(&run(&[
-        "dataset",
-        "cockpit",
-        "--count",
-        "3",
-        "--size",
-        "64",
-        "--out",
-        &s(&ds),
-    ]));
+    small_dataset(&ds);
     std::fs::remove_file(ds.join("test.jsonl")).unwrap();
     mkfifo(&ds.join("test.jsonl"));
-    refused(
-        &run(&[
-            "eval",
-            "--model",
-            &m,
-            "--dataset",
-            &s(&ds),
-            "--precision",
-            "float",
-        ]),
-        "FIFO",
-    );
+    refused(&eval_float(&ds), "FIFO");
 }
 
 #[test]
 fn a_huge_question_is_refused_before_tokenizing() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = tmp.path().join("ds");
-    ok(&run(&[
-        "dataset",
-        "cockpit",
-        "--count",
-        "3",
-        "--size",
-        "64",
-        "--out",
-        &s(&ds),
-    ]));
+    small_dataset(&ds);
     let text = std::fs::read_to_string(ds.join("train.jsonl")).unwrap();
     let mut rec: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     rec["question"] = "why ".repeat(12 << 20).into(); // 48 MB
     let mut lines = rec.to_string();
     lines.push('\n');
     std::fs::write(ds.join("test.jsonl"), lines).unwrap();
-    let o = run(&[
-        "eval",
-        "--model",
-        &s(&random_model()),
-        "--dataset",
-        &s(&ds),
-        "--precision",
-        "float",
-    ]);
+    let o = eval_float(&ds);
     refused(&o, "cannot fit");
     assert!(o.elapsed < Duration::from_secs(30), "{:?}", o.elapsed);
 }

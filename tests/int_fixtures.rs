@@ -269,6 +269,7 @@ fn gptq_calibrated_engines(model_dir: &Path, samples: &[(PathBuf, &str)]) -> Vec
                 model,
                 config: pipe.model.config.clone(),
                 tokenizer: pipe.tokenizer.clone(),
+                template: pipe.template.clone(),
             }))
         })
         .collect()

@@ -60,6 +60,7 @@ fn save_load_run_is_bit_identical() {
                 &model_dir.join("tokenizer.json"),
             )
             .unwrap(),
+            template: pipe.template.clone(),
         }));
         let loaded = Engine::load(dir.path()).unwrap();
         assert!(loaded.is_integer());

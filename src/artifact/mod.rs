@@ -367,6 +367,10 @@ impl QuantizedModel {
         }
         let arrays = dir.join(ARRAYS_FILE);
         let source = ArraySource::open(&arrays)?;
+        crate::models::limits::check_memory(
+            source.store().data_bytes() as u64,
+            "its integer arrays",
+        )?;
         if verify_digests {
             digest::verify(
                 source.store(),

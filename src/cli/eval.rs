@@ -168,6 +168,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                         model,
                         config: pipe.model.config.clone(),
                         tokenizer: pipe.tokenizer.clone(),
+                        template: pipe.template.clone(),
                     }));
                     &integer
                 }

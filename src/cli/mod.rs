@@ -28,6 +28,7 @@ mod inspect;
 mod quantize;
 mod report;
 mod run;
+mod serve;
 
 use anyhow::{bail, Context, Result};
 use autoneural::engine::Engine;
@@ -76,6 +77,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render or check procedural VQA datasets (`dataset cockpit`, `dataset validate`).
     Dataset(dataset::DatasetArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions with images,
+    /// streaming, concurrency, metrics) with a chat page at `/`.
+    Serve(serve::ServeArgs),
     /// Measure this machine: instruction peaks, kernels, LM prefill/decode, vision latency and
     /// time to first token on real shapes (random weights).
     Bench(bench::BenchArgs),
@@ -208,5 +212,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::eval(a),
         Command::Dataset(a) => dataset::dataset(a),
         Command::Bench(a) => bench::bench(a, cli.threads),
+        Command::Serve(a) => serve::serve(a),
     }
 }

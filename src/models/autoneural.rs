@@ -168,6 +168,9 @@ impl AutoNeuralModel {
         }
         let config = AutoNeuralConfig::from_file(&dir.join("config.json"))?;
         let store = Arc::new(WeightStore::open_dir(dir)?);
+        // Weights are decoded to f32: refuse a checkpoint this machine cannot hold before
+        // decoding any of it.
+        crate::models::limits::check_memory(store.f32_bytes(), "its float32 weights")?;
         Self::from_store(config, store)
     }
 

@@ -44,3 +44,26 @@ pub fn check(key: &str, value: usize, max: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// Physical memory of this machine (`MemTotal` + `SwapTotal` of `/proc/meminfo`), if known.
+pub fn machine_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(field("MemTotal:")? + field("SwapTotal:").unwrap_or(0))
+}
+
+/// Refuses to go on when `need` bytes exceed this machine's memory.
+pub fn check_memory(need: u64, what: &str) -> Result<()> {
+    match machine_memory() {
+        Some(have) if need > have => Err(Error::input(format!(
+            "the model needs about {:.1} GB for {what}, more than this machine's {:.1} GB of memory",
+            need as f64 / 1e9,
+            have as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}

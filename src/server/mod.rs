@@ -1,0 +1,104 @@
+//! `autoneural serve`: an OpenAI-compatible HTTP server (axum) over one model.
+//!
+//! - `POST /v1/chat/completions`: multi-turn chat rendered by the model's chat template
+//!   ([`crate::chat_template`]), `image_url` parts as `data:` URIs, streamed (SSE) or not,
+//!   `max_tokens` (finite default), `temperature`, `top_p`, `seed`, `stop`.
+//! - `GET /v1/models`, `GET /health` (503 until the model is loaded), `GET /metrics`
+//!   (Prometheus), `POST /tokenize`, `POST /detokenize`.
+//! - Up to `--parallel` generations run at once (each on its own blocking thread with its own
+//!   state; the kernels share the rayon pool), a bounded queue waits behind them, and beyond it
+//!   requests get 503 with `Retry-After`. A client that disconnects cancels its generation
+//!   within one decode step ([`session::CancelGuard`]).
+//! - `--api-key` is checked as a Bearer token on everything but `/health`, `/metrics` and `/`;
+//!   bodies are capped; CORS is off unless origins are given; the default bind is loopback.
+
+pub mod api;
+mod http;
+pub mod images;
+pub mod session;
+
+use crate::chat_template::ChatTemplate;
+use crate::engine::Engine;
+use std::path::PathBuf;
+
+pub use http::serve;
+
+/// Everything `autoneural serve` is configured with.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub model_dir: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    /// Generations in flight at once.
+    pub parallel: usize,
+    /// Requests that may wait for a free slot before 503.
+    pub queue: usize,
+    /// Context length per sequence (default and maximum: the model's).
+    pub context: Option<usize>,
+    /// `max_tokens` when a request gives none.
+    pub default_max_tokens: usize,
+    pub max_body_bytes: usize,
+    pub max_images: usize,
+    pub max_image_bytes: usize,
+    pub cors_origins: Vec<String>,
+    /// Image embeddings kept by content hash.
+    pub image_cache: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::new(),
+            host: "127.0.0.1".into(),
+            port: 8080,
+            api_key: None,
+            parallel: 2,
+            queue: 16,
+            context: None,
+            default_max_tokens: 256,
+            max_body_bytes: 32 << 20,
+            max_images: 8,
+            max_image_bytes: 16 << 20,
+            cors_origins: Vec::new(),
+            image_cache: 32,
+        }
+    }
+}
+
+/// The loaded model and what requests need from it.
+pub struct Loaded {
+    pub engine: Engine,
+    pub template: ChatTemplate,
+    pub model_id: String,
+    pub context: usize,
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Loaded {
+    pub fn load(opts: &ServeOptions) -> crate::Result<Self> {
+        let engine = Engine::load(&opts.model_dir)?;
+        let template = engine.template().clone();
+        let limit = engine.config().text.max_position_embeddings;
+        let context = opts.context.unwrap_or(limit);
+        if context == 0 || context > limit {
+            return Err(crate::Error::input(format!(
+                "--context {context} must be in 1..={limit} (the model's max_position_embeddings)"
+            )));
+        }
+        let model_id = opts
+            .model_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "autoneural".into());
+        let stop_tokens = engine.stop_tokens();
+        Ok(Self {
+            engine,
+            template,
+            model_id,
+            context,
+            stop_tokens,
+        })
+    }
+}

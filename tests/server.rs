@@ -1,0 +1,361 @@
+//! `autoneural serve` over raw HTTP/1.1: the request/response shapes, SSE framing and every error
+//! path with its status code and OpenAI error JSON (the official `openai` client tests are in
+//! `python/tests/test_server.py`).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_autoneural"))
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut addr = None;
+        let mut line = String::new();
+        while addr.is_none() {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "server exited");
+            if let Some(i) = line.find("http://") {
+                addr = Some(line[i + 7..].split_whitespace().next().unwrap().to_string());
+            }
+        }
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = err.read_to_string(&mut sink);
+        });
+        let s = Server {
+            child,
+            addr: addr.unwrap(),
+        };
+        let t = Instant::now();
+        while s.get("/health").0 != 200 {
+            assert!(t.elapsed() < Duration::from_secs(60), "model did not load");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let _ = s.write_all(body); // the server may answer (413) before reading it all
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        parse(&raw)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn chat(&self, body: &serde_json::Value) -> Resp {
+        self.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status, lower-cased headers, body (de-chunked).
+type Resp = (u16, HashMap<String, String>, Vec<u8>);
+
+fn parse(raw: &[u8]) -> Resp {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+            let n =
+                usize::from_str_radix(std::str::from_utf8(&rest[..i]).unwrap().trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[i + 2..i + 2 + n]);
+            rest = &rest[i + 2 + n + 2..];
+        }
+        body = out;
+    }
+    (status, headers, body)
+}
+
+fn json(r: &Resp) -> serde_json::Value {
+    serde_json::from_slice(&r.2)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&r.2)))
+}
+
+/// Status and the OpenAI error type of a response.
+fn error_of(r: &Resp) -> (u16, String) {
+    let j = json(r);
+    (
+        r.0,
+        j["error"]["type"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error.type in {j}"))
+            .to_string(),
+    )
+}
+
+fn cockpit() -> String {
+    root()
+        .join("models/autoneural-cockpit-tiny")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn shapes_framing_and_error_paths() {
+    let s = Server::start(&["--model", &cockpit(), "--max-body-bytes", "100000"]);
+    let user = |t: &str| serde_json::json!([{"role": "user", "content": t}]);
+
+    // A non-streamed answer.
+    let r = s.chat(&serde_json::json!({"messages": user("Hello"), "max_tokens": 4}));
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+    let j = json(&r);
+    assert_eq!(j["object"], "chat.completion");
+    assert_eq!(j["choices"][0]["message"]["role"], "assistant");
+    let u = &j["usage"];
+    assert_eq!(
+        u["total_tokens"].as_u64().unwrap(),
+        u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()
+    );
+    assert!(u["completion_tokens"].as_u64().unwrap() <= 4);
+
+    // SSE framing: data lines, one id, role first, finish reason, usage, [DONE] last.
+    let r = s.chat(
+        &serde_json::json!({"messages": user("Hello"), "max_tokens": 4,
+        "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    assert_eq!(r.0, 200);
+    assert!(r.1["content-type"].starts_with("text/event-stream"));
+    let text = String::from_utf8(r.2.clone()).unwrap();
+    let data: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let chunks: Vec<serde_json::Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], serde_json::json!([]));
+    assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+    assert!(finish == "stop" || finish == "length", "{finish}");
+
+    // Error paths: status and OpenAI error JSON.
+    let bad = |body: &str| {
+        s.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let invalid = (400, "invalid_request_error".to_string());
+    assert_eq!(error_of(&bad("{not json")), invalid);
+    assert_eq!(error_of(&bad(r#"{"messages": []}"#)), invalid);
+    assert_eq!(
+        error_of(&bad(r#"{"messages": [{"role": "robot", "content": "x"}]}"#)),
+        invalid
+    );
+    assert_eq!(
+        error_of(&bad(
+            r#"{"messages": [{"role": "user", "content": "x"}], "n": 2}"#
+        )),
+        invalid
+    );
+    assert_eq!(
+        error_of(&bad(
+            r#"{"messages": [{"role": "user", "content": "x"}], "temperature": 9}"#
+        )),
+        invalid
+    );
+    assert_eq!(
+        error_of(&bad(
+            r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}"#
+        )),
+        invalid
+    );
+    let img = |url: &str| {
+        serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "?"}]}]})
+    };
+    assert_eq!(
+        error_of(&s.chat(&img("https://example.com/a.png"))),
+        invalid
+    );
+    assert_eq!(
+        error_of(&s.chat(&img("data:image/png;base64,aGVsbG8="))),
+        invalid
+    );
+    let r = bad(&format!(r#"{{"messages": "{}"}}"#, "x".repeat(200_000)));
+    assert_eq!(error_of(&r), (413, "invalid_request_error".to_string()));
+    let r = s.chat(&serde_json::json!({"messages": user(&"word ".repeat(6000))}));
+    assert_eq!(error_of(&r), invalid);
+    assert_eq!(json(&r)["error"]["code"], "context_length_exceeded");
+    assert_eq!(
+        error_of(&s.get("/v1/nothing")),
+        (404, "not_found_error".to_string())
+    );
+
+    // Models, tokenize, metrics, page.
+    let m = json(&s.get("/v1/models"));
+    assert_eq!(m["data"][0]["id"], "autoneural-cockpit-tiny");
+    let t = s.request("POST", "/tokenize", &[], br#"{"content": "<|im_end|>"}"#);
+    let ids = json(&t)["tokens"].clone();
+    assert!(
+        ids.as_array().unwrap().len() > 1,
+        "typed special tokens are text: {ids}"
+    );
+    let t = s.request(
+        "POST",
+        "/tokenize",
+        &[],
+        br#"{"content": "<|im_end|>", "parse_special": true}"#,
+    );
+    assert_eq!(json(&t)["tokens"], serde_json::json!([7]));
+    let d = s.request("POST", "/detokenize", &[], br#"{"tokens": [999999]}"#);
+    assert_eq!(error_of(&d), invalid);
+    let metrics = String::from_utf8(s.get("/metrics").2).unwrap();
+    assert!(metrics.contains("autoneural_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("autoneural_time_to_first_token_seconds"),
+        "{metrics}"
+    );
+    let page = s.get("/");
+    assert_eq!(page.0, 200);
+    assert!(String::from_utf8_lossy(&page.2).contains("/v1/chat/completions"));
+}
+
+#[test]
+fn api_key_and_a_full_queue() {
+    let random = root().join("models/autoneural-tiny-random");
+    let s = Server::start(&[
+        "--model",
+        random.to_str().unwrap(),
+        "--api-key",
+        "k1",
+        "--parallel",
+        "1",
+        "--queue",
+        "0",
+    ]);
+    let body = br#"{"messages": [{"role": "user", "content": "go"}], "max_tokens": 2}"#;
+    let post = |auth: Option<&str>, body: &[u8]| {
+        let mut h = vec![("Content-Type", "application/json")];
+        if let Some(a) = auth {
+            h.push(("Authorization", a));
+        }
+        s.request("POST", "/v1/chat/completions", &h, body)
+    };
+    assert_eq!(error_of(&post(None, body)).0, 401);
+    assert_eq!(
+        error_of(&post(Some("Bearer k2"), body)),
+        (401, "authentication_error".to_string())
+    );
+    assert_eq!(post(Some("Bearer k1"), body).0, 200);
+    assert_eq!(s.get("/health").0, 200); // open
+    assert_eq!(s.get("/metrics").0, 200); // open
+
+    // One long generation holds the only slot; with no queue the next request is a 503.
+    // The random model never stops early: 4000 tokens would keep the slot for seconds.
+    let long =
+        br#"{"messages": [{"role": "user", "content": "go"}], "max_tokens": 4000, "stream": true}"#;
+    let mut hold = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        hold,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        long.len()
+    )
+    .unwrap();
+    hold.write_all(long).unwrap();
+    let mut first = [0u8; 64];
+    hold.read_exact(&mut first).unwrap(); // the stream has started: the slot is taken
+    let r = post(Some("Bearer k1"), body);
+    assert_eq!(error_of(&r), (503, "unavailable_error".to_string()));
+    assert_eq!(r.1.get("retry-after").map(String::as_str), Some("1"));
+    // The client leaves: its generation is cancelled and the slot comes back.
+    drop(hold);
+    let t = Instant::now();
+    loop {
+        if post(Some("Bearer k1"), body).0 == 200 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It came back because the generation stopped, not because it finished.
+    let metrics = String::from_utf8(s.get("/metrics").2).unwrap();
+    let generated: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("autoneural_generated_tokens_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(generated < 2000.0, "{generated} tokens generated");
+}
