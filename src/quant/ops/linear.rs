@@ -538,7 +538,8 @@ pub(crate) mod testutil {
         }
         /// Uniform integer in `[lo, hi]`.
         pub fn int(&mut self, lo: i64, hi: i64) -> i64 {
-            lo + ((self.next_u32() as u64 * (hi - lo + 1) as u64) >> 32) as i64
+            // u128: the span of a 32-bit range times a u32 does not fit in 64 bits.
+            lo + ((self.next_u32() as u128 * (hi - lo + 1) as u128) >> 32) as i64
         }
         /// Standard normal (Box-Muller).
         pub fn gauss(&mut self) -> f32 {
