@@ -8,9 +8,10 @@ Needs the `openai` package (python/tests/requirements.txt). Two parts:
    asking about the shipped cockpit images in turn (data: URIs). Reports requests/s, time to first
    token and inter-token latency percentiles (client side), errors, and the server's resident
    memory at the start and at the end.
-2. Concurrency gain: 4 simultaneous streaming requests of a fixed length (the random-weight model,
-   which never stops early) against a server with --parallel 4 and against one with --parallel 1
-   (requests served one by one), generated tokens per second in each case.
+2. Concurrency gain: 4 clients streaming text-only requests back to back (the random-weight
+   model) against a server with --parallel 4 and against one with --parallel 1 (requests served
+   one by one), generated tokens per second in each case. Concurrent sequences run on their own
+   threads; their decode steps are not batched into one forward yet.
 
 Everything listens on 127.0.0.1 and the run ends after the given time.
 """
@@ -98,10 +99,10 @@ async def one_request(client, messages, max_tokens, stats):
         stats["errors"].append(repr(e)[:200])
 
 
-async def soak(base, clients, seconds, max_tokens):
+async def soak(base, clients, seconds, max_tokens, rss):
     images = ["data:image/png;base64," + base64.b64encode((ROOT / "assets" / i).read_bytes()).decode()
               for i in IMAGES]
-    stats = {"requests": 0, "tokens": 0, "ttft": [], "itl": [], "errors": []}
+    stats = {"requests": 0, "tokens": 0, "ttft": [], "itl": [], "errors": [], "rss": []}
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
     end = time.perf_counter() + seconds
 
@@ -114,19 +115,35 @@ async def soak(base, clients, seconds, max_tokens):
             await one_request(client, msg, max_tokens, stats)
             i += 1
 
+    async def sample_rss():
+        while time.perf_counter() < end:
+            stats["rss"].append((round(time.perf_counter() - t0, 1), rss()))
+            await asyncio.sleep(max(1.0, seconds / 12))
+
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(clients)))
+    await asyncio.gather(sample_rss(), *(worker(k) for k in range(clients)))
     stats["seconds"] = time.perf_counter() - t0
+    stats["rss"].append((round(stats["seconds"], 1), rss()))
+    await client.close()
     return stats
 
 
-async def burst(base, n, max_tokens):
+async def burst(base, n, max_tokens, seconds):
+    """`n` clients sending text-only requests back to back for `seconds`."""
     stats = {"requests": 0, "tokens": 0, "ttft": [], "itl": [], "errors": []}
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    end = time.perf_counter() + seconds
+
+    async def worker(k):
+        i = 0
+        while time.perf_counter() < end:
+            await one_request(client, [{"role": "user", "content": f"go {k} {i}"}], max_tokens, stats)
+            i += 1
+
     t0 = time.perf_counter()
-    await asyncio.gather(*(one_request(client, [{"role": "user", "content": f"go {k}"}],
-                                       max_tokens, stats) for k in range(n)))
+    await asyncio.gather(*(worker(k) for k in range(n)))
     stats["seconds"] = time.perf_counter() - t0
+    await client.close()
     return stats
 
 
@@ -136,7 +153,8 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--burst-tokens", type=int, default=256)
+    ap.add_argument("--burst-tokens", type=int, default=512)
+    ap.add_argument("--burst-seconds", type=float, default=15)
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
     if a.seconds > 3600:
@@ -147,7 +165,7 @@ def main():
                "--parallel", str(a.clients), "--queue", str(2 * a.clients))
     try:
         rss0 = s.rss_mib()
-        st = asyncio.run(soak(s.base, a.clients, a.seconds, a.max_tokens))
+        st = asyncio.run(soak(s.base, a.clients, a.seconds, a.max_tokens, s.rss_mib))
         rss1 = s.rss_mib()
     finally:
         s.stop()
@@ -158,20 +176,21 @@ def main():
         "ttft_ms": {p: round(1000 * pct(st["ttft"], p), 1) for p in (50, 90, 99)},
         "itl_ms": {p: round(1000 * pct(st["itl"], p), 2) for p in (50, 90, 99)},
         "errors": len(st["errors"]), "error_examples": st["errors"][:3],
-        "server_rss_mib": {"start": round(rss0, 1), "end": round(rss1, 1)},
+        "server_rss_mib": {"start": round(rss0, 1), "end": round(rss1, 1),
+                           "samples": [(t, round(m, 1)) for t, m in st["rss"]]},
     }
     burst_rates = {}
     for parallel in (4, 1):
         s = Server(a.binary, "--model", str(ROOT / "models" / "autoneural-tiny-random"),
                    "--parallel", str(parallel), "--queue", "8")
         try:
-            asyncio.run(burst(s.base, 1, 8))  # warm-up
-            b = asyncio.run(burst(s.base, 4, a.burst_tokens))
+            asyncio.run(burst(s.base, 1, 8, 1))  # warm-up
+            b = asyncio.run(burst(s.base, 4, a.burst_tokens, a.burst_seconds))
         finally:
             s.stop()
         burst_rates[parallel] = b["tokens"] / b["seconds"]
         report[f"four_requests_parallel_{parallel}"] = {
-            "seconds": round(b["seconds"], 3), "tokens": b["tokens"],
+            "seconds": round(b["seconds"], 3), "tokens": b["tokens"], "requests": b["requests"],
             "tokens_per_s": round(burst_rates[parallel], 1), "errors": len(b["errors"])}
     report["gain_parallel_4_over_1"] = round(burst_rates[4] / burst_rates[1], 2)
 
@@ -182,10 +201,11 @@ def main():
     print(f"  time to first token ms  p50 {sk['ttft_ms'][50]}  p90 {sk['ttft_ms'][90]}  p99 {sk['ttft_ms'][99]}")
     print(f"  inter-token latency ms  p50 {sk['itl_ms'][50]}  p90 {sk['itl_ms'][90]}  p99 {sk['itl_ms'][99]}")
     print(f"  server RSS MiB          start {sk['server_rss_mib']['start']}  end {sk['server_rss_mib']['end']}")
+    print("  server RSS MiB by second: " + ", ".join(f"{t:g}s {m}" for t, m in sk["server_rss_mib"]["samples"]))
     for p in (4, 1):
         r = report[f"four_requests_parallel_{p}"]
-        print(f"4 concurrent requests x {a.burst_tokens} tokens, --parallel {p}: {r['tokens_per_s']} tokens/s "
-              f"({r['seconds']} s, {r['errors']} errors)")
+        print(f"4 clients, requests of up to {a.burst_tokens} tokens for {r['seconds']} s, --parallel {p}: "
+              f"{r['tokens_per_s']} tokens/s ({r['requests']} requests, {r['errors']} errors)")
     print(f"gain of --parallel 4 over one by one: {report['gain_parallel_4_over_1']}x")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(report, indent=1))

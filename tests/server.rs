@@ -359,3 +359,29 @@ fn api_key_and_a_full_queue() {
         .unwrap();
     assert!(generated < 2000.0, "{generated} tokens generated");
 }
+
+#[test]
+fn precision_serves_a_float_model_on_the_integer_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib");
+    std::fs::create_dir(&calib).unwrap();
+    std::fs::copy(root().join("assets/cockpit_road.png"), calib.join("a.png")).unwrap();
+    std::fs::write(
+        calib.join("prompts.txt"),
+        "What colour is the traffic light?\n",
+    )
+    .unwrap();
+    let s = Server::start(&[
+        "--model",
+        &cockpit(),
+        "--precision",
+        "default",
+        "--calibration",
+        calib.to_str().unwrap(),
+    ]);
+    let m = json(&s.get("/v1/models"));
+    assert_eq!(m["data"][0]["meta"]["path"], "integer");
+    let r = s.chat(&serde_json::json!({
+        "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}));
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+}

@@ -46,6 +46,13 @@ pub struct ServeArgs {
     /// Image embeddings cached by content hash.
     #[arg(long, default_value_t = 32)]
     image_cache: usize,
+    /// Serve a float model on the integer path with this scheme (`default`, `w8a8`, ...),
+    /// calibrated at start-up on --calibration. Quantized directories need no flag.
+    #[arg(long, requires = "calibration")]
+    precision: Option<String>,
+    /// Calibration set for --precision (see `quantize --calibration`).
+    #[arg(long, requires = "precision")]
+    calibration: Option<PathBuf>,
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -63,6 +70,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_image_bytes: a.max_image_bytes,
         cors_origins: a.cors_origins,
         image_cache: a.image_cache,
+        precision: a.precision.zip(a.calibration),
     };
     // `main` lets SIGPIPE end the CLI quietly on a closed stdout; a server must instead see a
     // client's closed socket as a write error (EPIPE) and carry on.

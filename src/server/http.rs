@@ -95,6 +95,11 @@ pub async fn serve(
         let _ = tx.send(addr);
     }
     let app = router(state.clone());
+    // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm and the client's
+    // delayed ACK hold each one back for ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

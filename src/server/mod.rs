@@ -44,6 +44,9 @@ pub struct ServeOptions {
     pub cors_origins: Vec<String>,
     /// Image embeddings kept by content hash.
     pub image_cache: usize,
+    /// Serve a float model on the integer path: (scheme, calibration set), calibrated at
+    /// start-up as `autoneural quantize` does.
+    pub precision: Option<(String, PathBuf)>,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +65,7 @@ impl Default for ServeOptions {
             max_image_bytes: 16 << 20,
             cors_origins: Vec::new(),
             image_cache: 32,
+            precision: None,
         }
     }
 }
@@ -77,7 +81,10 @@ pub struct Loaded {
 
 impl Loaded {
     pub fn load(opts: &ServeOptions) -> crate::Result<Self> {
-        let engine = Engine::load(&opts.model_dir)?;
+        let mut engine = Engine::load(&opts.model_dir)?;
+        if let Some((scheme, calibration)) = &opts.precision {
+            engine = quantize(engine, scheme, calibration)?;
+        }
         let template = engine.template().clone();
         let limit = engine.config().text.max_position_embeddings;
         let context = opts.context.unwrap_or(limit);
@@ -101,4 +108,33 @@ impl Loaded {
             stop_tokens,
         })
     }
+}
+
+/// A float engine moved to the integer path for `scheme`, calibrated on `calibration`.
+fn quantize(engine: Engine, scheme: &str, calibration: &std::path::Path) -> crate::Result<Engine> {
+    use crate::quant::calibrate::{calibrate, CalibrationOptions, Rounding, DEFAULT_BINS};
+    let Engine::Float(pipe) = engine else {
+        return Err(crate::Error::input(
+            "--precision applies to a float model directory; this one is already quantized",
+        ));
+    };
+    let scheme = crate::quant::scheme::Scheme::parse(scheme)?;
+    let samples = crate::quant::calibset::read_calibration_set(calibration)?;
+    let stats = calibrate(
+        &pipe,
+        &samples,
+        &CalibrationOptions {
+            bins: DEFAULT_BINS,
+            progress: false,
+            system: None,
+            rounding: Rounding::Gptq,
+        },
+    )?;
+    let model = crate::quant::int_model::IntModel::build(&pipe.model, &stats, &scheme, None)?;
+    Ok(Engine::Integer(Box::new(crate::engine::IntegerPipeline {
+        model,
+        config: pipe.model.config.clone(),
+        tokenizer: pipe.tokenizer,
+        template: pipe.template,
+    })))
 }
