@@ -29,7 +29,19 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = crate::files::read_bytes(path, crate::files::limits::TOKENIZER)?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes)
+        // The tokenizers crate panics on some malformed files (found by fuzzing: a stray byte
+        // inside the `decoder` object hits an `expect`): check the JSON first, and keep a panic
+        // that still gets through from taking the process down.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            Error::corrupt(path, format!("cannot read tokenizer: invalid JSON: {e}"))
+        })?;
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+            .map_err(|_| {
+                Error::corrupt(
+                    path,
+                    "cannot read tokenizer: the tokenizers library failed on it",
+                )
+            })?
             .map_err(|e| Error::corrupt(path, format!("cannot read tokenizer: {e}")))?;
         let mut literal = inner.clone();
         literal.set_encode_special_tokens(true);
@@ -266,6 +278,30 @@ impl<'a> StreamDecoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `model_loader` fuzz target: a stray byte inside the `decoder` object made
+    /// the tokenizers crate panic instead of returning an error.
+    #[test]
+    fn malformed_tokenizer_json_is_an_error_not_a_panic() {
+        let good = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/autoneural-tiny-random/tokenizer.json"
+        ))
+        .unwrap();
+        let text = String::from_utf8(good).unwrap();
+        let at = text.find("\"decoder\": {").unwrap() + "\"decoder\": {".len();
+        let mut bad = text.as_bytes()[..at].to_vec();
+        bad.push(0xfa);
+        bad.extend_from_slice(&text.as_bytes()[at..]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokenizer.json");
+        std::fs::write(&p, bad).unwrap();
+        let e = TextTokenizer::from_file(&p)
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(e.contains("cannot read tokenizer"), "{e}");
+    }
 
     #[test]
     fn placeholders_expand_in_order_or_go_first() {
