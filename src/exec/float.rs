@@ -13,9 +13,10 @@ use crate::observe::{NoObserver, Observer, OpInput};
 use crate::ops::attention::{attention, AttnShape, Mask};
 use crate::ops::conv::{conv2d, pointwise_from_tokens, pointwise_to_tokens, Conv2dSpec, Pad2d};
 use crate::ops::gemm;
-use crate::ops::norm::{rms_norm_channels, rms_norm_rows};
+use crate::ops::norm::{layer_norm_rows, rms_norm_channels, rms_norm_rows};
 use crate::ops::pool::{avg_pool2d, concat_channels, interpolate_bilinear, interpolate_nearest};
 use crate::ops::rope::Rope;
+use crate::ops::tokens::{pixel_shuffle, slice_rows};
 use crate::tensor::Tensor;
 use crate::weights::WeightStore;
 use rayon::prelude::*;
@@ -353,6 +354,34 @@ impl FloatProgram {
                 rms_norm_rows(x.data_mut(), w.numel(), w.data(), *eps);
                 x
             }
+            Op::LayerNorm { weight, bias, eps } => {
+                let mut x = self.take(vals, last, node, i, 0);
+                let w = self.p(*weight);
+                let b = bias.map(|b| self.p(b).data());
+                layer_norm_rows(x.data_mut(), w.numel(), w.data(), b, *eps);
+                x
+            }
+            Op::SliceRows { start: s0, len } => {
+                let x = self.get(vals, node, 0);
+                Tensor::from_parts(&out_shape, slice_rows(x.data(), x.dim(1), *s0, *len))
+            }
+            Op::ClsPosEmbed { cls, pos } => {
+                let x = self.get(vals, node, 0);
+                let mut y = Vec::with_capacity(x.numel() + x.dim(1));
+                y.extend_from_slice(self.p(*cls).data());
+                y.extend_from_slice(x.data());
+                if let Some(pos) = pos {
+                    y.iter_mut()
+                        .zip(self.p(*pos).data())
+                        .for_each(|(v, p)| *v += p);
+                }
+                Tensor::from_parts(&out_shape, y)
+            }
+            Op::PixelShuffle { h, w, scale } => {
+                let x = self.get(vals, node, 0);
+                let y = pixel_shuffle(x.data(), *h, *w, x.dim(1), *scale);
+                Tensor::from_parts(&out_shape, y)
+            }
             Op::RmsNorm2d { weight, eps } => {
                 let mut x = self.take(vals, last, node, i, 0);
                 let c = x.dim(0);
@@ -387,6 +416,14 @@ impl FloatProgram {
             Op::Act(act) => {
                 let mut x = self.take(vals, last, node, i, 0);
                 act.apply_inplace(x.data_mut());
+                x
+            }
+            Op::ChannelScale { gamma } if out_shape.len() == 2 => {
+                let mut x = self.take(vals, last, node, i, 0);
+                let g = self.p(*gamma).data();
+                x.data_mut()
+                    .par_chunks_mut(g.len())
+                    .for_each(|row| row.iter_mut().zip(g).for_each(|(v, &s)| *v *= s));
                 x
             }
             Op::ChannelScale { gamma } => {
@@ -585,6 +622,18 @@ fn param_roles(g: &Graph) -> Vec<Role> {
                 },
             ),
             Op::RmsNorm { weight, .. } | Op::RmsNorm2d { weight, .. } => set(*weight, Role::Scale),
+            Op::LayerNorm { weight, bias, .. } => {
+                set(*weight, Role::Scale);
+                if let Some(b) = bias {
+                    set(*b, Role::Bias);
+                }
+            }
+            Op::ClsPosEmbed { cls, pos } => {
+                set(*cls, Role::Table);
+                if let Some(p) = pos {
+                    set(*p, Role::Table);
+                }
+            }
             Op::ChannelScale { gamma } => set(*gamma, Role::Scale),
             _ => debug_assert!(n.op.params().is_empty(), "{} reads weights", n.op.kind()),
         }

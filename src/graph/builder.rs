@@ -254,6 +254,14 @@ impl<'a> GraphBuilder<'a> {
         self.node(name, Op::RmsNorm { weight, eps }, &[x])
     }
 
+    /// `nn.LayerNorm(dim)` over the last dimension (`<name>.weight`, `<name>.bias`).
+    pub fn layer_norm(&mut self, name: &str, x: ValueId, eps: f32) -> Result<ValueId> {
+        let d = self.dim(x, -1)?;
+        let weight = self.param(&format!("{name}.weight"), &[d])?;
+        let bias = Some(self.param(&format!("{name}.bias"), &[d])?);
+        self.node(name, Op::LayerNorm { weight, bias, eps }, &[x])
+    }
+
     /// timm `RmsNorm2d` (`<name>.weight`).
     pub fn rms_norm_2d(&mut self, name: &str, x: ValueId, eps: f32) -> Result<ValueId> {
         let c = self.dim(x, 0)?;

@@ -182,6 +182,8 @@ pub fn node_cost(g: &Graph, i: usize, b: Bindings, wbits: u32) -> NodeCost {
         }
         Op::RmsNorm { .. }
         | Op::RmsNorm2d { .. }
+        | Op::LayerNorm { .. }
+        | Op::ClsPosEmbed { .. }
         | Op::Add
         | Op::Mul
         | Op::Act(_)
@@ -190,7 +192,11 @@ pub fn node_cost(g: &Graph, i: usize, b: Bindings, wbits: u32) -> NodeCost {
         | Op::ResizeNearest { .. }
         | Op::ResizeBilinear { .. } => c.vector_ops = out,
         Op::AvgPool { kh, kw, .. } => c.vector_ops = out * (kh * kw) as u64,
-        Op::Slice { .. } | Op::Concat | Op::ToTokens => {}
+        Op::Slice { .. }
+        | Op::SliceRows { .. }
+        | Op::PixelShuffle { .. }
+        | Op::Concat
+        | Op::ToTokens => {}
     }
     c
 }

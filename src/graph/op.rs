@@ -28,6 +28,13 @@ pub enum Op {
         weight: ParamId,
         eps: f32,
     },
+    /// `torch.nn.LayerNorm` over the last dimension: `(x - mean) / sqrt(var + eps) * weight
+    /// (+ bias)`.
+    LayerNorm {
+        weight: ParamId,
+        bias: Option<ParamId>,
+        eps: f32,
+    },
     /// timm `RmsNorm2d` over the channels of a `[C, H, W]` map.
     RmsNorm2d {
         weight: ParamId,
@@ -38,12 +45,32 @@ pub enum Op {
         start: usize,
         len: usize,
     },
+    /// Rows `start..start + len` of `[T, D]` tokens (InternVL drops the CLS row).
+    SliceRows {
+        start: usize,
+        len: usize,
+    },
     Add,
     Mul,
     Act(Activation),
-    /// `x[c] * gamma[c]` on a `[C, H, W]` map (timm `LayerScale2d`).
+    /// `x[c] * gamma[c]` per channel: on a `[C, H, W]` map (timm `LayerScale2d`) or on the last
+    /// dimension of `[T, D]` tokens (InternViT's `lambda_1` / `lambda_2`).
     ChannelScale {
         gamma: ParamId,
+    },
+    /// ViT embeddings on `[N, D]` patch tokens: the learned `cls` token (`[D]` in any `[1, 1,
+    /// D]`-like shape) prepended, then absolute position embeddings (`[N + 1, D]` elements)
+    /// added when present: `[N + 1, D]`.
+    ClsPosEmbed {
+        cls: ParamId,
+        pos: Option<ParamId>,
+    },
+    /// InternVL's pixel shuffle on the `[h * w, C]` tokens of an `h x w` grid: `[(h / scale) *
+    /// (w / scale), scale^2 * C]` (`ops::tokens::pixel_shuffle`).
+    PixelShuffle {
+        h: usize,
+        w: usize,
+        scale: usize,
     },
     /// Depthwise causal conv over time on `[T, H]`, weight `[H, L]` (or `[H, 1, L]`), left
     /// context from `state` (`[L - 1, H]`, updated with the last `L - 1` input rows).
@@ -124,8 +151,12 @@ impl Op {
             Op::Embedding { .. } => "embedding",
             Op::Linear { .. } => "linear",
             Op::RmsNorm { .. } => "rms_norm",
+            Op::LayerNorm { .. } => "layer_norm",
             Op::RmsNorm2d { .. } => "rms_norm_2d",
             Op::Slice { .. } => "slice",
+            Op::SliceRows { .. } => "slice_rows",
+            Op::ClsPosEmbed { .. } => "cls_pos_embed",
+            Op::PixelShuffle { .. } => "pixel_shuffle",
             Op::Add => "add",
             Op::Mul => "mul",
             Op::Act(Activation::GeluTanh) => "gelu_tanh",
@@ -157,8 +188,10 @@ impl Op {
             | Op::PointwiseToTokens { weight: p }
             | Op::PointwiseFromTokens { weight: p, .. } => vec![*p],
             Op::Linear { weight, bias }
+            | Op::LayerNorm { weight, bias, .. }
             | Op::CausalConv1d { weight, bias, .. }
             | Op::Conv2d { weight, bias, .. } => std::iter::once(*weight).chain(*bias).collect(),
+            Op::ClsPosEmbed { cls, pos } => std::iter::once(*cls).chain(*pos).collect(),
             _ => Vec::new(),
         }
     }
@@ -257,13 +290,78 @@ impl Op {
                 }
                 Ok((x.to_vec(), f32))
             }
-            Op::RmsNorm2d { weight: g, .. } | Op::ChannelScale { gamma: g } => {
+            Op::LayerNorm { weight, bias, .. } => {
+                arity(1)?;
+                let d = last()?;
+                if p(weight) != [d] || bias.is_some_and(|b| p(&b) != [d]) {
+                    return Err(fail(format!("weight {:?} for width {d}", p(weight))));
+                }
+                Ok((x.to_vec(), f32))
+            }
+            Op::RmsNorm2d { weight: g, .. } => {
                 arity(1)?;
                 let (c, _, _) = chw()?;
                 if p(g) != [c] {
                     return Err(fail(format!("weight {:?} for {c} channels", p(g))));
                 }
                 Ok((x.to_vec(), f32))
+            }
+            Op::ChannelScale { gamma: g } => {
+                arity(1)?;
+                let c = match x.len() {
+                    3 => chw()?.0,
+                    2 => last()?,
+                    _ => return Err(fail(format!("input {}", super::shape_text(x)))),
+                };
+                if p(g) != [c] {
+                    return Err(fail(format!("weight {:?} for {c} channels", p(g))));
+                }
+                Ok((x.to_vec(), f32))
+            }
+            Op::SliceRows { start, len } => {
+                arity(1)?;
+                match x {
+                    [Dim::Fixed(t), d] if *len > 0 && start + len <= *t => {
+                        Ok((vec![Dim::Fixed(*len), *d], inputs[0].elem))
+                    }
+                    _ => Err(fail(format!(
+                        "rows {start}..{} of {}",
+                        start + len,
+                        super::shape_text(x)
+                    ))),
+                }
+            }
+            Op::ClsPosEmbed { cls, pos } => {
+                arity(1)?;
+                let d = last()?;
+                let n = match x {
+                    [Dim::Fixed(n), _] => *n,
+                    _ => return Err(fail(format!("input {}", super::shape_text(x)))),
+                };
+                let numel = |id: &ParamId| p(id).iter().product::<usize>();
+                if numel(cls) != d || pos.is_some_and(|q| numel(&q) != (n + 1) * d) {
+                    return Err(fail(format!(
+                        "cls {:?} and position embeddings {:?} for {n} tokens of width {d}",
+                        p(cls),
+                        pos.map(|q| p(&q).to_vec())
+                    )));
+                }
+                Ok((super::fixed(&[n + 1, d]), f32))
+            }
+            Op::PixelShuffle { h, w, scale } => {
+                arity(1)?;
+                let s = *scale;
+                let ok = s > 0 && h % s == 0 && w % s == 0;
+                match x {
+                    [Dim::Fixed(t), Dim::Fixed(c)] if ok && *t == h * w => Ok((
+                        super::fixed(&[(h / s) * (w / s), s * s * c]),
+                        inputs[0].elem,
+                    )),
+                    _ => Err(fail(format!(
+                        "scale {s} on a {h}x{w} grid, input {}",
+                        super::shape_text(x)
+                    ))),
+                }
             }
             Op::Slice { start, len } => {
                 arity(1)?;

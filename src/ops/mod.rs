@@ -8,3 +8,4 @@ pub mod gemm;
 pub mod norm;
 pub mod pool;
 pub mod rope;
+pub mod tokens;

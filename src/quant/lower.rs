@@ -542,6 +542,15 @@ pub fn lower(
                 (QOp::Concat(concat_channels(&ins, y).map_err(&at)?), y)
             }
             Op::ToTokens => (QOp::ToTokens, q(0)?),
+            Op::LayerNorm { .. }
+            | Op::SliceRows { .. }
+            | Op::ClsPosEmbed { .. }
+            | Op::PixelShuffle { .. } => {
+                return Err(Error::input(format!(
+                    "{part} op `{name}`: {} has no integer form yet",
+                    node.op.kind()
+                )))
+            }
         };
         values[node.output.0 as usize].elem = Elem::Q(y);
         nodes.push(Node {
