@@ -7,6 +7,11 @@ Reference modules (ground truth, see python/requirements.txt for the pinned vers
                ``mobilenetv5_300m_enc`` (RmsNorm2d, GELU(tanh), pad_type "same", layer scale, ...).
   * connector: Linear(C_vis -> P, bias) -> GELU ("gelu" erf / "gelu_pytorch_tanh") -> Linear(P -> H, bias).
   * language:  transformers ``Lfm2ForCausalLM`` / ``Lfm2Config``.
+  * baseline:  transformers ``InternVLForConditionalGeneration`` (``InternVLVisionConfig`` + a ``LlamaConfig``
+               text model) and a plain ``LlamaForCausalLM`` (INTERNVL_CASES, listed under
+               "baseline_cases" in tests/golden/manifest.json, not in README.md). Their model
+               directories are what ``save_pretrained`` writes (+ tokenizer); they are re-loaded with
+               ``from_pretrained`` and evaluated in float64 like the other cases.
 
 Every model directory written here is re-loaded from disk by ``load_autoneural_dir`` (a small Python
 reference loader of the on-disk format) and the golden outputs are computed from that re-loaded
@@ -15,6 +20,7 @@ model, so the files and the outputs are guaranteed to agree.
 Usage (from the repository root):
     /work/.venv/bin/python python/make_golden.py            # writes tests/golden/
     /work/.venv/bin/python python/make_golden.py --only text_one_token
+    /work/.venv/bin/python python/make_golden.py --only internvl_layernorm_p8 --only llama_plain_text
 
 The script is deterministic: running it twice gives byte-identical files.
 """
@@ -51,7 +57,16 @@ from timm.models.mobilenetv5 import (
     _GELU,
 )
 from tokenizers import Tokenizer
-from transformers import GenerationConfig, Lfm2Config, Lfm2ForCausalLM
+from transformers import (
+    GenerationConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLVisionConfig,
+    Lfm2Config,
+    Lfm2ForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 from transformers.activations import ACT2FN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -1060,6 +1075,113 @@ CASES = [
     ),
 ]
 
+# InternVL baseline (InternVLForConditionalGeneration with a LlamaConfig text model) and plain Llama cases.
+# Kept out of CASES: they are listed under "baseline_cases" in tests/golden/manifest.json. Model directories are exactly what save_pretrained writes
+# (+ tokenizer.json / tokenizer_config.json), except for the key-layout rewrite of internvl_rms_qknorm_p14.
+INTERNVL_CASES = [
+    dict(
+        name="internvl_layernorm_p8",
+        kind="internvl",
+        description=(
+            "InternVLForConditionalGeneration as written by save_pretrained (transformers 5.24 key layout "
+            "language_model.model.*, language_model.lm_head.weight, vision_tower.*, multi_modal_projector.*). "
+            "Vision: 64x64 image, patch 8 (8x8 grid + CLS), hidden 32, 2 layers, 4 heads, MLP 64 (exact GELU), "
+            "norm_type layer_norm (eps 1e-6), attention_bias true, no q/k norm, random layer scale "
+            "lambda_1/lambda_2 in [0.5, 1.5), use_mean_pooling true (final layernorm Identity). Pixel shuffle "
+            "0.5 -> 16 tokens of width 128; projector LayerNorm(128, eps 1e-5) -> Linear -> GELU (erf) -> Linear. "
+            "Llama: hidden 64, 3 layers, GQA 4 heads / 2 kv heads, head_dim 16, SwiGLU 128, UNTIED lm_head. "
+            "One image. float32."
+        ),
+        seed=8008,
+        vision=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                    image_size=64, patch_size=8, norm_type="layer_norm", attention_bias=True, use_qk_norm=False,
+                    use_mean_pooling=True),
+        lambda_mode="random",
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
+        key_layout="save_pretrained",
+        dtype="float32",
+        num_images=1,
+        user_text=USER_TEXT_SHORT,
+        max_new_tokens=16,
+        emb_std=0.5,
+    ),
+    dict(
+        name="internvl_rms_qknorm_p14",
+        kind="internvl",
+        description=(
+            "InternVL with its tensors REWRITTEN from the save_pretrained layout into the Hub '-hf' layout "
+            "(model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*; no lm_head tensor "
+            "since tied); the generator checks that InternVLForConditionalGeneration.from_pretrained loads it with "
+            "no missing/unexpected keys and gives bit-identical float64 logits to the save_pretrained layout. "
+            "Vision: 56x56 images, patch 14 (4x4 grid + CLS), hidden 32, 2 layers, 4 heads, MLP 64, "
+            "norm_type rms_norm (no bias), use_qk_norm true (RMSNorm over the full 32-wide q/k, eps 1e-6), "
+            "attention_bias false, random layer scale, use_mean_pooling false (final nn.LayerNorm WITH bias, "
+            "eps 1e-6). Pixel shuffle -> 4 tokens per image. Llama: hidden 64, 2 layers, MHA 4 heads / 4 kv heads, "
+            "head_dim 16, SwiGLU 128, rms_norm_eps 1e-5, TIED embeddings. TWO images. Weights stored as float16."
+        ),
+        seed=9009,
+        vision=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                    image_size=56, patch_size=14, norm_type="rms_norm", attention_bias=False, use_qk_norm=True,
+                    use_mean_pooling=False),
+        lambda_mode="random",
+        text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=16, rms_norm_eps=1e-5, tie_word_embeddings=True),
+        key_layout="hf",
+        dtype="float16",
+        num_images=2,
+        user_text=USER_TEXT_TWO,
+        max_new_tokens=20,
+        emb_std=0.15,  # tied embeddings: a larger std makes the untrained model repeat its input token
+    ),
+    dict(
+        name="internvl_no_layer_scale_p16",
+        kind="internvl",
+        description=(
+            "InternVL (save_pretrained key layout). transformers always creates lambda_1/lambda_2 (no config switch "
+            "drops them), so 'no layer scale' is layer_scale_init_value 1.0 with every lambda exactly 1.0. "
+            "Vision: 96x96 image, patch 16 (6x6 grid + CLS), hidden 48, 3 layers, 3 heads (head_dim 16), MLP 192, "
+            "layer_norm, attention_bias true, use_mean_pooling true. Pixel shuffle -> 9 tokens (3x3) of width 192. "
+            "Llama: hidden 64, 3 layers, 4 heads / 1 kv head (MQA), head_dim 16, SwiGLU 160, rope_theta 500000, "
+            "rms_norm_eps 1e-5, UNTIED lm_head. One image, chat prompt of more than 200 tokens. float32."
+        ),
+        seed=10010,
+        vision=dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=192,
+                    image_size=96, patch_size=16, norm_type="layer_norm", attention_bias=True, use_qk_norm=False,
+                    use_mean_pooling=True, layer_scale_init_value=1.0),
+        lambda_mode="one",
+        text=dict(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-5, max_position_embeddings=4096,
+                  rope_parameters={"rope_type": "default", "rope_theta": 500000.0}, tie_word_embeddings=False),
+        key_layout="save_pretrained",
+        dtype="float32",
+        num_images=1,
+        min_prompt_tokens=200,
+        max_new_tokens=16,
+        emb_std=0.5,
+    ),
+    dict(
+        name="llama_plain_text",
+        kind="llama",
+        description=(
+            "A PLAIN Llama checkpoint directory: exactly what LlamaForCausalLM.save_pretrained writes (config.json "
+            "model_type llama, generation_config.json, model.safetensors with model.* keys + lm_head.weight) + "
+            "tokenizer.json. Llama: hidden 48, 3 layers, GQA 4 heads / 2 kv heads with head_dim 16, i.e. "
+            "num_heads * head_dim = 64 != hidden_size 48 (q_proj 48->64, o_proj 64->48), SwiGLU 128, "
+            "attention_bias false, rope_theta 10000, UNTIED lm_head. Text-only chat prompt of more than 300 tokens. "
+            "Weights stored as float16."
+        ),
+        seed=11011,
+        text=dict(hidden_size=48, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, attention_bias=False, tie_word_embeddings=False),
+        dtype="float16",
+        num_images=0,
+        min_prompt_tokens=300,
+        max_new_tokens=24,
+        emb_std=0.5,
+    ),
+]
+
 MIN_REL_MARGIN = 2e-3  # top1 - top2 must exceed this fraction of max|logit| at every greedy step
 MIN_DISTINCT_GENERATED = 6  # avoid degenerate single-token loops so decoding is actually exercised
 MAX_SEED_TRIES = 50
@@ -1251,13 +1373,370 @@ def try_seed_plain(case: dict, seed: int, tk: TokenizerBundle, work: Path):
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# InternVL baseline (transformers InternVLForConditionalGeneration + LlamaConfig) and plain Llama
+# --------------------------------------------------------------------------------------------------
+#
+# Reference-code notes (transformers 5.24.0, models/internvl/modeling_internvl.py, models/llama/):
+#  * save_pretrained of InternVLForConditionalGeneration writes the LEGACY llava-style tensor names
+#    (it reverts the "llava" conversion mapping on save): language_model.model.*,
+#    language_model.lm_head.weight (only when untied), vision_tower.*, multi_modal_projector.*.
+#    In memory (state_dict()) the names are model.language_model.*, model.vision_tower.*,
+#    model.multi_modal_projector.*, lm_head.weight (the Hub "-hf" layout); from_pretrained accepts both.
+#  * InternVLVisionLayer ALWAYS creates lambda_1 / lambda_2 (nn.Parameter(layer_scale_init_value *
+#    ones(hidden))); the config has no switch to drop them (layer_scale_init_value is a float).
+#  * Embeddings: Conv2d(k=stride=patch, bias) -> flatten row-major -> prepend cls_token -> add
+#    position_embeddings [1, 1 + (S/p)^2, D]. Only when the patch count differs from the table (or the
+#    image is not square) are the patch position embeddings bicubically resized (align_corners False,
+#    the CLS row kept); at the config image size there is no interpolation.
+#  * Layer: h += lambda_1 * attn(norm_before(h)); h += lambda_2 * mlp(norm_after(h)); norm is nn.LayerNorm
+#    (with bias) or InternVLVisionRMSNorm (no bias), both with eps layer_norm_eps (default 1e-6).
+#    q_norm / k_norm are InternVLVisionRMSNorm over the FULL hidden width (not per head), applied to the
+#    q/k projections before the head split, eps fixed at 1e-6 (not layer_norm_eps). Attention scale
+#    head_dim^-0.5, no mask, softmax over CLS + patches. projection_layer always has a bias.
+#  * The final vision `layernorm` is nn.LayerNorm(hidden, eps=layer_norm_eps) WITH bias whenever
+#    use_mean_pooling is false, even for norm_type rms_norm; Identity when use_mean_pooling is true.
+#  * vision hidden_act "gelu" and projector_hidden_act "gelu" are the exact (erf) GELU.
+#  * Projector layer_norm is nn.LayerNorm(4 * vision_hidden) with the torch default eps 1e-5.
+#  * pixel shuffle (downsample_ratio 0.5): with x[r, c, :] the CLS-free last hidden state on the
+#    G x G patch grid (token = r * G + c), output token i * (G/2) + j has channel block
+#    k = 2 * dy + dx (dy, dx in {0, 1}) equal to x[2i + dy, 2j + dx, :], i.e. blocks
+#    (0,0), (0,1), (1,0), (1,1) = top-left, top-right, bottom-left, bottom-right.
+
+KEY_LAYOUT_SAVE_PRETRAINED = {
+    "name": "save_pretrained",
+    "language_model": "language_model.model.",
+    "lm_head": "language_model.lm_head.weight",
+    "vision_tower": "vision_tower.",
+    "multi_modal_projector": "multi_modal_projector.",
+}
+KEY_LAYOUT_HF = {
+    "name": "hf",
+    "language_model": "model.language_model.",
+    "lm_head": "lm_head.weight",
+    "vision_tower": "model.vision_tower.",
+    "multi_modal_projector": "model.multi_modal_projector.",
+}
+KEY_LAYOUT_LLAMA = {"name": "llama", "language_model": "model.", "lm_head": "lm_head.weight"}
+KEY_LAYOUTS = {"save_pretrained": KEY_LAYOUT_SAVE_PRETRAINED, "hf": KEY_LAYOUT_HF}
+INTERNVL_PARTS = ("vision_tower", "multi_modal_projector", "language_model")
+
+
+def key_layout_for(layout: dict, tied: bool) -> dict:
+    out = dict(layout)
+    if tied:
+        out["lm_head"] = None  # tied: no lm_head tensor on disk, the head is language_model embed_tokens
+    return out
+
+
+def map_key_layout(key: str, src: dict, dst: dict) -> str:
+    if src["lm_head"] is not None and key == src["lm_head"]:
+        return dst["lm_head"]
+    for part in INTERNVL_PARTS:
+        if key.startswith(src[part]):
+            return dst[part] + key[len(src[part]):]
+    raise AssertionError(f"{key} is not in layout {src['name']}")
+
+
+def make_llama_config(t: dict) -> LlamaConfig:
+    kw = dict(t)
+    kw.setdefault("vocab_size", VOCAB_SIZE)
+    kw.setdefault("bos_token_id", BOS_ID)
+    kw.setdefault("eos_token_id", EOS_ID)
+    kw.setdefault("pad_token_id", PAD_ID)
+    return LlamaConfig(**kw)
+
+
+def make_internvl_config(case: dict) -> tuple[InternVLConfig, int]:
+    vcfg = InternVLVisionConfig(**case["vision"])
+    tcfg = make_llama_config(case["text"])
+    S, p = vcfg.image_size[0], vcfg.patch_size[0]
+    assert vcfg.image_size[0] == vcfg.image_size[1] and vcfg.patch_size[0] == vcfg.patch_size[1]
+    assert S % p == 0 and (S // p) % 2 == 0, "pixel shuffle 0.5 needs an even patch grid"
+    tokens_per_image = (S // p // 2) ** 2
+    cfg = InternVLConfig(
+        vision_config=vcfg,
+        text_config=tcfg,
+        image_token_id=IMAGE_TOKEN_ID,
+        image_seq_length=tokens_per_image,
+        downsample_ratio=0.5,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=tcfg.tie_word_embeddings,
+        # extra keys for the Rust side (not InternVLConfig fields; kept in config.json by save_pretrained)
+        image_start_token_id=IMAGE_START_TOKEN_ID,
+        image_end_token_id=IMAGE_END_TOKEN_ID,
+    )
+    return cfg, tokens_per_image
+
+
+def randomize_internvl(model: InternVLForConditionalGeneration, g: torch.Generator, emb_std: float,
+                       lambda_mode: str) -> None:
+    tied = model.config.tie_word_embeddings
+    H = model.config.text_config.hidden_size
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name == "model.language_model.embed_tokens.weight":
+                p.copy_(emb_std * torch.randn(p.shape, generator=g))
+            elif name == "lm_head.weight":
+                assert not tied
+                p.copy_(torch.randn(p.shape, generator=g) * (2.5 / math.sqrt(H)))
+            elif name.endswith((".lambda_1", ".lambda_2")):
+                if lambda_mode == "random":
+                    p.copy_(0.5 + torch.rand(p.shape, generator=g))
+                else:
+                    assert lambda_mode == "one", lambda_mode
+                    p.fill_(1.0)
+            elif name.endswith(("embeddings.cls_token", "embeddings.position_embeddings")):
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1 and name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 1:
+                assert name.endswith(("norm.weight", "layernorm_before.weight", "layernorm_after.weight")), name
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.ndim == 4:
+                assert name.endswith("patch_embeddings.projection.weight"), name
+                fan_in = p.shape[1] * p.shape[2] * p.shape[3]
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+            elif p.ndim == 2:
+                gain = 1.0
+                if name.startswith("model.vision_tower.") and name.endswith(("q_proj.weight", "k_proj.weight")):
+                    gain = 1.5  # peakier attention over the patches so the vision attention matters
+                p.copy_(torch.randn(p.shape, generator=g) * (gain / math.sqrt(p.shape[1])))
+            else:
+                raise AssertionError(f"unexpected InternVL parameter {name} {tuple(p.shape)}")
+    if tied:
+        assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+
+
+def load_with_check(cls, model_dir: Path):
+    """from_pretrained in float32 with no missing / unexpected / mismatched keys."""
+    model, info = cls.from_pretrained(str(model_dir), dtype=torch.float32, output_loading_info=True)
+    for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
+        assert not info[k], (k, info[k])
+    return model.eval()
+
+
+@torch.no_grad()
+def internvl_image_features(model: InternVLForConditionalGeneration, pixels: torch.Tensor):
+    """pixels [N,3,S,S] -> (projector input [N*T, 4*D], image embeddings [N*T, H]), written out explicitly
+    and checked against InternVLModel.pixel_shuffle."""
+    hs = model.model.vision_tower(pixel_values=pixels).last_hidden_state  # [N, 1 + G*G, D]
+    n, L, D = hs.shape
+    G = math.isqrt(L - 1)
+    assert G * G == L - 1 and G % 2 == 0
+    x = hs[:, 1:, :].reshape(n, G, G, D)  # drop CLS; [image, row, col, D], token = row*G + col
+    blocks = [x[:, dy::2, dx::2, :] for dy in (0, 1) for dx in (0, 1)]  # channel block k = 2*dy + dx
+    shuffled = torch.cat(blocks, dim=-1)  # [N, G/2, G/2, 4D]
+    ref = model.model.pixel_shuffle(x, scale_factor=model.config.downsample_ratio)
+    assert torch.equal(shuffled, ref)
+    feats = shuffled.reshape(n * (G // 2) ** 2, 4 * D)
+    return feats, model.model.multi_modal_projector(feats)
+
+
+def long_user_text_over(tk: TokenizerBundle, num_images: int, tokens_per_image: int, min_tokens: int) -> str:
+    """Shortest run of LONG_SENTENCES whose chat prompt is longer than min_tokens."""
+    text = ""
+    i = 0
+    while len(tk.encode(chat_prompt(text, num_images, tokens_per_image))) <= min_tokens:
+        text = (text + " " if text else "") + LONG_SENTENCES[i % len(LONG_SENTENCES)]
+        i += 1
+    return text
+
+
+def prompt_for_new_case(case: dict, tk: TokenizerBundle, tokens_per_image: int) -> tuple[str, str]:
+    n = case["num_images"]
+    if "min_prompt_tokens" in case:
+        user = long_user_text_over(tk, n, tokens_per_image, case["min_prompt_tokens"])
+    else:
+        user = case["user_text"]
+    return chat_prompt(user, n, tokens_per_image), user
+
+
+def try_seed_internvl(case: dict, seed: int, tk: TokenizerBundle, work: Path):
+    set_all_seeds(seed)
+    g = torch.Generator().manual_seed(seed)
+    dtype = STORAGE_DTYPES[case["dtype"]]
+    cfg, tokens_per_image = make_internvl_config(case)
+    tied = cfg.tie_word_embeddings
+    model = InternVLForConditionalGeneration(cfg).eval()
+    randomize_internvl(model, g, case["emb_std"], case["lambda_mode"])
+    round_module_(model, dtype)
+    ref_sd = {k: v.clone() for k, v in model.state_dict().items()}  # in-memory (hf) names, float32
+    S = cfg.vision_config.image_size[0]
+    n_img = case["num_images"]
+    pixels = torch.rand((n_img, 3, S, S), generator=g)
+
+    # ---- write the model directory: exactly what save_pretrained writes (+ the tokenizer)
+    model_dir = work / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    model.to(dtype).save_pretrained(str(model_dir))
+    tk.write(model_dir)
+    disk_cfg = json.loads((model_dir / "config.json").read_text())
+    assert disk_cfg["model_type"] == "internvl" and disk_cfg["text_config"]["model_type"] == "llama"
+    assert disk_cfg["image_token_id"] == IMAGE_TOKEN_ID
+    assert disk_cfg["image_start_token_id"] == IMAGE_START_TOKEN_ID
+    assert disk_cfg["image_end_token_id"] == IMAGE_END_TOKEN_ID
+    written = load_file(str(model_dir / "model.safetensors"))
+    assert all(v.dtype == dtype for v in written.values())
+    saved_layout = key_layout_for(KEY_LAYOUT_SAVE_PRETRAINED, tied)
+    hf_layout = key_layout_for(KEY_LAYOUT_HF, tied)
+    expected = {k for k in ref_sd if not (tied and k == "lm_head.weight")}
+    assert {map_key_layout(k, saved_layout, hf_layout) for k in written} == expected
+    for k, v in written.items():
+        assert torch.equal(v.to(torch.float32), ref_sd[map_key_layout(k, saved_layout, hf_layout)]), k
+
+    layout = saved_layout
+    m_saved = None
+    if case["key_layout"] == "hf":
+        # rewrite into the other (Hub "-hf") layout; transformers must load it to the very same model
+        m_saved = load_with_check(InternVLForConditionalGeneration, model_dir)
+        save_file({map_key_layout(k, saved_layout, hf_layout): v for k, v in written.items()},
+                  str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+        layout = hf_layout
+        assert set(load_file(str(model_dir / "model.safetensors"))) == expected
+    else:
+        assert case["key_layout"] == "save_pretrained"
+
+    # ---- reload from disk and compute the goldens (float64) from the reloaded model
+    m = load_with_check(InternVLForConditionalGeneration, model_dir)
+    sd2 = m.state_dict()
+    assert set(sd2) == set(ref_sd)
+    for k, v in ref_sd.items():
+        assert torch.equal(sd2[k], v), k
+    assert getattr(m.config, "image_start_token_id") == IMAGE_START_TOKEN_ID
+
+    prompt_text, user_text = prompt_for_new_case(case, tk, tokens_per_image)
+    prompt_ids = tk.encode(prompt_text)
+    assert prompt_ids.count(IMAGE_TOKEN_ID) == n_img * tokens_per_image
+    assert prompt_ids.count(IMAGE_START_TOKEN_ID) == n_img and prompt_ids.count(IMAGE_END_TOKEN_ID) == n_img
+    if "min_prompt_tokens" in case:
+        assert len(prompt_ids) > case["min_prompt_tokens"]
+
+    m = m.double()
+    pixels = pixels.double()
+    ids = torch.tensor([prompt_ids])
+    Ht = cfg.text_config.hidden_size
+    with torch.no_grad():
+        feats, img_emb = internvl_image_features(m, pixels)
+        assert feats.shape == (n_img * tokens_per_image, 4 * cfg.vision_config.hidden_size)
+        ref_emb = m.model.get_image_features(pixel_values=pixels).pooler_output
+        assert ref_emb.shape == (n_img, tokens_per_image, Ht)
+        assert torch.equal(ref_emb.reshape(-1, Ht), img_emb)
+        per = torch.cat([internvl_image_features(m, pixels[i:i + 1])[0] for i in range(n_img)])
+        assert torch.allclose(per, feats, atol=1e-12, rtol=1e-12)
+        emb = build_inputs_embeds(m, prompt_ids, img_emb)
+        logits = m(inputs_embeds=emb, use_cache=False).logits[0]
+        # the model's own multimodal path (input_ids + pixel_values) gives the same logits
+        logits_mm = m(input_ids=ids, pixel_values=pixels, use_cache=False).logits[0]
+        assert torch.allclose(logits_mm, logits, atol=1e-12, rtol=0), (logits_mm - logits).abs().max()
+        if m_saved is not None:
+            m_saved = m_saved.double()
+            logits_saved = m_saved(input_ids=ids, pixel_values=pixels, use_cache=False).logits[0]
+            assert torch.equal(logits_saved, logits_mm), "key-layout rewrite changed the logits"
+            del m_saved
+    gen, min_rel, min_abs = greedy_reference(m, emb, case["max_new_tokens"])
+    # cross-check: the multimodal generate() path (input_ids + pixel_values) produces the same tokens
+    with torch.no_grad():
+        out = m.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,
+                         generation_config=GenerationConfig(do_sample=False, max_new_tokens=case["max_new_tokens"],
+                                                            min_new_tokens=0, eos_token_id=None, pad_token_id=PAD_ID,
+                                                            bos_token_id=BOS_ID, num_beams=1))
+    assert out[0, len(prompt_ids):].tolist() == gen, (out[0, len(prompt_ids):].tolist(), gen)
+    with torch.no_grad():
+        gpert = torch.Generator().manual_seed(0)
+        noise = (2 * torch.rand(img_emb.shape, generator=gpert, dtype=img_emb.dtype) - 1) * 1e-6 * img_emb.abs().max()
+        pert = m(inputs_embeds=build_inputs_embeds(m, prompt_ids, img_emb + noise), use_cache=False).logits[0]
+        sensitivity = float((pert - logits).abs().max() / logits.abs().max())
+        pnoise = (2 * torch.rand(pixels.shape, generator=gpert, dtype=pixels.dtype) - 1) * 1e-6 * pixels.abs().max()
+        _, emb_p = internvl_image_features(m, pixels + pnoise)
+        px_sensitivity = float((emb_p - img_emb).abs().max() / img_emb.abs().max())
+    stats = {
+        "logits_change_per_1e-6_embedding_noise": sensitivity,
+        "image_embedding_change_per_1e-6_pixel_noise": px_sensitivity,
+        "feature_std": float(feats.std()),
+        "image_embedding_std": float(img_emb.std()),
+        "logits_std": float(logits.std()),
+        "distinct_generated": len(set(gen)),
+    }
+    if not greedy_ok(seed, gen, min_rel):
+        return None
+    if sensitivity > MAX_SENSITIVITY:
+        print(f"  seed {seed}: logits move {sensitivity:.2e} per 1e-6 embedding noise (ill-conditioned), retrying")
+        return None
+    if px_sensitivity > MAX_SENSITIVITY:
+        print(f"  seed {seed}: image embeddings move {px_sensitivity:.2e} per 1e-6 pixel noise (ill-conditioned), "
+              "retrying")
+        return None
+    return dict(
+        vcfg={"image_size": S}, pixels=pixels, feats=feats, img_emb=img_emb, logits=logits, prompt_text=prompt_text,
+        user_text=user_text, prompt_ids=prompt_ids, gen=gen, min_rel=min_rel, min_abs=min_abs, seed=seed,
+        tokens_per_image=tokens_per_image, stats=stats, stages=None,
+        model_format="internvl", key_layout=layout,
+    )
+
+
+def try_seed_llama(case: dict, seed: int, tk: TokenizerBundle, work: Path):
+    set_all_seeds(seed)
+    g = torch.Generator().manual_seed(seed)
+    dtype = STORAGE_DTYPES[case["dtype"]]
+    tcfg = make_llama_config(case["text"])
+    tcfg.architectures = ["LlamaForCausalLM"]
+    tied = tcfg.tie_word_embeddings
+    lm = LlamaForCausalLM(tcfg).eval()
+    randomize_lm(lm, g, case["emb_std"])
+    model_dir = work / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir(parents=True)
+    lm.to(dtype).save_pretrained(str(model_dir))
+    tk.write(model_dir)
+    assert json.loads((model_dir / "config.json").read_text())["model_type"] == "llama"
+    lm2 = load_with_check(LlamaForCausalLM, model_dir)
+    sd = load_file(str(model_dir / "model.safetensors"))
+    assert all(v.dtype == dtype for v in sd.values())
+    assert ("lm_head.weight" in sd) == (not tied)
+    assert all(k.startswith("model.") or k == "lm_head.weight" for k in sd)
+    for k, v in lm2.state_dict().items():
+        src = "model.embed_tokens.weight" if (tied and k == "lm_head.weight") else k
+        assert torch.equal(v, sd[src].to(torch.float32)), k
+    prompt_text, user_text = prompt_for_new_case(case, tk, 0)
+    prompt_ids = tk.encode(prompt_text)
+    if "min_prompt_tokens" in case:
+        assert len(prompt_ids) > case["min_prompt_tokens"]
+    lm2 = lm2.double()
+    with torch.no_grad():
+        emb = build_inputs_embeds(lm2, prompt_ids, None)
+        logits = lm2(inputs_embeds=emb, use_cache=False).logits[0]
+        logits_ids = lm2(input_ids=torch.tensor([prompt_ids]), use_cache=False).logits[0]
+        assert torch.equal(logits, logits_ids)
+    gen, min_rel, min_abs = greedy_reference(lm2, emb, case["max_new_tokens"])
+    if not greedy_ok(seed, gen, min_rel):
+        return None
+    return dict(
+        vcfg=None, pixels=None, feats=None, img_emb=None, logits=logits, prompt_text=prompt_text,
+        user_text=user_text, prompt_ids=prompt_ids, gen=gen, min_rel=min_rel, min_abs=min_abs, seed=seed,
+        tokens_per_image=0, stats={"logits_std": float(logits.std()), "distinct_generated": len(set(gen))},
+        stages=None, model_format="llama", key_layout=key_layout_for(KEY_LAYOUT_LLAMA, tied),
+    )
+
+
 def run_case(case: dict, tk: TokenizerBundle, out_root: Path) -> dict:
     name = case["name"]
     case_dir = out_root / name
     if case_dir.exists():
         shutil.rmtree(case_dir)
     case_dir.mkdir(parents=True)
-    fn = try_seed_plain if case.get("plain_lfm2") else try_seed_autoneural
+    kind = case.get("kind")
+    if kind == "internvl":
+        fn = try_seed_internvl
+    elif kind == "llama":
+        fn = try_seed_llama
+    else:
+        fn = try_seed_plain if case.get("plain_lfm2") else try_seed_autoneural
     res = None
     for k in range(MAX_SEED_TRIES):
         res = fn(case, case["seed"] + k, tk, case_dir)
@@ -1279,7 +1758,11 @@ def run_case(case: dict, tk: TokenizerBundle, out_root: Path) -> dict:
 
     info = {
         "description": case["description"],
-        "model_format": "lfm2" if case.get("plain_lfm2") else "autoneural",
+        "model_format": res.get("model_format") or ("lfm2" if case.get("plain_lfm2") else "autoneural"),
+    }
+    if res.get("key_layout") is not None:
+        info["key_layout"] = res["key_layout"]
+    info |= {
         "model_dir": "model",
         "weights_dtype": case["dtype"],
         "num_shards": case.get("shards", 1),
@@ -1404,7 +1887,21 @@ def write_readme(out_root: Path, infos: dict[str, dict]) -> None:
         "  block_multiple_of * ceil(int(2*ff/3) * multiplier / block_multiple_of) when block_auto_adjust_ff_dim.",
         "",
     ]
-    (out_root / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    text = "\n".join(lines)
+    # Keep hand-written sections appended after the generated part (e.g. the integer-path fixtures).
+    readme = out_root / "README.md"
+    if readme.exists():
+        old = readme.read_text(encoding="utf-8")
+        for heading in README_HAND_WRITTEN_SECTIONS:
+            idx = old.find("\n" + heading)
+            if idx >= 0:
+                text += old[idx:]
+                break
+    readme.write_text(text, encoding="utf-8")
+
+
+# Sections of tests/golden/README.md written by hand after the generated text (kept on regeneration).
+README_HAND_WRITTEN_SECTIONS = ("## Integer-path fixtures",)
 
 
 def main() -> None:
@@ -1417,13 +1914,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, timm {timm.__version__}, transformers {transformers.__version__}, "
           f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}, numpy {np.__version__}")
     tk = TokenizerBundle()
+    all_cases = CASES + INTERNVL_CASES
     names = [c["name"] for c in CASES]
+    new_names = [c["name"] for c in INTERNVL_CASES]
+    assert not set(names) & set(new_names)
     if args.only:
-        unknown = set(args.only) - set(names)
+        unknown = set(args.only) - set(names) - set(new_names)
         if unknown:
             sys.exit(f"unknown case(s): {sorted(unknown)}")
     infos = {}
-    for case in CASES:
+    for case in all_cases:
         if args.only and case["name"] not in args.only:
             info_path = out_root / case["name"] / "case.json"
             if info_path.exists():
@@ -1435,22 +1935,22 @@ def main() -> None:
         print(f"  seed {info['seed']}, prompt {len(info['prompt_ids'])} tokens, generated {info['generated_ids']}, "
               f"min margin rel {info['min_greedy_margin_rel']:.3e} abs {info['min_greedy_margin_abs']:.3e}, "
               f"stats {info['stats']}, size {dir_size(out_root / case['name']) / 1e6:.2f} MB", flush=True)
-    manifest = {
-        "generator": "python/make_golden.py",
-        "versions": {
-            "torch": torch.__version__,
-            "timm": timm.__version__,
-            "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__,
-            "safetensors": safetensors.__version__,
-            "numpy": np.__version__,
-        },
-        "cases": names,
+    versions = {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
     }
+    # The baseline cases are a list of their own: the AutoNeural part tests and the integer fixtures
+    # iterate "cases"; tests/baseline_golden.rs iterates "baseline_cases".
+    manifest = {"generator": "python/make_golden.py", "versions": versions, "cases": names,
+                "baseline_cases": [c["name"] for c in INTERNVL_CASES]}
     json_dump(manifest, out_root / "manifest.json")
-    if len(infos) == len(CASES):
-        write_readme(out_root, infos)
-    total = sum(dir_size(out_root / n) for n in names if (out_root / n).exists())
+    if all(n in infos for n in names):
+        write_readme(out_root, {n: infos[n] for n in names})
+    total = sum(dir_size(out_root / n) for n in names + new_names if (out_root / n).exists())
     print(f"total size of cases: {total / 1e6:.2f} MB")
 
 

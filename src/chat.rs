@@ -117,6 +117,10 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -129,6 +133,35 @@ pub struct ChatTokens {
     pub image: String,
     pub image_start: String,
     pub image_end: String,
+}
+
+impl ChatTokens {
+    /// The image tokens of a model: the tokenizer's names for the config's image, image-start
+    /// and image-end ids (InternVL configs name only the image token; its `<img>` / `</img>`
+    /// are used when the tokenizer has them), the LFM2 names otherwise.
+    pub fn for_model(
+        config: &crate::models::autoneural::AutoNeuralConfig,
+        tokenizer: &TextTokenizer,
+    ) -> Self {
+        let mut t = Self::default();
+        let name = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+        if let Some(image) = name(Some(config.image_token_id)).filter(|_| config.vision.is_some()) {
+            t.image = image;
+        }
+        let named = |key: &str| tokenizer.token_to_id(key).map(|_| key.to_string());
+        let internvl = config.model_type == "internvl";
+        if let Some(s) =
+            name(config.image_start_token_id).or_else(|| internvl.then(|| named("<img>")).flatten())
+        {
+            t.image_start = s;
+        }
+        if let Some(s) =
+            name(config.image_end_token_id).or_else(|| internvl.then(|| named("</img>")).flatten())
+        {
+            t.image_end = s;
+        }
+        t
+    }
 }
 
 impl Default for ChatTokens {

@@ -100,7 +100,7 @@ pub fn calibrate_on_request(
         max_new_tokens: answer_tokens,
         stop_tokens: stops.to_vec(),
         sampling: Default::default(),
-        context: model.config.text.max_position_embeddings,
+        context: model.config.text.max_position_embeddings(),
     };
     let mut dec = FloatDecoder {
         lm: &model.text,
@@ -187,7 +187,7 @@ impl Engine {
         self.config()
             .vision
             .as_ref()
-            .map_or(0, |v| v.msfa_output_resolution * v.msfa_output_resolution)
+            .map_or(0, |v| v.tokens_per_image())
     }
 
     pub fn load_pixels(&self, images: &[ImageInput]) -> Result<Vec<Tensor>> {

@@ -181,7 +181,7 @@ pub fn evaluate(
         max_new_tokens: opts.max_new_tokens,
         stop_tokens: engine.stop_tokens(),
         sampling: SamplingParams::default(),
-        context: engine.config().text.max_position_embeddings,
+        context: engine.config().text.max_position_embeddings(),
     };
     let per_group: Vec<Vec<Outcome>> = groups
         .par_iter()

@@ -99,7 +99,7 @@ pub fn load_pixels(config: &AutoNeuralConfig, images: &[ImageInput]) -> Result<V
     images
         .iter()
         .map(|img| match img {
-            ImageInput::File(p) => preprocess::load_image(p, vcfg.image_size),
+            ImageInput::File(p) => preprocess::load_image(p, vcfg.image_size()),
             ImageInput::Pixels(p) => preprocess::load_pixels_npy(p),
         })
         .collect()
@@ -119,14 +119,15 @@ pub fn prompt_ids(
         PromptInput::Chat { user, system } => {
             tokenizer.check_fits(
                 user.len() + system.as_ref().map_or(0, String::len),
-                config.text.max_position_embeddings,
+                config.text.max_position_embeddings(),
             )?;
             let mut turns = Vec::with_capacity(2);
             if let Some(sys) = system {
                 turns.push(Turn::text("system", sys));
             }
             turns.push(user_turn(user, num_images)?);
-            let pieces = template.render(&turns, true, tokens_per_image, &ChatTokens::default())?;
+            let chat_tokens = ChatTokens::for_model(config, tokenizer);
+            let pieces = template.render(&turns, true, tokens_per_image, &chat_tokens)?;
             let ids = tokenizer.encode_pieces(&pieces)?;
             let slots = ids.iter().filter(|&&i| i == config.image_token_id).count();
             if num_images > 0 && slots != num_images * tokens_per_image {
@@ -168,9 +169,9 @@ pub fn user_turn(user: &str, num_images: usize) -> Result<Turn> {
     })
 }
 
-/// The config's EOS plus `<|im_end|>` if the tokenizer has it.
+/// The config's EOS ids plus `<|im_end|>` if the tokenizer has it.
 pub fn stop_tokens(config: &AutoNeuralConfig, tokenizer: &TextTokenizer) -> Vec<u32> {
-    let mut stops = vec![config.text.eos_token_id];
+    let mut stops = config.text.eos_token_ids().to_vec();
     if let Some(id) = tokenizer.token_to_id("<|im_end|>") {
         if !stops.contains(&id) {
             stops.push(id);

@@ -9,8 +9,7 @@ use autoneural::artifact::{self, QuantizedModel, FORMAT_VERSION, V1_MESSAGE};
 use autoneural::exec::{FloatProgram, IntProgram, QVal, Val};
 use autoneural::graph::qop::QOp;
 use autoneural::graph::{Elem, Graph};
-use autoneural::models::autoneural::AutoNeuralConfig;
-use autoneural::models::lfm2;
+use autoneural::models::autoneural::{AutoNeuralConfig, Roots};
 use autoneural::observe::NoObserver;
 use autoneural::quant::calibrate::{CalibrationObserver, CalibrationStats};
 use autoneural::quant::lower::lower;
@@ -36,12 +35,10 @@ fn lm(case: &str) -> Lm {
     let dir = Case::load(case).model_dir();
     let cfg = AutoNeuralConfig::from_file(&dir.join("config.json")).unwrap();
     let store = WeightStore::open_dir(&dir).unwrap();
-    let root = if cfg.vision.is_some() {
-        "model.language_model"
-    } else {
-        "model"
-    };
-    let graph = lfm2::graph::build(&cfg.text, &store, root).unwrap();
+    let graph = cfg
+        .text
+        .build(&store, &Roots::detect(&cfg, &store))
+        .unwrap();
     let prog = FloatProgram::load(graph, &store).unwrap();
     Lm { dir, cfg, prog }
 }
@@ -58,7 +55,7 @@ fn calibrate(m: &Lm) -> CalibrationStats {
     obs.set_part(Part::Text);
     let g = &m.prog.graph;
     for s in 0..3 {
-        let ids = prompt(m.cfg.text.vocab_size, 12, s);
+        let ids = prompt(m.cfg.text.vocab_size(), 12, s);
         let mut st = m.prog.new_state(64);
         m.prog
             .run(
@@ -142,8 +139,8 @@ fn lowered_golden_lms_round_trip_bit_identically() {
             assert!(artifact::is_quantized_dir(dir.path()));
             let (back, cfg) = QuantizedModel::load(dir.path()).unwrap();
             assert!(back == q, "{what}: the loaded model differs");
-            assert_eq!(cfg.text.vocab_size, m.cfg.text.vocab_size);
-            let v = m.cfg.text.vocab_size;
+            assert_eq!(cfg.text.vocab_size(), m.cfg.text.vocab_size());
+            let v = m.cfg.text.vocab_size();
             assert_eq!(logits(&back.text, v), logits(&q.text, v), "{what}: logits");
             // Asking for the logits without feeding the ids is an error, not a panic.
             let p = IntProgram::new(back.text.clone());
@@ -280,7 +277,7 @@ fn lowered_golden_vision_models_round_trip_bit_identically() {
                 }),
                 text: IntProgram::new(back.text),
                 image_token_id: cfg.image_token_id,
-                max_positions: cfg.text.max_position_embeddings,
+                max_positions: cfg.text.max_position_embeddings(),
             };
             let ea = int.encode_image(&pixels[0], &mut NoObserver).unwrap();
             let eb = loaded.encode_image(&pixels[0], &mut NoObserver).unwrap();

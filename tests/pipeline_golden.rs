@@ -1,4 +1,5 @@
-//! End-to-end parity with the PyTorch references on every golden case: vision features, image
+//! End-to-end parity with the PyTorch references on every golden case (AutoNeural, LFM2 and the
+//! InternVL / Llama baseline): vision features, image
 //! embeddings, logits, greedy generation and the chat prompt's token ids.
 
 mod common;
@@ -10,8 +11,21 @@ use common::*;
 
 #[test]
 fn every_golden_case_matches_the_reference() {
+    check_cases(cases());
+}
+
+/// InternVL (InternViT + pixel shuffle + projector + Llama) and plain Llama against
+/// transformers, in both InternVL key layouts.
+#[test]
+fn every_baseline_case_matches_the_reference() {
+    let names = baseline_cases();
+    assert_eq!(names.len(), 4, "the manifest lists the baseline cases");
+    check_cases(names);
+}
+
+fn check_cases(names: Vec<String>) {
     let mut report = Vec::new();
-    for name in cases() {
+    for name in names {
         let case = Case::load(&name);
         let pipe = Pipeline::load(&case.model_dir()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let model = &pipe.model;
@@ -40,7 +54,7 @@ fn every_golden_case_matches_the_reference() {
             max_new_tokens: want.len(),
             stop_tokens: vec![],
             sampling: SamplingParams::default(),
-            context: model.config.text.max_position_embeddings,
+            context: model.config.text.max_position_embeddings(),
         };
         let mut state = model.new_state(prompt_ids.len() + want.len());
         let gen = generate(&model.text, &mut state, x, &opts, &mut |_| Ok(())).unwrap();

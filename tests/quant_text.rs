@@ -47,8 +47,7 @@ mod common;
 
 use autoneural::exec::{FloatProgram, IntProgram, QVal, Val};
 use autoneural::generate::{argmax, Decoder, FloatDecoder};
-use autoneural::models::autoneural::{text_root, AutoNeuralConfig};
-use autoneural::models::lfm2;
+use autoneural::models::autoneural::{AutoNeuralConfig, Roots};
 use autoneural::observe::{NoObserver, Recorder};
 use autoneural::quant::calibrate::{
     CalibrationObserver, CalibrationStats, RangeMethod, Rounding, DEFAULT_BINS,
@@ -81,10 +80,13 @@ fn load(case: &Case) -> Loaded {
     let dir = case.model_dir();
     let config = AutoNeuralConfig::from_file(&dir.join("config.json")).unwrap();
     let store = WeightStore::open_dir(&dir).unwrap();
-    let graph = lfm2::graph::build(&config.text, &store, text_root(&config)).unwrap();
+    let graph = config
+        .text
+        .build(&store, &Roots::detect(&config, &store))
+        .unwrap();
     Loaded {
         text: FloatProgram::load(graph, &store).unwrap(),
-        vocab_size: config.text.vocab_size,
+        vocab_size: config.text.vocab_size(),
         image_token_id: config.image_token_id,
     }
 }

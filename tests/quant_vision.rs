@@ -269,7 +269,7 @@ fn integer_vision_sqnr_and_determinism() {
             continue;
         }
         let model = AutoNeuralModel::load(&case.model_dir()).unwrap();
-        let s = model.config.vision.as_ref().unwrap().image_size;
+        let s = model.config.vision.as_ref().unwrap().image_size();
         let pixels = case.pixels();
         let extra = extra_images(s);
         let stats = calibrate(

@@ -8,8 +8,7 @@ use crate::error::{Error, Result};
 use crate::exec::{FloatProgram, IntProgram, QVal, Val};
 use crate::generate::{argmax, generate_with, Decoder, FloatDecoder, GenerateOptions, Timings};
 use crate::graph::builder::FromConfig;
-use crate::models::autoneural::{AutoNeuralModel, VISION_ROOT};
-use crate::models::mobilenetv5;
+use crate::models::autoneural::AutoNeuralModel;
 use crate::observe::NoObserver;
 use crate::quant::calibrate::{CalibrationObserver, CalibrationStats, Rounding, DEFAULT_BINS};
 use crate::quant::int_model::{IntModel, QDecoder};
@@ -100,7 +99,7 @@ fn time_lm(
     prompt: usize,
     decode: usize,
 ) -> Result<Timings> {
-    let ids = random_ids(prompt, model.config.text.vocab_size, 7);
+    let ids = random_ids(prompt, model.config.text.vocab_size(), 7);
     let context = prompt + decode + 1;
     let once = |ids: &[u32], decode: usize| -> Result<Timings> {
         let opts = options(decode, context);
@@ -152,7 +151,7 @@ pub fn lm(
         } else {
             if stats.is_none() {
                 progress(&format!("{name}: calibrating"));
-                let ids = random_ids(32, model.config.text.vocab_size, 3);
+                let ids = random_ids(32, model.config.text.vocab_size(), 3);
                 stats = Some(calibrate_on_request(model, &[], &ids, &[], 8, observer()?)?);
             }
             progress(&format!("{name}: lowering to {p}"));
@@ -195,7 +194,7 @@ pub fn vision(
     let threads = pool.current_num_threads();
     let mut rows = Vec::new();
     for &size in sizes {
-        let g = mobilenetv5::graph::build(&v.config, &FromConfig, VISION_ROOT, (size, size))?;
+        let g = v.config.build(&FromConfig, &v.root, (size, size))?;
         let enc = FloatProgram::with_params_of(g, &v.encoder)?;
         let (pix_port, feat_port) = (enc.graph.port("pixels")?, enc.graph.port("features")?);
         let pixels = random_pixels(size, 5);
@@ -278,10 +277,10 @@ pub fn ttft(
         .vision
         .as_ref()
         .ok_or_else(|| Error::input("the model has no vision encoder"))?;
-    let size = v.config.image_size;
+    let size = v.config.image_size();
     let pixels = random_pixels(size, 9);
     let mut ids = vec![model.config.image_token_id; model.tokens_per_image()];
-    ids.extend(random_ids(prompt, model.config.text.vocab_size, 11));
+    ids.extend(random_ids(prompt, model.config.text.vocab_size(), 11));
     let context = ids.len() + 2;
     let threads = pool.current_num_threads();
     let mut stats = None;
@@ -311,7 +310,7 @@ pub fn ttft(
         } else {
             if stats.is_none() {
                 progress(&format!("{name}: calibrating"));
-                let text = random_ids(16, model.config.text.vocab_size, 13);
+                let text = random_ids(16, model.config.text.vocab_size(), 13);
                 let mut cal_ids = vec![model.config.image_token_id; model.tokens_per_image()];
                 cal_ids.extend(text);
                 stats = Some(pool.install(|| {

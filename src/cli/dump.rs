@@ -34,7 +34,7 @@ pub fn dump(args: DumpArgs) -> Result<()> {
     let pixels = engine.load_pixels(&args.input.image_inputs())?;
     let prompt_ids = engine.prompt_ids(&args.input.prompt_input(), pixels.len())?;
     let engine = args.input.apply_precision(engine, &pixels, &prompt_ids)?;
-    let context = engine.config().text.max_position_embeddings;
+    let context = engine.config().text.max_position_embeddings();
     if prompt_ids.len() > context {
         anyhow::bail!(autoneural::Error::ContextOverflow {
             tokens: prompt_ids.len(),

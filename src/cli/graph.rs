@@ -7,10 +7,11 @@ use autoneural::artifact::is_quantized_dir;
 use autoneural::graph::builder::FromConfig;
 use autoneural::graph::cost::{elem_text, GraphCost, KindCost, NodeCost};
 use autoneural::graph::{bind_shape, Bindings, Dim, Graph, WeightSource};
-use autoneural::models::autoneural::{text_root, AutoNeuralConfig, CONNECTOR_ROOT, VISION_ROOT};
-use autoneural::models::connector;
-use autoneural::models::lfm2::{self, Lfm2Config};
-use autoneural::models::mobilenetv5::{self, VisionConfig};
+use autoneural::models::autoneural::{AutoNeuralConfig, TextConfig, VisionTower, VISION_ROOT};
+use autoneural::models::internvl::InternVitConfig;
+use autoneural::models::lfm2::Lfm2Config;
+use autoneural::models::llama::LlamaConfig;
+use autoneural::models::mobilenetv5::VisionConfig;
 use autoneural::ops::activation::Activation;
 use autoneural::weights::WeightStore;
 use clap::{Args, ValueEnum};
@@ -19,30 +20,91 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Real architectures known from their config alone (no weights needed).
-pub const PRESETS: &[&str] = &["autoneural-1.5b", "lfm2-1.2b", "lfm2-700m", "lfm2-350m"];
+pub const PRESETS: &[&str] = &[
+    "autoneural-1.5b",
+    "internvl2-2b",
+    "lfm2-1.2b",
+    "lfm2-700m",
+    "lfm2-350m",
+    "internlm2-1.8b",
+];
 
-/// The vision encoder alone, a preset `graph` also accepts.
-const VISION_PRESET: &str = "mobilenetv5_300m_enc";
+/// Vision encoders alone, presets `graph` also accepts.
+const VISION_PRESETS: &[&str] = &["mobilenetv5_300m_enc", "internvit-300m"];
 
-/// The AutoNeural config of a language-model preset.
+/// The config of a preset: AutoNeural-1.5B (mobilenetv5_300m_enc + connector + LFM2-1.2B),
+/// InternVL2-2B (InternViT-300M-448px + pixel shuffle + LayerNorm/MLP projector + InternLM2-1.8B
+/// as a Llama), or a language model alone.
 pub fn preset_config(name: &str) -> Result<AutoNeuralConfig> {
-    let text = match name {
-        "autoneural-1.5b" | "lfm2-1.2b" => Lfm2Config::lfm2_1_2b(),
-        "lfm2-700m" => Lfm2Config::lfm2_700m(),
-        "lfm2-350m" => Lfm2Config::lfm2_350m(),
-        other => bail!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),
+    let image_ids = |cfg: &mut AutoNeuralConfig| {
+        cfg.image_token_id = 396;
+        cfg.image_start_token_id = Some(498);
+        cfg.image_end_token_id = Some(499);
     };
-    let vision = (name == "autoneural-1.5b").then(VisionConfig::mobilenetv5_300m_enc);
-    Ok(AutoNeuralConfig {
-        // Connector width is not published; 2048 (= the encoder and LM widths) is assumed.
-        projector_hidden_size: if vision.is_some() { 2048 } else { 0 },
-        vision,
-        text,
+    let lfm2 = |text: Lfm2Config, model_type: &str| AutoNeuralConfig {
+        model_type: model_type.into(),
+        vision: None,
+        text: TextConfig::Lfm2(text),
+        projector_hidden_size: 0,
         projector_hidden_act: Activation::GeluErf,
-        image_token_id: 396,
-        image_start_token_id: 498,
-        image_end_token_id: 499,
+        projector_norm_eps: None,
+        image_token_id: 0,
+        image_start_token_id: None,
+        image_end_token_id: None,
+    };
+    Ok(match name {
+        "autoneural-1.5b" => {
+            let mut cfg = lfm2(Lfm2Config::lfm2_1_2b(), "autoneural");
+            cfg.vision = Some(VisionTower::MobileNetV5(
+                VisionConfig::mobilenetv5_300m_enc(),
+            ));
+            // Connector width is not published; 2048 (= the encoder and LM widths) is assumed.
+            cfg.projector_hidden_size = 2048;
+            image_ids(&mut cfg);
+            cfg
+        }
+        "lfm2-1.2b" => lfm2(Lfm2Config::lfm2_1_2b(), "lfm2"),
+        "lfm2-700m" => lfm2(Lfm2Config::lfm2_700m(), "lfm2"),
+        "lfm2-350m" => lfm2(Lfm2Config::lfm2_350m(), "lfm2"),
+        "internvl2-2b" | "internlm2-1.8b" => {
+            let text = LlamaConfig::internlm2_1_8b();
+            let vision = (name == "internvl2-2b")
+                .then(|| VisionTower::InternVit(InternVitConfig::internvit_300m()));
+            AutoNeuralConfig {
+                model_type: if vision.is_some() {
+                    "internvl"
+                } else {
+                    "llama"
+                }
+                .into(),
+                vision,
+                projector_hidden_size: text.hidden_size,
+                text: TextConfig::Llama(text),
+                projector_hidden_act: Activation::GeluErf,
+                projector_norm_eps: Some(1e-5),
+                // InternVL2's `<IMG_CONTEXT>`, `<img>`, `</img>` (baseline-npu-anchors.md A2).
+                image_token_id: 92546,
+                image_start_token_id: Some(92544),
+                image_end_token_id: Some(92545),
+            }
+        }
+        other => bail!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),
     })
+}
+
+/// The graph of a vision-encoder preset at its config's image size.
+fn vision_preset(name: &str) -> Result<Graph> {
+    let v = match name {
+        "mobilenetv5_300m_enc" => VisionTower::MobileNetV5(VisionConfig::mobilenetv5_300m_enc()),
+        "internvit-300m" => VisionTower::InternVit(InternVitConfig::internvit_300m()),
+        other => bail!("unknown vision preset `{other}`"),
+    };
+    let root = match &v {
+        VisionTower::MobileNetV5(_) => VISION_ROOT,
+        VisionTower::InternVit(_) => "model.vision_tower",
+    };
+    let s = v.image_size();
+    Ok(v.build(&FromConfig, root, (s, s))?)
 }
 
 /// A model's part graphs, built without loading any weight.
@@ -56,28 +118,15 @@ impl Parts {
     /// The graphs of `cfg`; `src` answers which optional weights exist (a checkpoint header, or
     /// [`FromConfig`]). The vision graph is built at the config's image size.
     pub fn build(cfg: &AutoNeuralConfig, src: &dyn WeightSource) -> Result<Self> {
-        let text = lfm2::graph::build(&cfg.text, src, text_root(cfg))?;
-        let (vision, connector) = match &cfg.vision {
+        let parts = cfg.part_graphs(src)?;
+        let (vision, connector) = match parts.vision {
+            Some((v, c)) => (Some(v), Some(c)),
             None => (None, None),
-            Some(v) => {
-                let enc = vision_graph(v, src)?;
-                let features = enc.value(enc.port("features")?);
-                let in_dim = features.shape[1].fixed().unwrap_or(0);
-                let c = connector::build(
-                    in_dim,
-                    cfg.projector_hidden_size,
-                    cfg.text.hidden_size,
-                    cfg.projector_hidden_act,
-                    src,
-                    CONNECTOR_ROOT,
-                )?;
-                (Some(enc), Some(c))
-            }
         };
         Ok(Self {
             vision,
             connector,
-            text: Some(text),
+            text: Some(parts.text),
         })
     }
 
@@ -94,11 +143,6 @@ impl Parts {
             .flatten()
             .flat_map(|g| g.params.iter().map(|p| p.key.as_str()))
     }
-}
-
-fn vision_graph(v: &VisionConfig, src: &dyn WeightSource) -> Result<Graph> {
-    let size = (v.image_size, v.image_size);
-    Ok(mobilenetv5::graph::build(v, src, VISION_ROOT, size)?)
 }
 
 /// A model directory's config and part graphs, optional weights following its checkpoint (or
@@ -217,18 +261,20 @@ pub fn graph(args: GraphArgs) -> Result<()> {
         bail!("--prompt-len and --context must be at least 1");
     }
     let (label, parts) = match args.preset.as_deref() {
-        Some(VISION_PRESET) => {
-            let v = VisionConfig::mobilenetv5_300m_enc();
+        Some(name) if VISION_PRESETS.contains(&name) => {
             let parts = Parts {
-                vision: Some(vision_graph(&v, &FromConfig)?),
+                vision: Some(vision_preset(name)?),
                 connector: None,
                 text: None,
             };
-            (format!("preset {VISION_PRESET} (config only)"), parts)
+            (format!("preset {name} (config only)"), parts)
         }
         Some(name) => {
             let cfg = preset_config(name).map_err(|e| {
-                anyhow::anyhow!("{e}, or {VISION_PRESET} (the vision encoder alone)")
+                anyhow::anyhow!(
+                    "{e}, or a vision encoder alone: {}",
+                    VISION_PRESETS.join(", ")
+                )
             })?;
             let parts = Parts::build(&cfg, &FromConfig)?;
             (format!("preset {name} (config only)"), parts)

@@ -9,8 +9,7 @@ use autoneural::artifact::ARRAYS_FILE;
 use autoneural::graph::builder::FromConfig;
 use autoneural::graph::cost::state_sizes;
 use autoneural::graph::Graph;
-use autoneural::models::autoneural::AutoNeuralConfig;
-use autoneural::models::lfm2::LayerType;
+use autoneural::models::autoneural::{AutoNeuralConfig, VisionTower};
 use autoneural::quant::int_model::IntModel;
 use autoneural::weights::WeightStore;
 use clap::Args;
@@ -100,12 +99,14 @@ fn report(
     integer: bool,
 ) -> Result<()> {
     let text = &cfg.text;
-    let attn_layers = text
-        .layer_types
-        .iter()
-        .filter(|t| **t == LayerType::Attention)
-        .count();
-    let conv_layers = text.layer_types.len() - attn_layers;
+    let count = |kind: &str| {
+        text_graph
+            .nodes
+            .iter()
+            .filter(|n| n.op.kind() == kind)
+            .count()
+    };
+    let (attn_layers, conv_layers) = (count("cached_attention"), count("causal_conv1d"));
     // The decode state's slots as the graph declares them (f32 on the float path).
     let (conv_state, kv_bytes, kv_per_token) = state_sizes(text_graph, args.context);
     let (conv_state, kv_bytes, kv_per_token) = (
@@ -114,19 +115,22 @@ fn report(
         kv_per_token as usize,
     );
     let total_params: usize = parts.iter().sum();
+    let tokens = cfg.vision.as_ref().map(VisionTower::tokens_per_image);
 
     if args.json {
         let v = serde_json::json!({
             "model": label,
+            "model_type": cfg.model_type,
             "params": {"vision": parts[0], "connector": parts[1], "language": parts[2], "other": parts[3], "total": total_params},
             "weights_bytes_on_disk": weight_bytes,
             "weights_bytes_f32": total_params * 4,
-            "language": {"layers": text.layer_types.len(), "conv_layers": conv_layers, "attention_layers": attn_layers},
+            "language": {"arch": text.name(), "conv_layers": conv_layers, "attention_layers": attn_layers},
             "context": args.context,
             "kv_cache_bytes_per_token_f32": kv_per_token,
             "kv_cache_bytes_f32": kv_bytes,
+            "kv_cache_bytes_f32_at": {"1024": kv_per_token * 1024, "4096": kv_per_token * 4096},
             "conv_state_bytes_f32": conv_state,
-            "visual_tokens_per_image": cfg.vision.as_ref().map(|v| v.msfa_output_resolution * v.msfa_output_resolution),
+            "visual_tokens_per_image": tokens,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(());
@@ -136,36 +140,31 @@ fn report(
     match &cfg.vision {
         Some(v) => {
             outln!(
-                "vision: input {0}x{0}, MSFA {1:?} -> {2}x{2}x{3} ({4} visual tokens/image)",
-                v.image_size,
-                v.msfa_indices,
-                v.msfa_output_resolution,
-                v.num_features,
-                v.msfa_output_resolution * v.msfa_output_resolution
+                "vision: {0}x{0} input, {1} visual tokens/image",
+                v.image_size(),
+                v.tokens_per_image()
             )?;
-            for line in v.arch()?.summary().lines() {
+            for line in v.summary()?.lines() {
                 outln!("  {line}")?;
             }
             outln!(
-                "connector: linear {} -> {} ({:?}) -> linear -> {}",
-                v.num_features,
+                "connector: {}linear -> {} ({:?}) -> linear -> {}",
+                if cfg.projector_norm_eps.is_some() {
+                    "LayerNorm -> "
+                } else {
+                    ""
+                },
                 cfg.projector_hidden_size,
                 cfg.projector_hidden_act,
-                text.hidden_size
+                text.hidden_size()
             )?;
         }
-        None => outln!("vision: none (text-only LFM2 checkpoint)")?,
+        None => outln!("vision: none (text-only {} checkpoint)", text.name())?,
     }
-    let layout: String = text
-        .layer_types
-        .iter()
-        .map(|t| if *t == LayerType::Attention { 'A' } else { 'c' })
-        .collect();
-    outln!(
-        "language: LFM2, {} layers [{}] ({} conv, {} attention; c = gated short conv, A = GQA), hidden {}, heads {}/{} kv, head_dim {}, ffn {}, vocab {}",
-        text.layer_types.len(), layout, conv_layers, attn_layers, text.hidden_size,
-        text.num_attention_heads, text.num_key_value_heads, text.head_dim, text.ff_dim(), text.vocab_size
-    )?;
+    outln!("language:")?;
+    for line in text.summary().lines() {
+        outln!("  {line}")?;
+    }
     outln!("parameters:")?;
     outln!("  vision     {:>14}", group(parts[0]))?;
     outln!("  connector  {:>14}", group(parts[1]))?;
@@ -192,6 +191,15 @@ fn report(
         group(kv_bytes),
         group(kv_per_token)
     )?;
+    for ctx in [1024, 4096] {
+        if ctx != args.context {
+            outln!(
+                "  KV cache (f32) @ {:<6} {:>14} bytes",
+                ctx,
+                group(kv_per_token * ctx)
+            )?;
+        }
+    }
     if integer {
         // The integer path keeps its conv state and K/V as int16.
         outln!(

@@ -44,7 +44,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let pixels = engine.load_pixels(&args.input.image_inputs())?;
     let prompt_ids = engine.prompt_ids(&args.input.prompt_input(), pixels.len())?;
     let engine = args.input.apply_precision(engine, &pixels, &prompt_ids)?;
-    let limit = engine.config().text.max_position_embeddings;
+    let limit = engine.config().text.max_position_embeddings();
     let context = args.context.unwrap_or(limit);
     if context > limit {
         anyhow::bail!(

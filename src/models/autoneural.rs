@@ -1,16 +1,26 @@
-//! The AutoNeural vision-language model: MobileNetV5 encoder -> normalization-free MLP connector
-//! -> LFM2 language model. Also loads a plain LFM2 checkpoint as a text-only model.
+//! The vision-language models the engine runs, as part programs over one checkpoint: a vision
+//! tower (MobileNetV5 + MSFA, or InternViT + pixel shuffle), a connector (AutoNeural's MLP, or
+//! InternVL's LayerNorm + MLP) and a language model (LFM2 or Llama). `model_type` picks the
+//! pairing: `autoneural` (MobileNetV5 + LFM2), `internvl` (InternViT + Llama, the paper's
+//! baseline), or a plain `lfm2` / `llama` language model (text only). The parts are independent
+//! builders, so other pairings are one config away.
 //!
-//! Checkpoint layout (Hugging Face composite naming, so real parts drop in):
-//! `model.vision_tower.timm_model.<timm keys>`, `model.multi_modal_projector.linear_{1,2}.*`,
-//! `model.language_model.<LFM2 keys without "model.">`, optional `lm_head.weight`.
+//! Checkpoint layouts (Hugging Face naming, so real parts drop in):
+//! - AutoNeural: `model.vision_tower.timm_model.<timm keys>`, `model.multi_modal_projector.*`,
+//!   `model.language_model.<LFM2 keys without "model.">`, optional `lm_head.weight`.
+//! - InternVL, Hub `-hf` layout: `model.vision_tower.*`, `model.multi_modal_projector.*`,
+//!   `model.language_model.*`, `lm_head.weight`; as transformers 5 `save_pretrained` writes it:
+//!   `vision_tower.*`, `multi_modal_projector.*`, `language_model.model.*`,
+//!   `language_model.lm_head.weight`. [`Roots::detect`] finds which one a checkpoint uses.
 
 use crate::error::{Error, Result};
 use crate::exec::{FloatProgram, SequenceState, Val};
 use crate::graph::builder::FromConfig;
 use crate::graph::{Graph, WeightSource};
 use crate::models::connector;
+use crate::models::internvl::{self, InternVitConfig};
 use crate::models::lfm2::{self, Lfm2Config};
+use crate::models::llama::{self, LlamaConfig};
 use crate::models::mobilenetv5::{self, VisionConfig};
 use crate::observe::Observer;
 use crate::ops::activation::Activation;
@@ -21,17 +31,140 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Parsed `config.json` of an AutoNeural (or plain LFM2) model directory.
+/// A vision tower's config.
+#[derive(Clone, Debug)]
+pub enum VisionTower {
+    /// timm `MobileNetV5Encoder` + MSFA (AutoNeural, Gemma 3n).
+    MobileNetV5(VisionConfig),
+    /// transformers `InternVLVisionModel` + CLS drop + pixel shuffle (InternVL).
+    InternVit(InternVitConfig),
+}
+
+impl VisionTower {
+    /// The square input size the model was trained at (images are resized to it).
+    pub fn image_size(&self) -> usize {
+        match self {
+            VisionTower::MobileNetV5(v) => v.image_size,
+            VisionTower::InternVit(v) => v.image_size,
+        }
+    }
+
+    /// Visual tokens per image at [`Self::image_size`].
+    pub fn tokens_per_image(&self) -> usize {
+        match self {
+            VisionTower::MobileNetV5(v) => v.msfa_output_resolution * v.msfa_output_resolution,
+            VisionTower::InternVit(v) => v.tokens_per_image(),
+        }
+    }
+
+    /// The encoder graph (ports `pixels`, `features`) for `[3, h, w]` inputs, weights below
+    /// `root`.
+    pub fn build(
+        &self,
+        src: &dyn WeightSource,
+        root: &str,
+        (h, w): (usize, usize),
+    ) -> Result<Graph> {
+        match self {
+            VisionTower::MobileNetV5(v) => mobilenetv5::graph::build(v, src, root, (h, w)),
+            VisionTower::InternVit(v) => {
+                if h != w {
+                    return Err(Error::input(format!(
+                        "InternViT takes square images, got {h}x{w}"
+                    )));
+                }
+                internvl::vision::build(v, src, root, h)
+            }
+        }
+    }
+
+    /// A human-readable description for `inspect`.
+    pub fn summary(&self) -> Result<String> {
+        match self {
+            VisionTower::MobileNetV5(v) => Ok(format!(
+                "MobileNetV5 + MSFA: input {0}x{0}, MSFA {1:?} -> {2}x{2}x{3}\n{4}",
+                v.image_size,
+                v.msfa_indices,
+                v.msfa_output_resolution,
+                v.num_features,
+                v.arch()?.summary()
+            )),
+            VisionTower::InternVit(v) => Ok(v.summary()),
+        }
+    }
+}
+
+/// A language model's config.
+#[derive(Clone, Debug)]
+pub enum TextConfig {
+    Lfm2(Lfm2Config),
+    Llama(LlamaConfig),
+}
+
+impl TextConfig {
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            TextConfig::Lfm2(c) => c.hidden_size,
+            TextConfig::Llama(c) => c.hidden_size,
+        }
+    }
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TextConfig::Lfm2(c) => c.vocab_size,
+            TextConfig::Llama(c) => c.vocab_size,
+        }
+    }
+    pub fn max_position_embeddings(&self) -> usize {
+        match self {
+            TextConfig::Lfm2(c) => c.max_position_embeddings,
+            TextConfig::Llama(c) => c.max_position_embeddings,
+        }
+    }
+    /// Every end-of-sequence id of the config.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        match self {
+            TextConfig::Lfm2(c) => &c.eos_token_ids,
+            TextConfig::Llama(c) => &c.eos_token_ids,
+        }
+    }
+    /// The language-model graph, weights below `roots.text`, an untied head at `roots.head`.
+    pub fn build(&self, src: &dyn WeightSource, roots: &Roots) -> Result<Graph> {
+        match self {
+            TextConfig::Lfm2(c) => lfm2::graph::build(c, src, &roots.text),
+            TextConfig::Llama(c) => llama::graph::build(c, src, &roots.text, &roots.head),
+        }
+    }
+    pub fn summary(&self) -> String {
+        match self {
+            TextConfig::Lfm2(c) => c.summary(),
+            TextConfig::Llama(c) => c.summary(),
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            TextConfig::Lfm2(_) => "LFM2",
+            TextConfig::Llama(_) => "Llama",
+        }
+    }
+}
+
+/// Parsed `config.json` of a model directory.
 #[derive(Clone, Debug)]
 pub struct AutoNeuralConfig {
-    /// `None` for a plain LFM2 (text-only) checkpoint.
-    pub vision: Option<VisionConfig>,
-    pub text: Lfm2Config,
+    /// `autoneural`, `internvl`, `lfm2` or `llama`.
+    pub model_type: String,
+    /// `None` for a text-only checkpoint.
+    pub vision: Option<VisionTower>,
+    pub text: TextConfig,
     pub projector_hidden_size: usize,
     pub projector_hidden_act: Activation,
+    /// InternVL's projector starts with a LayerNorm (eps 1e-5); AutoNeural's has none.
+    pub projector_norm_eps: Option<f32>,
     pub image_token_id: u32,
-    pub image_start_token_id: u32,
-    pub image_end_token_id: u32,
+    /// The tokens around an image's rows; `None` where the config does not say (InternVL's
+    /// `<img>` / `</img>` are then looked up in the tokenizer).
+    pub image_start_token_id: Option<u32>,
+    pub image_end_token_id: Option<u32>,
 }
 
 impl AutoNeuralConfig {
@@ -44,76 +177,219 @@ impl AutoNeuralConfig {
 
     pub fn from_json(json: &Value) -> Result<Self> {
         let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("");
-        match model_type {
-            "lfm2" => Ok(Self {
-                vision: None,
-                text: Lfm2Config::from_json(json)?,
-                projector_hidden_size: 0,
-                projector_hidden_act: Activation::GeluErf,
-                image_token_id: 396,
-                image_start_token_id: 498,
-                image_end_token_id: 499,
-            }),
+        let text_only = |text: TextConfig| Self {
+            model_type: model_type.to_string(),
+            vision: None,
+            text,
+            projector_hidden_size: 0,
+            projector_hidden_act: Activation::GeluErf,
+            projector_norm_eps: None,
+            image_token_id: 0,
+            image_start_token_id: None,
+            image_end_token_id: None,
+        };
+        let get_u = |key: &str| -> Result<u64> {
+            json.get(key)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| Error::config(format!("missing or non-integer `{key}`")))
+        };
+        // Token ids beyond u32 would otherwise wrap to a different, valid id.
+        let get_id = |key: &str| -> Result<u32> {
+            let v = get_u(key)?;
+            u32::try_from(v)
+                .map_err(|_| Error::config(format!("`{key}` {v} is not a valid token id")))
+        };
+        let opt_id = |key: &str| -> Result<Option<u32>> {
+            match json.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(_) => get_id(key).map(Some),
+            }
+        };
+        let sub = |key: &str| -> Result<&Value> {
+            json.get(key)
+                .ok_or_else(|| Error::config(format!("missing `{key}`")))
+        };
+        let act = |default: &str| -> Result<Activation> {
+            let name = json
+                .get("projector_hidden_act")
+                .and_then(Value::as_str)
+                .unwrap_or(default);
+            Activation::from_hf_name(name)
+                .ok_or_else(|| Error::config(format!("unsupported projector_hidden_act `{name}`")))
+        };
+        let cfg = match model_type {
+            "lfm2" => return Ok(text_only(TextConfig::Lfm2(Lfm2Config::from_json(json)?))),
+            "llama" => return Ok(text_only(TextConfig::Llama(LlamaConfig::from_json(json)?))),
             "autoneural" => {
-                let vision_json = json
-                    .get("vision_config")
-                    .ok_or_else(|| Error::config("missing `vision_config`"))?;
-                let vision: VisionConfig = serde_json::from_value(vision_json.clone())
+                let vision: VisionConfig = serde_json::from_value(sub("vision_config")?.clone())
                     .map_err(|e| Error::config(format!("vision_config: {e}")))?;
-                let text_json = json
-                    .get("text_config")
-                    .ok_or_else(|| Error::config("missing `text_config`"))?;
-                let text = Lfm2Config::from_json(text_json)?;
-                let get_u = |key: &str| -> Result<u64> {
-                    json.get(key)
-                        .and_then(Value::as_u64)
-                        .ok_or_else(|| Error::config(format!("missing or non-integer `{key}`")))
-                };
-                let act_name = json
-                    .get("projector_hidden_act")
-                    .and_then(Value::as_str)
-                    .unwrap_or("gelu");
-                let projector_hidden_act = Activation::from_hf_name(act_name).ok_or_else(|| {
-                    Error::config(format!("unsupported projector_hidden_act `{act_name}`"))
-                })?;
-                // Token ids beyond u32 would otherwise wrap to a different, valid id.
-                let get_id = |key: &str| -> Result<u32> {
-                    let v = get_u(key)?;
-                    u32::try_from(v)
-                        .map_err(|_| Error::config(format!("`{key}` {v} is not a valid token id")))
-                };
+                let text = Lfm2Config::from_json(sub("text_config")?)?;
                 let projector_hidden_size = get_u("projector_hidden_size")?;
                 crate::models::limits::check(
                     "projector_hidden_size",
                     usize::try_from(projector_hidden_size).unwrap_or(usize::MAX),
                     crate::models::limits::WIDTH,
                 )?;
-                let cfg = Self {
-                    vision: Some(vision),
-                    text,
+                Self {
+                    model_type: model_type.to_string(),
+                    vision: Some(VisionTower::MobileNetV5(vision)),
+                    text: TextConfig::Lfm2(text),
                     projector_hidden_size: projector_hidden_size as usize,
-                    projector_hidden_act,
+                    projector_hidden_act: act("gelu")?,
+                    projector_norm_eps: None,
                     image_token_id: get_id("image_token_id")?,
-                    image_start_token_id: get_id("image_start_token_id")?,
-                    image_end_token_id: get_id("image_end_token_id")?,
-                };
-                let vocab = cfg.text.vocab_size as u64;
-                for (k, id) in [
-                    ("image_token_id", cfg.image_token_id),
-                    ("image_start_token_id", cfg.image_start_token_id),
-                    ("image_end_token_id", cfg.image_end_token_id),
-                ] {
-                    if id as u64 >= vocab {
-                        return Err(Error::config(format!(
-                            "{k} {id} is outside the vocabulary ({vocab})"
-                        )));
-                    }
+                    image_start_token_id: Some(get_id("image_start_token_id")?),
+                    image_end_token_id: Some(get_id("image_end_token_id")?),
                 }
-                Ok(cfg)
             }
-            other => Err(Error::config(format!(
-                "unsupported model_type `{other}` (expected `autoneural` or `lfm2`)"
+            "internvl" => {
+                let vision = InternVitConfig::from_json(sub("vision_config")?, json)?;
+                let text_json = sub("text_config")?;
+                let text_type = text_json.get("model_type").and_then(Value::as_str);
+                if text_type != Some("llama") {
+                    return Err(Error::config(format!(
+                        "InternVL text_config model_type {text_type:?} is not supported (llama)"
+                    )));
+                }
+                let mut text = LlamaConfig::from_json(text_json)?;
+                // The composite's own flag ties `lm_head` to the LM's embeddings (transformers
+                // ties by the top-level config; its default is true).
+                text.tie_word_embeddings = json
+                    .get("tie_word_embeddings")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                let hidden = text.hidden_size;
+                Self {
+                    model_type: model_type.to_string(),
+                    vision: Some(VisionTower::InternVit(vision)),
+                    text: TextConfig::Llama(text),
+                    projector_hidden_size: hidden,
+                    projector_hidden_act: act("gelu")?,
+                    projector_norm_eps: Some(1e-5),
+                    image_token_id: match json.get("image_token_id") {
+                        None => 151_667,
+                        Some(_) => get_id("image_token_id")?,
+                    },
+                    image_start_token_id: opt_id("image_start_token_id")?,
+                    image_end_token_id: opt_id("image_end_token_id")?,
+                }
+            }
+            other => return Err(Error::config(format!(
+                "unsupported model_type `{other}` (expected autoneural, internvl, lfm2 or llama)"
             ))),
+        };
+        let vocab = cfg.text.vocab_size() as u64;
+        for (k, id) in [
+            ("image_token_id", Some(cfg.image_token_id)),
+            ("image_start_token_id", cfg.image_start_token_id),
+            ("image_end_token_id", cfg.image_end_token_id),
+        ] {
+            if let Some(id) = id.filter(|&id| id as u64 >= vocab) {
+                return Err(Error::config(format!(
+                    "{k} {id} is outside the vocabulary ({vocab})"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The width of the vision features the connector reads.
+    pub fn feature_dim(&self, vision: &Graph) -> Result<usize> {
+        let features = vision.value(vision.port("features")?);
+        Ok(features.shape[1].fixed().unwrap_or(0))
+    }
+
+    /// The part graphs of this config at the vision config's image size; `src` answers which
+    /// optional weights exist (a checkpoint, or [`FromConfig`]).
+    pub fn part_graphs(&self, src: &dyn WeightSource) -> Result<PartGraphs> {
+        let roots = Roots::detect(self, src);
+        let text = self.text.build(src, &roots)?;
+        let vision = match &self.vision {
+            None => None,
+            Some(v) => {
+                let s = v.image_size();
+                let encoder = v.build(src, &roots.vision, (s, s))?;
+                let connector = connector::build(
+                    self.feature_dim(&encoder)?,
+                    self.projector_hidden_size,
+                    self.text.hidden_size(),
+                    self.projector_hidden_act,
+                    self.projector_norm_eps,
+                    src,
+                    &roots.projector,
+                )?;
+                Some((encoder, connector))
+            }
+        };
+        Ok(PartGraphs {
+            roots,
+            text,
+            vision,
+        })
+    }
+}
+
+/// The part graphs of a config (no weights).
+pub struct PartGraphs {
+    pub roots: Roots,
+    pub text: Graph,
+    /// Encoder and connector.
+    pub vision: Option<(Graph, Graph)>,
+}
+
+/// Where each part's weights sit in a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Roots {
+    pub vision: String,
+    /// The root under which `multi_modal_projector.*` lies.
+    pub projector: String,
+    pub text: String,
+    /// The full key of an untied output head.
+    pub head: String,
+}
+
+impl Roots {
+    fn new(vision: &str, projector: &str, text: &str, head: &str) -> Self {
+        Self {
+            vision: vision.into(),
+            projector: projector.into(),
+            text: text.into(),
+            head: head.into(),
+        }
+    }
+
+    /// The layout of `src` for `config`: for InternVL, the one whose embedding table `src`
+    /// holds (the Hub layout when it holds neither, or describes no checkpoint).
+    pub fn detect(config: &AutoNeuralConfig, src: &dyn WeightSource) -> Self {
+        match (config.model_type.as_str(), config.vision.is_some()) {
+            ("internvl", _) => {
+                let saved = Self::new(
+                    "vision_tower",
+                    "",
+                    "language_model.model",
+                    "language_model.lm_head.weight",
+                );
+                if src
+                    .shape("language_model.model.embed_tokens.weight")
+                    .is_some()
+                {
+                    saved
+                } else {
+                    Self::new(
+                        "model.vision_tower",
+                        "model",
+                        "model.language_model",
+                        "lm_head.weight",
+                    )
+                }
+            }
+            (_, true) => Self::new(
+                VISION_ROOT,
+                CONNECTOR_ROOT,
+                "model.language_model",
+                "lm_head.weight",
+            ),
+            (_, false) => Self::new("", "", "model", "lm_head.weight"),
         }
     }
 }
@@ -126,24 +402,16 @@ pub struct ImageEncoding {
     pub embeddings: Tensor,
 }
 
-/// Checkpoint roots of the three parts.
+/// Checkpoint roots of AutoNeural's vision tower and connector.
 pub const VISION_ROOT: &str = "model.vision_tower.timm_model";
 pub const CONNECTOR_ROOT: &str = "model";
-
-/// The checkpoint root of the language model: `model.language_model` inside AutoNeural, `model`
-/// in a plain LFM2 checkpoint.
-pub fn text_root(config: &AutoNeuralConfig) -> &'static str {
-    if config.vision.is_some() {
-        "model.language_model"
-    } else {
-        "model"
-    }
-}
 
 /// The vision side: the encoder graph at the config's image size (graphs for other sizes are
 /// built on demand and share its weights) and the connector.
 pub struct FloatVision {
-    pub config: VisionConfig,
+    pub config: VisionTower,
+    /// The checkpoint root of the encoder's weights.
+    pub root: String,
     pub encoder: FloatProgram,
     pub connector: FloatProgram,
 }
@@ -206,28 +474,16 @@ impl AutoNeuralModel {
         src: &dyn WeightSource,
         program: impl Fn(Graph) -> Result<FloatProgram>,
     ) -> Result<(FloatProgram, Option<FloatVision>)> {
-        let text = program(lfm2::graph::build(&config.text, src, text_root(config))?)?;
-        let vision = match &config.vision {
-            None => None,
-            Some(v) => {
-                let size = (v.image_size, v.image_size);
-                let encoder = program(mobilenetv5::graph::build(v, src, VISION_ROOT, size)?)?;
-                let features = encoder.graph.value(encoder.graph.port("features")?);
-                let in_dim = features.shape[1].fixed().unwrap_or(0);
-                let connector = connector::build(
-                    in_dim,
-                    config.projector_hidden_size,
-                    config.text.hidden_size,
-                    config.projector_hidden_act,
-                    src,
-                    CONNECTOR_ROOT,
-                )?;
-                Some(FloatVision {
-                    config: v.clone(),
-                    encoder,
-                    connector: program(connector)?,
-                })
-            }
+        let parts = config.part_graphs(src)?;
+        let text = program(parts.text)?;
+        let vision = match (parts.vision, &config.vision) {
+            (Some((encoder, connector)), Some(v)) => Some(FloatVision {
+                config: v.clone(),
+                root: parts.roots.vision,
+                encoder: program(encoder)?,
+                connector: program(connector)?,
+            }),
+            _ => None,
         };
         Ok((text, vision))
     }
@@ -241,17 +497,18 @@ impl AutoNeuralModel {
         self.config
             .vision
             .as_ref()
-            .map_or(0, |v| v.msfa_output_resolution * v.msfa_output_resolution)
+            .map_or(0, VisionTower::tokens_per_image)
     }
 
     /// The encoder program for `[3, h, w]` pixels: the loaded one at the config's size, a new
     /// graph over the same weights otherwise.
     pub fn encoder_for(&self, h: usize, w: usize) -> Result<Cow<'_, FloatProgram>> {
         let v = self.vision.as_ref().ok_or_else(text_only)?;
-        if (h, w) == (v.config.image_size, v.config.image_size) {
+        let s = v.config.image_size();
+        if (h, w) == (s, s) {
             return Ok(Cow::Borrowed(&v.encoder));
         }
-        let g = mobilenetv5::graph::build(&v.config, self.store.as_ref(), VISION_ROOT, (h, w))?;
+        let g = v.config.build(self.store.as_ref(), &v.root, (h, w))?;
         Ok(Cow::Owned(FloatProgram::with_params_of(g, &v.encoder)?))
     }
 
@@ -287,7 +544,7 @@ impl AutoNeuralModel {
             ids,
             self.config.image_token_id,
             &rows,
-            self.config.text.hidden_size,
+            self.config.text.hidden_size(),
         )?;
         let mut x = self.embed(ids)?;
         let hidden = x.dim(1);
@@ -318,7 +575,7 @@ impl AutoNeuralModel {
     /// `max_position_embeddings`).
     pub fn new_state(&self, context: usize) -> SequenceState {
         self.text
-            .new_state(context.min(self.config.text.max_position_embeddings))
+            .new_state(context.min(self.config.text.max_position_embeddings()))
     }
 
     /// Parameter counts per part: (vision, connector, language).

@@ -1,5 +1,6 @@
-//! The AutoNeural connector (`multi_modal_projector`) as a graph: `linear_1` -> activation ->
-//! `linear_2`, with biases and no norm, as [`super::autoneural::MultiModalProjector`] runs it.
+//! The connector (`multi_modal_projector`) as a graph: `linear_1` -> activation -> `linear_2`, with
+//! biases; AutoNeural's has no norm, InternVL's (`InternVLMultiModalProjector`) starts with a
+//! `layer_norm` (`norm_eps: Some(1e-5)`, torch's default eps).
 //!
 //! Ports: `features` (`[T, in_dim]` vision tokens, any number of rows) and `embeddings`
 //! (`[T, out_dim]` rows for the language model's prompt). Node names carry the
@@ -16,13 +17,17 @@ pub fn build(
     hidden: usize,
     out_dim: usize,
     act: Activation,
+    norm_eps: Option<f32>,
     w: &dyn WeightSource,
     root: &str,
 ) -> Result<Graph> {
     let mut b = GraphBuilder::new(w, root);
-    let x = b.input("features", vec![Dim::Seq, Dim::Fixed(in_dim)], Elem::F32);
+    let mut x = b.input("features", vec![Dim::Seq, Dim::Fixed(in_dim)], Elem::F32);
     b.port("features", x);
     let p = "multi_modal_projector";
+    if let Some(eps) = norm_eps {
+        x = b.layer_norm(&format!("{p}.layer_norm"), x, eps)?;
+    }
     let h = b.linear(&format!("{p}.linear_1"), x, hidden, true)?;
     let h = b.act(&format!("{p}.act"), act, h)?;
     let y = b.linear(&format!("{p}.linear_2"), h, out_dim, true)?;
@@ -37,7 +42,7 @@ mod tests {
 
     #[test]
     fn shapes_and_weights() {
-        let g = build(64, 96, 32, Activation::GeluErf, &FromConfig, "model").unwrap();
+        let g = build(64, 96, 32, Activation::GeluErf, None, &FromConfig, "model").unwrap();
         let keys: Vec<&str> = g.params.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
             keys,

@@ -2,6 +2,8 @@
 
 pub mod autoneural;
 pub mod connector;
+pub mod internvl;
 pub mod lfm2;
 pub mod limits;
+pub mod llama;
 pub mod mobilenetv5;

@@ -78,7 +78,7 @@ impl IntModel {
                 let out = connector.quant(connector.graph.port("embeddings")?)?;
                 let embeds = text.quant(text.graph.port("embeds")?)?;
                 Some(IntVision {
-                    image_size: v.config.image_size,
+                    image_size: v.config.image_size(),
                     encoder,
                     connector,
                     to_embed: requantize(out, embeds)?,
@@ -90,7 +90,7 @@ impl IntModel {
             vision,
             text,
             image_token_id: float.config.image_token_id,
-            max_positions: float.config.text.max_position_embeddings,
+            max_positions: float.config.text.max_position_embeddings(),
         })
     }
 
@@ -127,7 +127,7 @@ impl IntModel {
             vision,
             text: IntProgram::new(q.text),
             image_token_id: config.image_token_id,
-            max_positions: config.text.max_position_embeddings,
+            max_positions: config.text.max_position_embeddings(),
         };
         Ok((model, config))
     }

@@ -296,7 +296,7 @@ async fn detokenize(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let l = st.loaded()?;
     let r: DetokenizeRequest = parse_body(body, st.opts.max_body_bytes)?;
-    let vocab = l.engine.config().text.vocab_size;
+    let vocab = l.engine.config().text.vocab_size();
     if let Some(bad) = r.tokens.iter().find(|&&t| t as usize >= vocab) {
         return Err(ApiError::bad_request(format!(
             "token {bad} is outside the vocabulary ({vocab})"
@@ -360,7 +360,7 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
             .config()
             .vision
             .as_ref()
-            .map(|v| v.image_size)
+            .map(|v| v.image_size())
             .unwrap_or(0);
         let cache = st.cache.clone();
         job.images = tokio::task::spawn_blocking(move || {
@@ -581,7 +581,7 @@ fn prepare(
             &turns,
             true,
             engine.tokens_per_image(),
-            &ChatTokens::default(),
+            &ChatTokens::for_model(engine.config(), tok),
         )
         .map_err(|e| ApiError::bad_request(e.to_string()).param("messages"))?;
     let ids = tok

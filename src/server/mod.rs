@@ -86,7 +86,7 @@ impl Loaded {
             engine = quantize(engine, scheme, calibration)?;
         }
         let template = engine.template().clone();
-        let limit = engine.config().text.max_position_embeddings;
+        let limit = engine.config().text.max_position_embeddings();
         let context = opts.context.unwrap_or(limit);
         if context == 0 || context > limit {
             return Err(crate::Error::input(format!(

@@ -10,12 +10,21 @@ pub fn golden_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// Case names listed in `tests/golden/manifest.json`.
+/// The AutoNeural / LFM2 case names listed in `tests/golden/manifest.json`.
 pub fn cases() -> Vec<String> {
+    manifest_list("cases")
+}
+
+/// The baseline (InternVL, plain Llama) case names.
+pub fn baseline_cases() -> Vec<String> {
+    manifest_list("baseline_cases")
+}
+
+fn manifest_list(key: &str) -> Vec<String> {
     let path = golden_root().join("manifest.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let v: Value = serde_json::from_str(&text).unwrap();
-    let list = v.get("cases").unwrap_or(&v);
+    let list = v.get(key).unwrap_or(&v);
     list.as_array()
         .expect("manifest: a list of cases")
         .iter()
