@@ -492,3 +492,52 @@ fn oversized_or_non_finite_pixels() {
     ]);
     assert_fails_with(&out, "NaN");
 }
+
+/// The baseline's bad inputs get the same one-line errors: an unknown `model_type` (top level or
+/// the InternVL text model), an image size that is no whole patch grid, pixels of another size,
+/// and tensors the checkpoint lacks.
+#[test]
+fn baseline_bad_input() {
+    let case = Case::load("internvl_layernorm_p8");
+    let edited = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_dir(&case.model_dir(), tmp.path());
+        let p = tmp.path().join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+        tmp
+    };
+    let run_on = |dir: &Path| run(&["run", "--model", &s(dir), "--prompt", "hi"]);
+
+    let tmp = edited(&|v| v["model_type"] = "internvl_chat".into());
+    assert_fails_with(
+        &run_on(tmp.path()),
+        "unsupported model_type `internvl_chat`",
+    );
+    let tmp = edited(&|v| v["text_config"]["model_type"] = "qwen2".into());
+    assert_fails_with(&run_on(tmp.path()), "\"qwen2\"");
+    let tmp = edited(&|v| v["vision_config"]["image_size"] = serde_json::json!([60, 60]));
+    assert_fails_with(&run_on(tmp.path()), "not a multiple of the patch size 8");
+    let tmp = edited(&|v| v["vision_config"]["image_size"] = serde_json::json!([64, 48]));
+    assert_fails_with(&run_on(tmp.path()), "only square images");
+    let tmp = edited(&|v| {
+        let n = v["vision_config"]["num_hidden_layers"].as_u64().unwrap();
+        v["vision_config"]["num_hidden_layers"] = (n + 1).into();
+    });
+    assert_fails_with(&run_on(tmp.path()), "missing tensor");
+
+    // 56 px pixels for a 64 px model.
+    let other = Case::load("internvl_rms_qknorm_p14");
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&case.model_dir()),
+        "--pixels",
+        &s(&other.dir.join("pixels_0.npy")),
+        "--prompt",
+        "hi",
+    ]);
+    assert_fails_with(&out, "takes 64x64 images");
+}

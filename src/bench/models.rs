@@ -193,9 +193,25 @@ pub fn vision(
         .ok_or_else(|| Error::input("the model has no vision encoder"))?;
     let threads = pool.current_num_threads();
     let mut rows = Vec::new();
-    for &size in sizes {
-        let g = v.config.build(&FromConfig, &v.root, (size, size))?;
-        let enc = FloatProgram::with_params_of(g, &v.encoder)?;
+    for &asked in sizes {
+        // InternViT takes whole pixel-shuffle blocks of patches, and its position table is per
+        // grid: other sizes run a tower trained at the nearest size it takes (random weights).
+        let size = v.config.nearest_size(asked);
+        let sized = v.config.at_size(size);
+        let g = sized.build(&FromConfig, &v.root, (size, size))?;
+        let shared = g.params.iter().all(|p| {
+            v.encoder
+                .graph
+                .params
+                .iter()
+                .any(|q| q.key == p.key && q.shape == p.shape)
+        });
+        let enc = if shared {
+            FloatProgram::with_params_of(g, &v.encoder)?
+        } else {
+            progress(&format!("{name} {size}px: random weights for this grid"));
+            FloatProgram::random(g, 1)?
+        };
         let (pix_port, feat_port) = (enc.graph.port("pixels")?, enc.graph.port("features")?);
         let pixels = random_pixels(size, 5);
         let mut stats = None;

@@ -4,7 +4,7 @@
 use super::graph::preset_config;
 use anyhow::{bail, Context, Result};
 use autoneural::bench::{self, kernels, models, peak, Report};
-use autoneural::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
+use autoneural::models::autoneural::{AutoNeuralConfig, AutoNeuralModel, VisionTower};
 use autoneural::quant::kernels::level;
 use autoneural::quant::scheme::{Precision, Scheme};
 use clap::{Args, ValueEnum};
@@ -33,10 +33,15 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum, default_value = "all")]
     section: Section,
-    /// Language-model preset (random weights): lfm2-1.2b, lfm2-700m, lfm2-350m. Repeatable;
-    /// `all` runs lfm2-1.2b and lfm2-350m.
+    /// Language-model preset (random weights): lfm2-1.2b, lfm2-700m, lfm2-350m, internlm2-1.8b
+    /// (InternVL2-2B's LM as a Llama). Repeatable; `all` runs lfm2-1.2b and lfm2-350m.
     #[arg(long = "preset")]
     presets: Vec<String>,
+    /// Vision-language preset for `vision` and `ttft` (random weights): autoneural-1.5b
+    /// (MobileNetV5-300M + LFM2-1.2B) or internvl2-2b (InternViT-300M + InternLM2-1.8B, the
+    /// paper's baseline). Repeatable; default autoneural-1.5b (`all`: both).
+    #[arg(long = "vlm")]
+    vlms: Vec<String>,
     /// A model directory to benchmark instead of a preset (its own weights).
     #[arg(long, conflicts_with = "presets")]
     checkpoint: Option<PathBuf>,
@@ -191,11 +196,11 @@ fn run_sections(a: &BenchArgs, pools: &[rayon::ThreadPool]) -> Result<()> {
                 };
                 let mut v = Vec::new();
                 for n in names {
-                    if !n.starts_with("lfm2-") {
-                        bail!("`bench lm` takes an LFM2 preset (lfm2-1.2b, lfm2-700m, lfm2-350m), not `{n}`");
+                    let cfg = preset_config(&n)?;
+                    if cfg.vision.is_some() {
+                        bail!("`bench lm` takes a language-model preset (lfm2-1.2b, lfm2-700m, lfm2-350m, internlm2-1.8b), not `{n}`");
                     }
                     progress(&format!("{n}: random weights"));
-                    let cfg = preset_config(&n)?;
                     v.push((n, AutoNeuralModel::random(cfg, 1)?));
                     // One model in memory at a time.
                     let (name, model) = v.pop().expect("just pushed");
@@ -215,36 +220,47 @@ fn run_sections(a: &BenchArgs, pools: &[rayon::ThreadPool]) -> Result<()> {
         }
     }
     if all || a.section == Section::Vision || a.section == Section::Ttft {
-        progress("autoneural-1.5b: random weights");
-        let cfg: AutoNeuralConfig = preset_config("autoneural-1.5b")?;
-        let model = AutoNeuralModel::random(cfg, 1)?;
-        if all || a.section == Section::Vision {
-            let ps = precisions(&a.precisions, &["float", "w8a16", "w8a8"])?;
-            r.vision.extend(models::vision(
-                "mobilenetv5-300m",
-                &model,
-                &a.image_sizes,
-                &ps,
-                widest,
-                &progress,
-            )?);
-            mark(&mut r, "vision");
-        }
-        if all || a.section == Section::Ttft {
-            let schemes = vec![
-                ("float".to_string(), Scheme::float()),
-                ("default (w8a16, w4a16)".to_string(), Scheme::default()),
-            ];
-            let prompt = a.prompt.unwrap_or(32);
-            r.ttft.extend(models::ttft(
-                "autoneural-1.5b",
-                &model,
-                &schemes,
-                prompt,
-                widest,
-                &progress,
-            )?);
-            mark(&mut r, "time to first token");
+        let vlms = if a.vlms.is_empty() && all {
+            vec!["autoneural-1.5b".to_string(), "internvl2-2b".to_string()]
+        } else if a.vlms.is_empty() {
+            vec!["autoneural-1.5b".to_string()]
+        } else {
+            a.vlms.clone()
+        };
+        for name in &vlms {
+            let cfg: AutoNeuralConfig = preset_config(name)?;
+            let Some(tower) = cfg.vision.as_ref() else {
+                bail!("--vlm takes a vision-language preset (autoneural-1.5b, internvl2-2b), not `{name}`");
+            };
+            let vision_name = match tower {
+                VisionTower::MobileNetV5(_) => "mobilenetv5-300m",
+                VisionTower::InternVit(_) => "internvit-300m",
+            };
+            progress(&format!("{name}: random weights"));
+            let model = AutoNeuralModel::random(cfg, 1)?;
+            if all || a.section == Section::Vision {
+                let ps = precisions(&a.precisions, &["float", "w8a16", "w8a8"])?;
+                r.vision.extend(models::vision(
+                    vision_name,
+                    &model,
+                    &a.image_sizes,
+                    &ps,
+                    widest,
+                    &progress,
+                )?);
+                mark(&mut r, "vision");
+            }
+            if all || a.section == Section::Ttft {
+                let schemes = vec![
+                    ("float".to_string(), Scheme::float()),
+                    ("default (w8a16, w4a16)".to_string(), Scheme::default()),
+                ];
+                let prompt = a.prompt.unwrap_or(32);
+                r.ttft.extend(models::ttft(
+                    name, &model, &schemes, prompt, widest, &progress,
+                )?);
+                mark(&mut r, "time to first token");
+            }
         }
     }
     bar.finish_and_clear();

@@ -57,6 +57,33 @@ impl VisionTower {
         }
     }
 
+    /// The input size closest to `size` the tower takes: any size for MobileNetV5; for
+    /// InternViT a whole number of pixel-shuffle blocks of patches (256 -> 252 for patch 14).
+    pub fn nearest_size(&self, size: usize) -> usize {
+        match self {
+            VisionTower::MobileNetV5(_) => size,
+            VisionTower::InternVit(v) => {
+                let step = v.patch_size * v.shuffle;
+                ((size + step / 2) / step).max(1) * step
+            }
+        }
+    }
+
+    /// The same tower trained at `size` (InternViT: position embeddings for that grid, as a
+    /// model fine-tuned at that size has), for shape studies on random weights.
+    pub fn at_size(&self, size: usize) -> Self {
+        match self {
+            VisionTower::MobileNetV5(v) => VisionTower::MobileNetV5(VisionConfig {
+                image_size: size,
+                ..v.clone()
+            }),
+            VisionTower::InternVit(v) => VisionTower::InternVit(InternVitConfig {
+                image_size: size,
+                ..v.clone()
+            }),
+        }
+    }
+
     /// The encoder graph (ports `pixels`, `features`) for `[3, h, w]` inputs, weights below
     /// `root`.
     pub fn build(
@@ -274,9 +301,11 @@ impl AutoNeuralConfig {
                     image_end_token_id: opt_id("image_end_token_id")?,
                 }
             }
-            other => return Err(Error::config(format!(
+            other => {
+                return Err(Error::config(format!(
                 "unsupported model_type `{other}` (expected autoneural, internvl, lfm2 or llama)"
-            ))),
+            )))
+            }
         };
         let vocab = cfg.text.vocab_size() as u64;
         for (k, id) in [

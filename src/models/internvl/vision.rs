@@ -19,17 +19,17 @@ pub fn build(
     image_size: usize,
 ) -> Result<Graph> {
     cfg.validate()?;
-    let g = cfg.grid(image_size)?;
     let g0 = cfg.grid(cfg.image_size)?;
-    if cfg.use_absolute_position_embeddings && g != g0 {
+    if cfg.use_absolute_position_embeddings && image_size != cfg.image_size {
         // transformers resizes the table bicubically for other grids; the engine keeps the
         // trained grid rather than silently computing something else.
         return Err(Error::input(format!(
-            "a {image_size} px image gives a {g}x{g} patch grid, but the position embeddings \
-             cover the {g0}x{g0} grid of {} px images; resize the image to {} px",
-            cfg.image_size, cfg.image_size
+            "this InternViT takes {0}x{0} images (its position embeddings cover a {g0}x{g0} grid \
+             of {1} px patches), got {image_size}x{image_size}; resize the image to {0} px",
+            cfg.image_size, cfg.patch_size
         )));
     }
+    let g = cfg.grid(image_size)?;
     let (d, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.num_channels);
     let mut b = GraphBuilder::new(w, root);
     let pixels = b.input("pixels", fixed(&[c, image_size, image_size]), Elem::F32);
@@ -158,19 +158,18 @@ mod tests {
 
     #[test]
     fn other_grids_are_refused_with_the_reason() {
-        let cfg = InternVitConfig::internvit_300m();
+        let mut cfg = InternVitConfig::internvit_300m();
+        let e = build(&cfg, &FromConfig, "", 512).unwrap_err().to_string();
+        assert!(e.contains("takes 448x448 images"), "{e}");
+        assert!(e.contains("a 32x32 grid of 14 px patches"), "{e}");
+        // Without position embeddings any grid of whole shuffle blocks works.
+        cfg.use_absolute_position_embeddings = false;
         let e = build(&cfg, &FromConfig, "", 512).unwrap_err().to_string();
         assert!(e.contains("not a multiple of the patch size 14"), "{e}");
-        let e = build(&cfg, &FromConfig, "", 448 + 28)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("position embeddings cover the 32x32 grid"),
-            "{e}"
-        );
         let e = build(&cfg, &FromConfig, "", 14 * 33)
             .unwrap_err()
             .to_string();
         assert!(e.contains("pixel shuffle"), "{e}");
+        assert!(build(&cfg, &FromConfig, "", 14 * 34).is_ok());
     }
 }
