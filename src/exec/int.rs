@@ -11,6 +11,7 @@ use crate::graph::qop::QOp;
 use crate::graph::{Dim, Elem, Graph, Node, ValueId};
 use crate::observe::{NoObserver, Observer};
 use crate::ops::attention::Mask;
+use crate::ops::tokens::{pixel_shuffle, slice_rows};
 use crate::quant::ops::linear::linear_rows;
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
@@ -299,6 +300,19 @@ impl IntProgram {
                 c.forward(&xs)
             }
             QOp::ToTokens => map_to_tokens(x()),
+            QOp::LayerNorm(n) => n.forward(x()),
+            QOp::SliceRows { start: s0, len } => {
+                let x = x();
+                let d = x.shape[1];
+                QTensor::new(&[*len, d], slice_rows(&x.data, d, *s0, *len), x.q)
+            }
+            QOp::ClsPosEmbed(e) => e.forward(x()),
+            QOp::PixelShuffle { h, w, scale } => {
+                let x = x();
+                let c = x.shape[1];
+                let y = pixel_shuffle(&x.data, *h, *w, c, *scale);
+                QTensor::new(&[(h / scale) * (w / scale), scale * scale * c], y, x.q)
+            }
         })
     }
 }

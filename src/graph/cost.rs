@@ -268,6 +268,23 @@ pub fn qnode_cost(g: &Graph<QOp>, i: usize, b: Bindings) -> NodeCost {
         QOp::RmsNorm(n) => per_channel(n.w_mult.len(), &mut c),
         QOp::RmsNorm2d(n) => per_channel(n.norm.w_mult.len(), &mut c),
         QOp::ChannelScale(s) => per_channel(s.mult.len(), &mut c),
+        QOp::LayerNorm(n) => {
+            per_channel(n.w_mult.len(), &mut c);
+            // Biases: one `i64` each.
+            let nb = n.bias.as_ref().map_or(0, Vec::len) as u64;
+            c.params += nb;
+            c.weight_bytes += 8 * nb;
+            c.weight_read_bytes = c.weight_bytes;
+        }
+        QOp::ClsPosEmbed(e) => {
+            // The float weights it folds (class token, and position embeddings of every output
+            // row: the first is folded into the class row), held as `i64` output steps.
+            let held = (e.cls.len() + e.pos.as_ref().map_or(0, Vec::len)) as u64;
+            c.params = e.cls.len() as u64 + e.pos.as_ref().map_or(0, |p| (p.len() + e.dim) as u64);
+            c.weight_bytes = 8 * held + MULT_BYTES;
+            c.weight_read_bytes = c.weight_bytes;
+            c.vector_ops = out;
+        }
         QOp::Add(_)
         | QOp::Mul(_)
         | QOp::Lut(_)
@@ -275,7 +292,11 @@ pub fn qnode_cost(g: &Graph<QOp>, i: usize, b: Bindings) -> NodeCost {
         | QOp::ResizeNearest(_)
         | QOp::ResizeBilinear(_) => c.vector_ops = out,
         QOp::AvgPool(p) => c.vector_ops = out * (p.kh * p.kw) as u64,
-        QOp::Slice { .. } | QOp::Concat(_) | QOp::ToTokens => {}
+        QOp::Slice { .. }
+        | QOp::SliceRows { .. }
+        | QOp::PixelShuffle { .. }
+        | QOp::Concat(_)
+        | QOp::ToTokens => {}
     }
     c
 }

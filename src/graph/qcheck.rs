@@ -54,7 +54,17 @@ impl QOp {
             QOp::ResizeBilinear(r) => r.validate(),
             QOp::AvgPool(p) => p.validate(),
             QOp::Concat(c) => c.validate(),
-            QOp::Slice { .. } | QOp::ToTokens => Ok(()),
+            QOp::LayerNorm(n) => n.validate(),
+            QOp::ClsPosEmbed(e) => e.validate(),
+            QOp::Slice { .. } | QOp::ToTokens | QOp::SliceRows { .. } => Ok(()),
+            QOp::PixelShuffle { h, w, scale } => {
+                if *scale == 0 || !h.is_multiple_of(*scale) || !w.is_multiple_of(*scale) {
+                    return Err(Error::input(format!(
+                        "pixel shuffle by {scale} of a {h}x{w} grid"
+                    )));
+                }
+                size_product("pixel shuffle grid", &[*h, *w]).map(|_| ())
+            }
         }
     }
 
@@ -465,6 +475,54 @@ impl QOp {
                 let q = quant(0)?;
                 let (c, h, w) = chw(x())?;
                 Ok((super::fixed(&[h * w, c]), q))
+            }
+            QOp::LayerNorm(n) => {
+                arity(1)?;
+                expect(0, &n.x)?;
+                if last(x())? != n.dim {
+                    return fail(format!("input {} for rows of {}", shape_text(x()), n.dim));
+                }
+                Ok((x().to_vec(), n.y))
+            }
+            QOp::SliceRows { start, len } => {
+                arity(1)?;
+                let q = quant(0)?;
+                match x() {
+                    [Dim::Fixed(t), Dim::Fixed(d)]
+                        if *len > 0 && start.checked_add(*len).is_some_and(|e| e <= *t) =>
+                    {
+                        Ok((super::fixed(&[*len, *d]), q))
+                    }
+                    s => fail(format!("rows {start}+{len} of {}", shape_text(s))),
+                }
+            }
+            QOp::ClsPosEmbed(e) => {
+                arity(1)?;
+                expect(0, &e.x)?;
+                if x() != super::fixed(&[e.tokens, e.dim]).as_slice() {
+                    return fail(format!(
+                        "input {}, prepared for [{}, {}]",
+                        shape_text(x()),
+                        e.tokens,
+                        e.dim
+                    ));
+                }
+                Ok((super::fixed(&[e.tokens + 1, e.dim]), e.y))
+            }
+            QOp::PixelShuffle { h, w, scale: s } => {
+                arity(1)?;
+                let q = quant(0)?;
+                let hw = size_product("pixel shuffle grid", &[*h, *w])?;
+                match x() {
+                    [Dim::Fixed(t), Dim::Fixed(c)] if *t == hw => {
+                        let c = size_product("pixel shuffle channels", &[*s, *s, *c])?;
+                        Ok((super::fixed(&[(h / s) * (w / s), c]), q))
+                    }
+                    x => fail(format!(
+                        "input {} is not [{h} x {w}, C] tokens",
+                        shape_text(x)
+                    )),
+                }
             }
         }
     }

@@ -11,9 +11,10 @@ use crate::quant::ops::elementwise::{QAdd, QChannelScale, QMul};
 use crate::quant::ops::embedding::QEmbedding;
 use crate::quant::ops::linear::QLinear;
 use crate::quant::ops::lut::QLut;
-use crate::quant::ops::norm::{QRmsNorm, QRmsNorm2d};
+use crate::quant::ops::norm::{QLayerNorm, QRmsNorm, QRmsNorm2d};
 use crate::quant::ops::pool::{QAvgPool2d, QConcat, QResizeBilinear, QUpsampleNearest};
 use crate::quant::ops::rope::QRope;
+use crate::quant::ops::tokens::QClsPosEmbed;
 use crate::quant::params::ActQuant;
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,22 @@ pub enum QOp {
     Concat(QConcat),
     /// `[C, H, W] -> [H * W, C]`, same quantization.
     ToTokens,
+    /// `torch.nn.LayerNorm` over the last dimension.
+    LayerNorm(QLayerNorm),
+    /// Rows `start..start + len` of `[T, D]` tokens, same quantization.
+    SliceRows {
+        start: usize,
+        len: usize,
+    },
+    /// The class row prepended and position embeddings added: `[N, D] -> [N + 1, D]`.
+    ClsPosEmbed(QClsPosEmbed),
+    /// InternVL's pixel shuffle on the `[h * w, C]` tokens of an `h x w` grid: `[(h / scale) *
+    /// (w / scale), scale^2 * C]`, same quantization (`crate::ops::tokens::pixel_shuffle`).
+    PixelShuffle {
+        h: usize,
+        w: usize,
+        scale: usize,
+    },
 }
 
 impl QOp {
@@ -102,6 +119,10 @@ impl QOp {
             QOp::AvgPool(_) => "avg_pool",
             QOp::Concat(_) => "concat",
             QOp::ToTokens => "to_tokens",
+            QOp::LayerNorm(_) => "layer_norm",
+            QOp::SliceRows { .. } => "slice_rows",
+            QOp::ClsPosEmbed(_) => "cls_pos_embed",
+            QOp::PixelShuffle { .. } => "pixel_shuffle",
         }
     }
 

@@ -132,6 +132,19 @@ pub fn requantize(acc: i64, mult: Multiplier, zero_point: i32, bits: u32) -> i32
     saturate(mult.apply(acc).saturating_add(zero_point as i64), bits)
 }
 
+/// Fractional bits of values an op forms in output units before its final rounding (LayerNorm
+/// biases, ViT position embeddings): with `2^-16` output steps the intermediate rounding adds at
+/// most `2^-17` steps to the final half step.
+pub const OUT_FRAC_BITS: u32 = 16;
+
+/// `saturate(round(v / 2^frac) + zero_point)`: the final step of an op whose result `v` is in
+/// output units with `frac` fractional bits (rounding to nearest, ties away from zero).
+#[inline]
+pub fn requantize_frac(v: i64, frac: u32, zero_point: i32, bits: u32) -> i32 {
+    let r = rounding_shift_right(v as i128, frac) as i64;
+    saturate(r.saturating_add(zero_point as i64), bits)
+}
+
 /// Proves a reduction of `k` products `a * w` (|a| <= `a_abs_max`, |w| <= `w_abs_max`, plus an
 /// optional bias) cannot overflow an `i64` accumulator; errors otherwise, naming the op.
 pub fn check_reduction(
@@ -327,6 +340,17 @@ mod tests {
             ),
             8
         );
+    }
+
+    #[test]
+    fn requantize_frac_rounds_once_and_saturates() {
+        // 2.5 steps (ties away from zero), -2.5, 1.25 with zero point 3.
+        assert_eq!(requantize_frac(5 << 15, 16, 0, 16), 3);
+        assert_eq!(requantize_frac(-(5 << 15), 16, 0, 16), -3);
+        assert_eq!(requantize_frac(5 << 14, 16, 3, 8), 4);
+        assert_eq!(requantize_frac(i64::MAX, 16, 0, 8), 127);
+        assert_eq!(requantize_frac(i64::MIN, 16, 5, 16), -32768);
+        assert_eq!(requantize_frac(-7, 0, -128, 8), -128);
     }
 
     #[test]

@@ -41,9 +41,10 @@ use crate::quant::prepare::embedding::embedding_from_quantized;
 use crate::quant::prepare::linear::{linear_from_quantized, row_requant};
 use crate::quant::prepare::lut::{lut, LutFn};
 use crate::quant::prepare::norm::rms_norm;
-use crate::quant::prepare::norm::rms_norm_2d;
+use crate::quant::prepare::norm::{layer_norm, rms_norm_2d};
 use crate::quant::prepare::pool::{avg_pool2d, concat_channels, resize_bilinear, upsample_nearest};
 use crate::quant::prepare::rope::rope_from_inv_freq;
+use crate::quant::prepare::tokens::cls_pos_embed;
 use crate::quant::scheme::{Part, Precision, Scheme};
 
 /// How many times the calibrated min-max logit range is widened for the `logits` port (at any
@@ -490,8 +491,12 @@ pub fn lower(
             }
             Op::ChannelScale { gamma } => {
                 let y = c.act(name)?;
-                let s =
-                    channel_scale(p(*gamma).data(), ChannelAxis::First, q(0)?, y).map_err(&at)?;
+                // `[C, H, W]` maps scale dimension 0, `[T, D]` tokens their last dimension.
+                let axis = match values[node.inputs[0].0 as usize].shape.len() {
+                    2 => ChannelAxis::Last,
+                    _ => ChannelAxis::First,
+                };
+                let s = channel_scale(p(*gamma).data(), axis, q(0)?, y).map_err(&at)?;
                 (QOp::ChannelScale(s), y)
             }
             Op::PointwiseToTokens { weight } | Op::PointwiseFromTokens { weight, .. } => {
@@ -542,15 +547,34 @@ pub fn lower(
                 (QOp::Concat(concat_channels(&ins, y).map_err(&at)?), y)
             }
             Op::ToTokens => (QOp::ToTokens, q(0)?),
-            Op::LayerNorm { .. }
-            | Op::SliceRows { .. }
-            | Op::ClsPosEmbed { .. }
-            | Op::PixelShuffle { .. } => {
-                return Err(Error::input(format!(
-                    "{part} op `{name}`: {} has no integer form yet",
-                    node.op.kind()
-                )))
+            Op::LayerNorm { weight, bias, eps } => {
+                let y = c.act(name)?;
+                let b = bias.map(|b| p(b).data());
+                let n = layer_norm(p(*weight).data(), b, *eps, q(0)?, y).map_err(&at)?;
+                (QOp::LayerNorm(n), y)
             }
+            Op::SliceRows { start, len } => (
+                QOp::SliceRows {
+                    start: *start,
+                    len: *len,
+                },
+                q(0)?,
+            ),
+            Op::ClsPosEmbed { cls, pos } => {
+                let y = c.act(name)?;
+                let tokens = dim(&values[node.inputs[0].0 as usize].shape, 0)?;
+                let e = cls_pos_embed(p(*cls).data(), pos.map(|id| p(id).data()), tokens, q(0)?, y)
+                    .map_err(&at)?;
+                (QOp::ClsPosEmbed(e), y)
+            }
+            Op::PixelShuffle { h, w, scale } => (
+                QOp::PixelShuffle {
+                    h: *h,
+                    w: *w,
+                    scale: *scale,
+                },
+                q(0)?,
+            ),
         };
         values[node.output.0 as usize].elem = Elem::Q(y);
         nodes.push(Node {

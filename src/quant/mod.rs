@@ -10,6 +10,8 @@ pub mod gptq;
 pub mod int_model;
 pub mod kernels;
 pub mod lower;
+#[cfg(test)]
+mod lower_vit_tests;
 pub mod metrics;
 pub mod ops;
 pub mod params;

@@ -16,3 +16,4 @@ pub mod norm;
 pub mod pool;
 pub mod rope;
 pub mod softmax;
+pub mod tokens;

@@ -1,6 +1,7 @@
 //! Integer RMS normalisation: over the last dimension of `[T, D]` rows ([`QRmsNorm`], LFM2's
 //! `Lfm2RmsNorm` and its per-head q/k norms) and over the channels of a `[C, H, W]` map
-//! ([`QRmsNorm2d`], timm `RmsNorm2d`).
+//! ([`QRmsNorm2d`], timm `RmsNorm2d`); and integer LayerNorm over the last dimension
+//! ([`QLayerNorm`], InternViT and the InternVL projector).
 //!
 //! With `xc = q - zp_x` (real `x = s_x xc`), `y = w x / sqrt(mean(x^2) + eps)` is, in integers,
 //!
@@ -15,12 +16,32 @@
 //! [`reciprocal`]) once per row/pixel; the product `xc * m_c * m_r` (< 2^79, in `i128`) gets one
 //! rounding. Relative error of the inverse square root <= 1.5 * 2^-31, so the output is within
 //! `0.5 + 2^-15` output steps of the exact value (16-bit outputs).
+//!
+//! LayerNorm, `y = (x - mean) / sqrt(var + eps) * w + b` (biased variance), subtracts the mean
+//! exactly by scaling it out: with `S = sum xc` and `SS = sum xc^2` over the `D` values of a row,
+//!
+//! ```text
+//! u_c = D * xc_c - S                                = D^2 (x_c - mean) / (D s_x)   (|u| < 2 D cm)
+//! W   = D * SS - S^2 = sum (D xc - S)^2 / D         = D^2 var / s_x^2              (W <= D^2 cm^2)
+//! V   = W * 2^64 + round(D^2 * eps / s_x^2 * 2^64)  (u128: W < 2^63 is checked)
+//! y_c = round((u_c * (|w_c| / s_y) * 2^32 / sqrt(V) * sign(w_c)) * 2^16 + b16_c) / 2^16) + zp_y
+//! ```
+//!
+//! (`cm` the largest `|xc|`), since `(x - mean) / sqrt(var + eps) = u / sqrt(W + D^2 eps / s_x^2)`.
+//! `|w_c| / s_y` is a per-channel [`Multiplier`], `2^32 / sqrt(V)` is [`rsqrt`] once per row, the
+//! product `u m_c m_r` (< 2^95, `i128`) is rounded to `2^-16` output steps, the bias `b16_c =
+//! round(b_c / s_y * 2^16)` is added there, and the sum is rounded once more to the output
+//! ([`requantize_frac`]): within `0.5 + 2^-16 + 2^-29 |t|` output steps of the exact value, `t`
+//! the normalised term before the bias in output steps (so `0.5 + 2^-13` for any `|t| <= 2^16`).
+//! A row of equal values (`W = 0`) normalises to 0, so its output is the bias, as in torch for
+//! `eps > 0` (with `eps = 0` torch divides 0 by 0; here it is the bias too).
 
 use super::linear::{centered_abs_max, check_act};
 use super::softmax::reciprocal;
 use crate::error::{Error, Result};
 use crate::quant::arith::{
-    check_multipliers, isqrt, qmax, qmin, rounding_shift_right, saturate, Multiplier,
+    check_multipliers, isqrt, qmax, qmin, requantize_frac, rounding_shift_right, saturate,
+    Multiplier, OUT_FRAC_BITS,
 };
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
@@ -269,6 +290,142 @@ impl QRmsNorm2d {
     }
 }
 
+/// Integer LayerNorm over `dim`-wide rows (see the module docs).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QLayerNorm {
+    /// Width of the normalised rows (`D`).
+    pub dim: usize,
+    pub x: ActQuant,
+    pub y: ActQuant,
+    /// `round(dim^2 * eps / s_x^2 * 2^64)`: the epsilon in the units of `W * 2^64`.
+    #[serde(with = "crate::artifact::array::decimal")]
+    pub eps_q64: u128,
+    /// `|w_c| / s_y` per channel.
+    #[serde(with = "crate::artifact::array")]
+    pub w_mult: Vec<Multiplier>,
+    /// Channels whose weight is negative.
+    #[serde(with = "crate::artifact::array")]
+    pub w_neg: Vec<bool>,
+    /// `round(b_c / s_y * 2^OUT_FRAC_BITS)` per channel: the bias in output steps with
+    /// [`OUT_FRAC_BITS`] fractional bits.
+    #[serde(with = "crate::artifact::array")]
+    pub bias: Option<Vec<i64>>,
+}
+
+/// The largest `|b16|` a [`QLayerNorm`] bias may hold: `2^31` output steps.
+pub const LAYER_NORM_BIAS_MAX: i64 = 1 << (31 + OUT_FRAC_BITS);
+
+impl QLayerNorm {
+    /// Checks everything the kernel relies on: `dim > 0`, the activations, `W <= dim^2 cm^2 <
+    /// 2^63` (so `W * 2^64 + eps_q64` fits a `u128`, and `D * xc - S`, `D * SS` fit `i64`),
+    /// `eps_q64 <= 2^126`, per channel a valid multiplier (shift in `[-60, 60]` unless zero) and
+    /// a sign, and biases of at most [`LAYER_NORM_BIAS_MAX`].
+    pub fn validate(&self) -> Result<()> {
+        let dim = self.dim;
+        check_act("QLayerNorm", "input", &self.x)?;
+        check_act("QLayerNorm", "output", &self.y)?;
+        if dim == 0 {
+            return Err(Error::input("QLayerNorm: width must be positive"));
+        }
+        let dc = (dim as u128).saturating_mul(centered_abs_max(&self.x) as u128);
+        if dc.saturating_mul(dc) >= 1 << 63 {
+            return Err(Error::input(format!(
+                "QLayerNorm: the variance of {dim} {}-bit values could exceed 2^63",
+                self.x.bits
+            )));
+        }
+        if self.eps_q64 > 1 << 126 {
+            return Err(Error::input(format!(
+                "QLayerNorm: eps_q64 {} exceeds 2^126",
+                self.eps_q64
+            )));
+        }
+        let nb = self.bias.as_ref().map_or(dim, Vec::len);
+        if self.w_mult.len() != dim || self.w_neg.len() != dim || nb != dim {
+            return Err(Error::input(format!(
+                "QLayerNorm: {} multipliers, {} signs and {nb} biases for width {dim}",
+                self.w_mult.len(),
+                self.w_neg.len()
+            )));
+        }
+        check_multipliers("QLayerNorm", "w_mult", &self.w_mult)?;
+        if let Some(i) = self
+            .w_mult
+            .iter()
+            .position(|m| m.m != 0 && !(-60..=60).contains(&m.shift))
+        {
+            return Err(Error::input(format!(
+                "QLayerNorm: w_mult[{i}] shift {} outside [-60, 60]",
+                self.w_mult[i].shift
+            )));
+        }
+        if let Some(i) = self
+            .bias
+            .iter()
+            .flatten()
+            .position(|b| b.unsigned_abs() > LAYER_NORM_BIAS_MAX as u64)
+        {
+            return Err(Error::input(format!(
+                "QLayerNorm: bias[{i}] outside +-2^{}",
+                31 + OUT_FRAC_BITS
+            )));
+        }
+        Ok(())
+    }
+
+    /// Normalises one `dim`-wide row of input integers.
+    pub fn forward_row(&self, x: &[i16], out: &mut [i16]) {
+        assert_eq!(x.len(), self.dim);
+        assert_eq!(out.len(), self.dim);
+        let zp = self.x.zero_point as i64;
+        let d = self.dim as i64;
+        // |S| <= D cm and SS <= D cm^2 < 2^63 / D (validated).
+        let (s, ss) = x.iter().fold((0i64, 0i64), |(s, ss), &v| {
+            let c = v as i64 - zp;
+            (s + c, ss + c * c)
+        });
+        // W = D SS - S^2 >= 0 (Cauchy-Schwarz), exact.
+        let w = d as i128 * ss as i128 - s as i128 * s as i128;
+        let v = ((w as u128) << 64) + self.eps_q64;
+        let bias = |c: usize| self.bias.as_ref().map_or(0, |b| b[c]);
+        let (zy, by) = (self.y.zero_point, self.y.bits);
+        if v == 0 {
+            // Equal values with eps = 0: 0 / 0, taken as a normalised 0.
+            for (c, o) in out.iter_mut().enumerate() {
+                *o = requantize_frac(bias(c), OUT_FRAC_BITS, zy, by) as i16;
+            }
+            return;
+        }
+        let r = rsqrt(v);
+        for (c, (o, &q)) in out.iter_mut().zip(x).enumerate() {
+            let u = d * (q as i64 - zp) - s;
+            let m = self.w_mult[c];
+            let p = u as i128 * m.m as i128 * r.m as i128;
+            let p = if self.w_neg[c] { -p } else { p };
+            // m: 2^(sh_m - 31), r: 2^(sh_r - 31), times 2^32, in 2^-OUT_FRAC_BITS steps.
+            let y16 = scale_pow2(p, m.shift + r.shift - 30 + OUT_FRAC_BITS as i32);
+            *o = requantize_frac(y16.saturating_add(bias(c)), OUT_FRAC_BITS, zy, by) as i16;
+        }
+    }
+
+    /// Every `dim`-wide row of `x` (`[T, D]`), rows in parallel.
+    pub fn forward(&self, x: &QTensor) -> QTensor {
+        debug_assert_eq!(x.q, self.x, "layer_norm input quantization");
+        assert!(
+            self.dim > 0 && x.numel().is_multiple_of(self.dim),
+            "layer_norm: {} values are not rows of {}",
+            x.numel(),
+            self.dim
+        );
+        let mut out = vec![0i16; x.numel()];
+        out.par_chunks_exact_mut(self.dim)
+            .zip(x.data.par_chunks_exact(self.dim))
+            .for_each(|(or, xr)| self.forward_row(xr, or));
+        QTensor::new(&x.shape, out, self.y)
+    }
+}
+
 /// The largest `|q - zero_point|` of a quantization.
 pub fn centered_max(q: &ActQuant) -> i64 {
     let zp = q.zero_point as i64;
@@ -279,9 +436,10 @@ pub fn centered_max(q: &ActQuant) -> i64 {
 #[allow(clippy::float_arithmetic)]
 mod tests {
     use super::*;
-    use crate::ops::norm::{rms_norm_channels, rms_norm_rows};
+    use crate::ops::norm::{layer_norm_rows, rms_norm_channels, rms_norm_rows};
+    use crate::quant::ops::linear::testutil::deq;
     use crate::quant::ops::lut::test_rng::Lcg;
-    use crate::quant::prepare::norm::{rms_norm, rms_norm_2d};
+    use crate::quant::prepare::norm::{layer_norm, rms_norm, rms_norm_2d};
 
     #[test]
     fn rsqrt_relative_error() {
@@ -453,5 +611,199 @@ mod tests {
         let e = worst(&y, &want);
         println!("rms_norm D=8192 int16 extremes: max error {e:.4} steps");
         assert!(e <= 0.51);
+    }
+
+    /// `torch.nn.LayerNorm` on the dequantized input in `f64` (the exact value the integer op
+    /// approximates; `ops::norm::layer_norm_rows` rounds in `f32` and cancels badly on rows with
+    /// a large mean).
+    fn layer_norm_f64(x: &QTensor, w: &[f32], b: Option<&[f32]>, eps: f32) -> Vec<f64> {
+        let d = w.len();
+        let x = deq(&x.data, &x.q);
+        let mut y = Vec::with_capacity(x.len());
+        for row in x.chunks_exact(d) {
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|&v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            let inv = 1.0 / (var + eps as f64).sqrt();
+            for (i, &v) in row.iter().enumerate() {
+                let t = (v - mean) * inv * w[i] as f64;
+                y.push(t + b.map_or(0.0, |b| b[i] as f64));
+            }
+        }
+        y
+    }
+
+    /// Worst error in output steps against an `f64` reference.
+    fn worst64(y: &QTensor, want: &[f64]) -> f64 {
+        let (lo, hi) = (qmin(y.q.bits) as f64, qmax(y.q.bits) as f64);
+        y.data
+            .iter()
+            .zip(want)
+            .map(|(&q, &w)| {
+                let t = (w / y.q.scale as f64 + y.q.zero_point as f64).clamp(lo, hi);
+                (q as f64 - t).abs()
+            })
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn layer_norm_rows_within_half_a_step() {
+        let mut rng = Lcg::new(41);
+        let mut lines = Vec::new();
+        // (bits, D, eps, input half-range, input mean, output half-range, bias)
+        for &(bits, d, eps, xr, mean, yr, with_bias) in &[
+            (16u32, 64usize, 1e-6f32, 8.0f32, 2.0f32, 6.0f32, true),
+            (16, 1024, 1e-6, 40.0, -5.0, 12.0, true),
+            (16, 4096, 1e-5, 3.0, 0.0, 8.0, true),
+            (16, 33, 1e-5, 0.05, 0.01, 8.0, false),
+            (16, 7, 1e-6, 4.0, 1.0, 4.0, true),
+            (8, 128, 1e-5, 4.0, 1.0, 6.0, true),
+            (8, 3, 1e-2, 2.0, -0.5, 3.0, false),
+            (8, 1025, 1e-6, 6.0, 2.5, 5.0, true),
+        ] {
+            let sym = bits == 16;
+            let xq = ActQuant::from_range(mean - xr, mean + xr, bits, sym);
+            let yq = ActQuant::from_range(-yr, yr, bits, sym);
+            let w = random_weight(&mut rng, d);
+            let b: Vec<f32> = (0..d).map(|_| (rng.normal() * 0.3) as f32).collect();
+            let b = with_bias.then_some(b.as_slice());
+            let op = layer_norm(&w, b, eps, xq, yq).unwrap();
+            let t = 9;
+            let mut data: Vec<i16> = random_q(&mut rng, t * d, xq, xr as f64 / 3.0)
+                .into_iter()
+                .map(|v| {
+                    let m = (mean / xq.scale) as i64;
+                    (v as i64 + m).clamp(qmin(bits), qmax(bits)) as i16
+                })
+                .collect();
+            let (lo, hi) = (qmin(bits) as i16, qmax(bits) as i16);
+            // Extremes: a saturated row, a constant row, a row of two values at the extremes, a
+            // tiny row around a large offset.
+            for (i, v) in data[..d].iter_mut().enumerate() {
+                *v = if i % 3 == 0 { lo } else { hi };
+            }
+            data[d..2 * d].fill(hi - 3);
+            for (i, v) in data[2 * d..3 * d].iter_mut().enumerate() {
+                *v = if i % 2 == 0 { lo } else { hi };
+            }
+            for (i, v) in data[3 * d..4 * d].iter_mut().enumerate() {
+                *v = hi - 5 + (i % 3) as i16;
+            }
+            let x = QTensor::new(&[t, d], data, xq);
+            let y = op.forward(&x);
+            let xf = x.dequantize();
+            let want = layer_norm_f64(&x, &w, b, eps);
+            let e = worst64(&y, &want);
+            // The float op agrees where it does not cancel (the random rows).
+            let mut f32_ref = xf.data()[4 * d..].to_vec();
+            layer_norm_rows(&mut f32_ref, d, &w, b, eps);
+            let tail = QTensor::new(&[t - 4, d], y.data[4 * d..].to_vec(), yq);
+            let ef = worst(&tail, &f32_ref);
+            lines.push(format!(
+                "layer_norm A{bits} D={d} eps={eps} bias={with_bias}: max error {e:.4} steps \
+                 (f64 reference), {ef:.4} (f32 op, random rows)"
+            ));
+            assert!(e <= 0.5 + 1e-3, "A{bits} D={d}: {e}");
+            assert!(ef <= 0.51, "A{bits} D={d}: {ef} against the f32 op");
+            // The constant row is the bias (rounded to the output).
+            for (c, &v) in y.data[d..2 * d].iter().enumerate() {
+                assert_bias(v, b.map_or(0.0, |b| b[c]), &yq);
+            }
+        }
+        for l in lines {
+            println!("{l}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_exact_values_and_wide_rows() {
+        // Rows of +-a: the normalised values are exactly +-1, so the outputs are +-w / s_y.
+        let d = 12800; // InternVL-6B's projector LayerNorm width (3200 * 4)
+        let xq = ActQuant {
+            scale: 1e-3,
+            zero_point: 0,
+            bits: 16,
+        };
+        let yq = ActQuant {
+            scale: 1.0 / 8192.0,
+            zero_point: 0,
+            bits: 16,
+        };
+        let w: Vec<f32> = (0..d)
+            .map(|i| match i % 4 {
+                0 => 1.0,
+                1 => -0.5,
+                2 => 0.0,
+                _ => 2.0,
+            })
+            .collect();
+        let op = layer_norm(&w, None, 0.0, xq, yq).unwrap();
+        let data: Vec<i16> = (0..d)
+            .map(|i| if i % 8 < 4 { -32768 } else { 32766 })
+            .collect();
+        let y = op.forward(&QTensor::new(&[1, d], data.clone(), xq));
+        for (i, &v) in y.data.iter().enumerate() {
+            let sign = if i % 8 < 4 { -1.0 } else { 1.0 };
+            assert_eq!(v as f32, sign * w[i] * 8192.0, "{i}");
+        }
+        // With eps and a bias: against the f64 reference.
+        let b: Vec<f32> = (0..d).map(|i| (i % 5) as f32 * 0.25 - 0.5).collect();
+        let op = layer_norm(&w, Some(&b), 1e-6, xq, yq).unwrap();
+        let x = QTensor::new(&[1, d], data, xq);
+        let y = op.forward(&x);
+        let want = layer_norm_f64(&x, &w, Some(&b), 1e-6);
+        let e = worst64(&y, &want);
+        println!("layer_norm D={d} int16 extremes: max error {e:.4} steps");
+        assert!(e <= 0.5 + 1e-3, "{e}");
+        // A row of one value normalises to the bias; eps = 0 included (0 / 0 taken as 0).
+        for eps in [0.0, 1e-5] {
+            let op = layer_norm(&w[..5], Some(&b[..5]), eps, xq, yq).unwrap();
+            let y = op.forward(&QTensor::new(&[2, 5], vec![1234; 10], xq));
+            for (c, &v) in y.data.iter().enumerate() {
+                assert_bias(v, b[c % 5], &yq);
+            }
+        }
+        // Width 1: every row is constant.
+        let op = layer_norm(&[3.0], Some(&[0.75]), 1e-5, xq, yq).unwrap();
+        let y = op.forward(&QTensor::new(&[3, 1], vec![-32768, 0, 32767], xq));
+        assert!(y.data.iter().all(|&v| v as i32 == yq.quantize(0.75)));
+    }
+
+    /// `v` is the output integer of `bias`, within the rounding of a bias held to `2^-16` steps.
+    fn assert_bias(v: i16, bias: f32, yq: &ActQuant) {
+        let (lo, hi) = (qmin(yq.bits) as f64, qmax(yq.bits) as f64);
+        let exact = (bias as f64 / yq.scale as f64 + yq.zero_point as f64).clamp(lo, hi);
+        assert!(
+            (v as f64 - exact).abs() <= 0.5 + 2f64.powi(-16),
+            "{v} for the bias {bias} ({exact} steps)"
+        );
+    }
+
+    #[test]
+    fn layer_norm_saturates_and_refuses_what_it_cannot_represent() {
+        let xq = ActQuant::from_range(-4.0, 4.0, 16, true);
+        // A narrow output range: every |y| > 0.5 saturates.
+        let yq = ActQuant::from_range(-0.5, 0.5, 8, false);
+        let w = vec![1.0f32; 16];
+        let op = layer_norm(&w, None, 1e-5, xq, yq).unwrap();
+        let data: Vec<i16> = (0..16).map(|i| (i * 4000 - 30000) as i16).collect();
+        let y = op.forward(&QTensor::new(&[1, 16], data, xq));
+        assert_eq!(y.data[0], -128);
+        assert_eq!(y.data[15], 127);
+        // Too wide for the variance bound, non-finite values, mismatched bias.
+        assert!(layer_norm(&vec![1.0; 1 << 17], None, 1e-5, xq, yq).is_err());
+        assert!(layer_norm(&[f32::NAN], None, 1e-5, xq, yq).is_err());
+        assert!(layer_norm(&w, Some(&[0.0; 3]), 1e-5, xq, yq).is_err());
+        assert!(layer_norm(&w, None, -1.0, xq, yq).is_err());
+        assert!(layer_norm(&w, Some(&[1e30; 16]), 1e-5, xq, yq).is_err());
+        // validate catches what a file could hold.
+        let mut bad = op.clone();
+        bad.bias = Some(vec![LAYER_NORM_BIAS_MAX + 1; 16]);
+        assert!(bad.validate().is_err());
+        let mut bad = op.clone();
+        bad.w_neg.pop();
+        assert!(bad.validate().is_err());
+        let mut bad = op;
+        bad.dim = 1 << 20;
+        assert!(bad.validate().is_err());
     }
 }
