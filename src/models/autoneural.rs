@@ -157,7 +157,7 @@ impl TextConfig {
     /// The language-model graph, weights below `roots.text`, an untied head at `roots.head`.
     pub fn build(&self, src: &dyn WeightSource, roots: &Roots) -> Result<Graph> {
         match self {
-            TextConfig::Lfm2(c) => lfm2::graph::build(c, src, &roots.text),
+            TextConfig::Lfm2(c) => lfm2::graph::build_with_head(c, src, &roots.text, &roots.head),
             TextConfig::Llama(c) => llama::graph::build(c, src, &roots.text, &roots.head),
         }
     }
@@ -250,7 +250,7 @@ impl AutoNeuralConfig {
             "autoneural" => {
                 let vision: VisionConfig = serde_json::from_value(sub("vision_config")?.clone())
                     .map_err(|e| Error::config(format!("vision_config: {e}")))?;
-                let text = Lfm2Config::from_json(sub("text_config")?)?;
+                let text = text_config(sub("text_config")?, None)?;
                 let projector_hidden_size = get_u("projector_hidden_size")?;
                 crate::models::limits::check(
                     "projector_hidden_size",
@@ -260,7 +260,7 @@ impl AutoNeuralConfig {
                 Self {
                     model_type: model_type.to_string(),
                     vision: Some(VisionTower::MobileNetV5(vision)),
-                    text: TextConfig::Lfm2(text),
+                    text,
                     projector_hidden_size: projector_hidden_size as usize,
                     projector_hidden_act: act("gelu")?,
                     projector_norm_eps: None,
@@ -271,25 +271,18 @@ impl AutoNeuralConfig {
             }
             "internvl" => {
                 let vision = InternVitConfig::from_json(sub("vision_config")?, json)?;
-                let text_json = sub("text_config")?;
-                let text_type = text_json.get("model_type").and_then(Value::as_str);
-                if text_type != Some("llama") {
-                    return Err(Error::config(format!(
-                        "InternVL text_config model_type {text_type:?} is not supported (llama)"
-                    )));
-                }
-                let mut text = LlamaConfig::from_json(text_json)?;
                 // The composite's own flag ties `lm_head` to the LM's embeddings (transformers
                 // ties by the top-level config; its default is true).
-                text.tie_word_embeddings = json
+                let tie = json
                     .get("tie_word_embeddings")
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
-                let hidden = text.hidden_size;
+                let text = text_config(sub("text_config")?, Some(tie))?;
+                let hidden = text.hidden_size();
                 Self {
                     model_type: model_type.to_string(),
                     vision: Some(VisionTower::InternVit(vision)),
-                    text: TextConfig::Llama(text),
+                    text,
                     projector_hidden_size: hidden,
                     projector_hidden_act: act("gelu")?,
                     projector_norm_eps: Some(1e-5),
@@ -355,6 +348,31 @@ impl AutoNeuralConfig {
             text,
             vision,
         })
+    }
+}
+
+/// The language model of a composite config: `text_config.model_type` picks LFM2 (the default,
+/// as AutoNeural configs written before the baseline carry none) or Llama, so either vision tower
+/// pairs with either LM (the paper's ablations); `tie` overrides the LM's own head tying.
+fn text_config(v: &Value, tie: Option<bool>) -> Result<TextConfig> {
+    match v.get("model_type").and_then(Value::as_str) {
+        None | Some("lfm2") => {
+            let mut c = Lfm2Config::from_json(v)?;
+            if let Some(t) = tie {
+                c.tie_word_embeddings = t;
+            }
+            Ok(TextConfig::Lfm2(c))
+        }
+        Some("llama") => {
+            let mut c = LlamaConfig::from_json(v)?;
+            if let Some(t) = tie {
+                c.tie_word_embeddings = t;
+            }
+            Ok(TextConfig::Llama(c))
+        }
+        Some(other) => Err(Error::config(format!(
+            "text_config model_type \"{other}\" is not supported (lfm2 or llama)"
+        ))),
     }
 }
 
@@ -665,4 +683,90 @@ fn text_only() -> Error {
 /// The single output of a run.
 pub(crate) fn take_one(mut v: Vec<Tensor>) -> Tensor {
     v.pop().expect("one output requested")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::NoObserver;
+
+    fn json(path: &str) -> Value {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    /// Runs one image and a prompt through a random model of `cfg`: logits for every row.
+    fn runs_end_to_end(cfg: AutoNeuralConfig) {
+        let (tokens, vocab) = (
+            cfg.vision.as_ref().unwrap().tokens_per_image(),
+            cfg.text.vocab_size(),
+        );
+        let s = cfg.vision.as_ref().unwrap().image_size();
+        let model = AutoNeuralModel::random(cfg.clone(), 3).unwrap();
+        let pixels = Tensor::from_parts(&[3, s, s], vec![0.5; 3 * s * s]);
+        let e = model.encode_image(&pixels, &mut NoObserver).unwrap();
+        assert_eq!(e.embeddings.shape(), [tokens, cfg.text.hidden_size()]);
+        let mut ids = vec![cfg.image_token_id; tokens];
+        ids.extend([1, 2, 3]);
+        let x = model.embed_prompt(&ids, &[e.embeddings]).unwrap();
+        let logits = model.prompt_logits(x, &mut NoObserver).unwrap();
+        assert_eq!(logits.shape(), [tokens + 3, vocab]);
+        assert!(logits.data().iter().all(|v| v.is_finite()));
+    }
+
+    /// The paper's ablations: MobileNetV5 + Llama and InternViT + LFM2, assembled from the same
+    /// builders by `text_config.model_type`.
+    #[test]
+    fn either_vision_tower_pairs_with_either_language_model() {
+        let autoneural = json("models/autoneural-cockpit-tiny/config.json");
+        let internvl = json("tests/golden/internvl_layernorm_p8/model/config.json");
+
+        let mut mnv5_llama = autoneural.clone();
+        mnv5_llama["text_config"] = internvl["text_config"].clone();
+        mnv5_llama["image_token_id"] = 5.into();
+        mnv5_llama["image_start_token_id"] = 6.into();
+        mnv5_llama["image_end_token_id"] = 7.into();
+        let cfg = AutoNeuralConfig::from_json(&mnv5_llama).unwrap();
+        assert!(matches!(
+            (&cfg.vision, &cfg.text),
+            (Some(VisionTower::MobileNetV5(_)), TextConfig::Llama(_))
+        ));
+        runs_end_to_end(cfg);
+
+        let mut vit_lfm2 = internvl.clone();
+        vit_lfm2["text_config"] = autoneural["text_config"].clone();
+        vit_lfm2["image_token_id"] = 5.into();
+        vit_lfm2["image_start_token_id"] = 6.into();
+        vit_lfm2["image_end_token_id"] = 7.into();
+        let cfg = AutoNeuralConfig::from_json(&vit_lfm2).unwrap();
+        assert!(matches!(
+            (&cfg.vision, &cfg.text),
+            (Some(VisionTower::InternVit(_)), TextConfig::Lfm2(_))
+        ));
+        runs_end_to_end(cfg);
+    }
+
+    #[test]
+    fn internvl_layouts_are_detected_by_their_keys() {
+        let cfg = AutoNeuralConfig::from_json(&json(
+            "tests/golden/internvl_layernorm_p8/model/config.json",
+        ))
+        .unwrap();
+        let saved = WeightStore::open_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/internvl_layernorm_p8/model"),
+        )
+        .unwrap();
+        let hub = WeightStore::open_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/golden/internvl_rms_qknorm_p14/model"),
+        )
+        .unwrap();
+        assert_eq!(Roots::detect(&cfg, &saved).text, "language_model.model");
+        assert_eq!(
+            Roots::detect(&cfg, &saved).head,
+            "language_model.lm_head.weight"
+        );
+        assert_eq!(Roots::detect(&cfg, &hub).text, "model.language_model");
+        assert_eq!(Roots::detect(&cfg, &hub).vision, "model.vision_tower");
+    }
 }

@@ -15,6 +15,17 @@ use crate::ops::activation::Activation;
 /// checkpoint, `model.language_model` inside AutoNeural); an untied `lm_head.weight` is read at
 /// the checkpoint root, as transformers does.
 pub fn build(cfg: &Lfm2Config, w: &dyn WeightSource, root: &str) -> Result<Graph> {
+    build_with_head(cfg, w, root, "lm_head.weight")
+}
+
+/// [`build`] with an untied head read at the full key `head_key` (inside a composite saved by
+/// transformers 5, `language_model.lm_head.weight`).
+pub fn build_with_head(
+    cfg: &Lfm2Config,
+    w: &dyn WeightSource,
+    root: &str,
+    head_key: &str,
+) -> Result<Graph> {
     cfg.validate()?;
     let (v, h, eps) = (cfg.vocab_size, cfg.hidden_size, cfg.norm_eps as f32);
     let mut b = GraphBuilder::new(w, root);
@@ -40,7 +51,7 @@ pub fn build(cfg: &Lfm2Config, w: &dyn WeightSource, root: &str) -> Result<Graph
     let head = if cfg.tie_word_embeddings {
         table
     } else {
-        b.param_at("lm_head.weight", &[v, h])?
+        b.param_at(head_key, &[v, h])?
     };
     let logits = b.linear_with("lm_head", hidden, head)?;
     b.port("hidden", hidden);
