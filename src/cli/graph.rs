@@ -187,8 +187,9 @@ pub struct GraphArgs {
     /// Model directory.
     #[arg(long, default_value = super::DEFAULT_MODEL)]
     model: PathBuf,
-    /// A real architecture from its config instead of a directory: autoneural-1.5b, lfm2-1.2b,
-    /// lfm2-700m, lfm2-350m, mobilenetv5_300m_enc (the vision encoder alone).
+    /// A real architecture from its config instead of a directory: autoneural-1.5b,
+    /// internvl2-2b, lfm2-1.2b, lfm2-700m, lfm2-350m, internlm2-1.8b, or a vision encoder alone:
+    /// mobilenetv5_300m_enc, internvit-300m.
     #[arg(long, conflicts_with = "model")]
     preset: Option<String>,
     /// Which part to list.

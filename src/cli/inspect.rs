@@ -22,7 +22,9 @@ pub struct InspectArgs {
     #[arg(long, default_value = super::DEFAULT_MODEL)]
     model: PathBuf,
     /// Describe a real architecture from its config instead of a directory: autoneural-1.5b
-    /// (mobilenetv5_300m_enc + 2048-wide connector + LFM2-1.2B), lfm2-1.2b, lfm2-700m, lfm2-350m.
+    /// (mobilenetv5_300m_enc + 2048-wide connector + LFM2-1.2B), internvl2-2b (InternViT-300M +
+    /// pixel shuffle + projector + InternLM2-1.8B as a Llama, the paper's baseline), lfm2-1.2b,
+    /// lfm2-700m, lfm2-350m, internlm2-1.8b.
     #[arg(long, conflicts_with = "model")]
     preset: Option<String>,
     /// Context length (tokens) for the KV-cache estimate.
