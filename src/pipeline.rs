@@ -99,7 +99,13 @@ pub fn load_pixels(config: &AutoNeuralConfig, images: &[ImageInput]) -> Result<V
     images
         .iter()
         .map(|img| match img {
-            ImageInput::File(p) => preprocess::load_image(p, vcfg.image_size()),
+            ImageInput::File(p) => {
+                let mut t = preprocess::load_image(p, vcfg.image_size())?;
+                if let Some(n) = &config.image_norm {
+                    n.apply(&mut t);
+                }
+                Ok(t)
+            }
             ImageInput::Pixels(p) => preprocess::load_pixels_npy(p),
         })
         .collect()

@@ -1,6 +1,8 @@
-//! Image preprocessing for MobileNetV5: decode, resize to the configured square size (bilinear,
-//! no aspect preservation, as Gemma 3n's processor does), rescale to [0, 1]. No mean/std
-//! normalisation. Output is a `[3, size, size]` tensor.
+//! Image preprocessing: decode, resize to the configured square size (bilinear, no aspect
+//! preservation, as Gemma 3n's processor does), rescale to [0, 1], then the model directory's
+//! mean/std normalisation when its `preprocessor_config.json` asks for one (InternVL's processor
+//! uses ImageNet's; MobileNetV5 and the project's own models use none). Output is a
+//! `[3, size, size]` tensor.
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -102,6 +104,80 @@ pub fn preprocess(img: &image::RgbImage, size: usize) -> Tensor {
     Tensor::from_parts(&[3, size, size], data)
 }
 
+/// Per-channel `(x - mean) / std` on [0, 1] pixels, from a Hugging Face image processor's
+/// `image_mean` / `image_std` with `do_normalize`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageNorm {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl ImageNorm {
+    /// Reads `preprocessor_config.json`: `Some` when it normalizes, `None` when it does not
+    /// (or the file is absent).
+    pub fn from_file(path: &Path) -> Result<Option<Self>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = crate::files::read_text(path, crate::files::limits::JSON)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::corrupt(path, format!("invalid JSON: {e}")))?;
+        if v.get("do_normalize").and_then(|d| d.as_bool()) == Some(false) {
+            return Ok(None);
+        }
+        let triple = |key: &str| -> Result<Option<[f32; 3]>> {
+            let Some(x) = v.get(key).filter(|x| !x.is_null()) else {
+                return Ok(None);
+            };
+            let bad = || Error::corrupt(path, format!("`{key}` must be three numbers"));
+            let a = x.as_array().ok_or_else(bad)?;
+            if a.len() != 3 {
+                return Err(bad());
+            }
+            let mut out = [0.0f32; 3];
+            for (o, e) in out.iter_mut().zip(a) {
+                *o = e.as_f64().ok_or_else(bad)? as f32;
+            }
+            Ok(Some(out))
+        };
+        match (triple("image_mean")?, triple("image_std")?) {
+            (None, None) => Ok(None),
+            (mean, std) => {
+                let norm = Self {
+                    mean: mean.unwrap_or([0.0; 3]),
+                    std: std.unwrap_or([1.0; 3]),
+                };
+                if norm.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+                    || norm.mean.iter().any(|m| !m.is_finite())
+                {
+                    return Err(Error::corrupt(
+                        path,
+                        "image_std must be positive and image_mean finite",
+                    ));
+                }
+                Ok(Some(norm))
+            }
+        }
+    }
+
+    /// The range `[0, 1]` pixels take after normalisation (over all channels).
+    pub fn range(&self) -> (f32, f32) {
+        let ends = (0..3).flat_map(|c| [0.0, 1.0].map(|x| (x - self.mean[c]) / self.std[c]));
+        ends.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        })
+    }
+
+    /// Normalises `[3, H, W]` pixels in place.
+    pub fn apply(&self, t: &mut Tensor) {
+        let plane = t.numel() / 3;
+        for (c, ch) in t.data_mut().chunks_exact_mut(plane).enumerate() {
+            let (m, s) = (self.mean[c], self.std[c]);
+            ch.iter_mut().for_each(|v| *v = (*v - m) / s);
+        }
+    }
+}
+
 /// Loads a preprocessed `[3, H, W]` array from `.npy` (used by parity tests: no resize involved).
 pub fn load_pixels_npy(path: &Path) -> Result<Tensor> {
     check_pixels(crate::npy::read_f32(path)?, path)
@@ -156,5 +232,52 @@ mod tests {
         let e = load_image(&p, 32).unwrap_err().to_string();
         assert!(e.contains("x.png"), "{e}");
         assert!(load_image(&dir.path().join("missing.png"), 32).is_err());
+    }
+}
+
+#[cfg(test)]
+mod norm_tests {
+    use super::*;
+
+    fn norm_of(json: &str) -> Result<Option<ImageNorm>> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("preprocessor_config.json");
+        std::fs::write(&p, json).unwrap();
+        ImageNorm::from_file(&p)
+    }
+
+    #[test]
+    fn reads_an_image_processors_normalisation() {
+        // InternVL's processor (GotOcr2ImageProcessorFast): ImageNet mean/std.
+        let n = norm_of(
+            r#"{"do_normalize": true, "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225], "size": {"height": 448, "width": 448}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        let mut t = Tensor::from_parts(&[3, 1, 2], vec![0.485, 1.0, 0.456, 0.0, 0.406, 0.5]);
+        n.apply(&mut t);
+        assert_eq!(t.data()[0], 0.0);
+        assert!((t.data()[1] - (1.0 - 0.485) / 0.229).abs() < 1e-6);
+        assert!((t.data()[3] - (-0.456 / 0.224)).abs() < 1e-6);
+        let (lo, hi) = n.range();
+        assert!((lo - (-0.485 / 0.229)).abs() < 1e-6 && (hi - (1.0 - 0.406) / 0.225).abs() < 1e-6);
+        assert_eq!(
+            norm_of(r#"{"do_normalize": false, "image_mean": [0.5, 0.5, 0.5]}"#).unwrap(),
+            None
+        );
+        assert_eq!(norm_of(r#"{"size": 224}"#).unwrap(), None);
+        assert!(
+            ImageNorm::from_file(Path::new("/nonexistent/preprocessor_config.json"))
+                .unwrap()
+                .is_none()
+        );
+        for bad in [
+            r#"{"image_std": [0.2, 0.0, 0.2]}"#,
+            r#"{"image_mean": [0.5]}"#,
+            "{",
+        ] {
+            assert!(norm_of(bad).is_err(), "{bad}");
+        }
     }
 }

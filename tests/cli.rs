@@ -541,3 +541,72 @@ fn baseline_bad_input() {
     ]);
     assert_fails_with(&out, "takes 64x64 images");
 }
+
+/// A model directory whose image processor normalises (InternVL's ImageNet mean/std): pixels
+/// are normalised before the encoder, and the integer encoder's pixel edge covers the
+/// normalised range instead of clipping it to [0, 1].
+#[test]
+fn image_processor_normalisation_reaches_the_integer_edge() {
+    let case = Case::load("internvl_layernorm_p8");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    copy_dir(&case.model_dir(), &model);
+    std::fs::write(
+        model.join("preprocessor_config.json"),
+        r#"{"do_normalize": true, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}"#,
+    )
+    .unwrap();
+    let cal = tmp.path().join("cal");
+    std::fs::create_dir(&cal).unwrap();
+    for (i, c) in [[0u8, 0, 0], [255, 255, 255], [30, 200, 90]]
+        .iter()
+        .enumerate()
+    {
+        image::RgbImage::from_pixel(64, 64, image::Rgb(*c))
+            .save(cal.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let q = tmp.path().join("q");
+    let out = run(&[
+        "quantize",
+        "--model",
+        &s(&model),
+        "--calibration",
+        &s(&cal),
+        "--out",
+        &s(&q),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(q.join("preprocessor_config.json").is_file());
+    let graph: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q.join("graph.json")).unwrap()).unwrap();
+    let px = graph["vision"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "pixels")
+        .unwrap();
+    let scale = px["elem"]["q"]["scale"].as_f64().unwrap();
+    // 16-bit symmetric over the largest normalised magnitude, (1 - 0.406) / 0.225 = 2.64.
+    assert!((scale * 32767.0 - 2.64).abs() < 1e-3, "pixel scale {scale}");
+    let out = run(&[
+        "run",
+        "--model",
+        &s(&q),
+        "--image",
+        &s(&cal.join("2.png")),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

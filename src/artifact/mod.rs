@@ -234,7 +234,11 @@ impl QuantizedModel {
         let out_cfg = dir.join("config.json");
         let pretty = serde_json::to_string_pretty(&cfg).map_err(|e| Error::input(e.to_string()))?;
         std::fs::write(&out_cfg, &pretty).map_err(|e| Error::io(&out_cfg, e))?;
-        for name in ["tokenizer.json", "tokenizer_config.json"] {
+        for name in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            crate::models::autoneural::PREPROCESSOR_CONFIG,
+        ] {
             let src = float_dir.join(name);
             if src.is_file() {
                 std::fs::copy(&src, dir.join(name)).map_err(|e| Error::io(&src, e))?;

@@ -51,6 +51,7 @@ pub fn preset_config(name: &str) -> Result<AutoNeuralConfig> {
         image_token_id: 0,
         image_start_token_id: None,
         image_end_token_id: None,
+        image_norm: None,
     };
     Ok(match name {
         "autoneural-1.5b" => {
@@ -86,6 +87,7 @@ pub fn preset_config(name: &str) -> Result<AutoNeuralConfig> {
                 image_token_id: 92546,
                 image_start_token_id: Some(92544),
                 image_end_token_id: Some(92545),
+                image_norm: None,
             }
         }
         other => bail!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),

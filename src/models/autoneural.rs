@@ -24,6 +24,7 @@ use crate::models::llama::{self, LlamaConfig};
 use crate::models::mobilenetv5::{self, VisionConfig};
 use crate::observe::Observer;
 use crate::ops::activation::Activation;
+use crate::preprocess::ImageNorm;
 use crate::tensor::Tensor;
 use crate::weights::WeightStore;
 use serde_json::Value;
@@ -192,14 +193,25 @@ pub struct AutoNeuralConfig {
     /// `<img>` / `</img>` are then looked up in the tokenizer).
     pub image_start_token_id: Option<u32>,
     pub image_end_token_id: Option<u32>,
+    /// Mean/std normalisation of pixels, from `preprocessor_config.json` beside `config.json`.
+    pub image_norm: Option<ImageNorm>,
 }
 
+/// The image processor's settings, beside `config.json`.
+pub const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
+
 impl AutoNeuralConfig {
+    /// Reads `config.json` and, if present, `preprocessor_config.json` beside it.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = crate::files::read_text(path, crate::files::limits::JSON)?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::corrupt(path, format!("invalid JSON: {e}")))?;
-        Self::from_json(&json)
+        let mut cfg = Self::from_json(&json)?;
+        if cfg.vision.is_some() {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            cfg.image_norm = ImageNorm::from_file(&dir.join(PREPROCESSOR_CONFIG))?;
+        }
+        Ok(cfg)
     }
 
     pub fn from_json(json: &Value) -> Result<Self> {
@@ -214,6 +226,7 @@ impl AutoNeuralConfig {
             image_token_id: 0,
             image_start_token_id: None,
             image_end_token_id: None,
+            image_norm: None,
         };
         let get_u = |key: &str| -> Result<u64> {
             json.get(key)
@@ -267,6 +280,7 @@ impl AutoNeuralConfig {
                     image_token_id: get_id("image_token_id")?,
                     image_start_token_id: Some(get_id("image_start_token_id")?),
                     image_end_token_id: Some(get_id("image_end_token_id")?),
+                    image_norm: None,
                 }
             }
             "internvl" => {
@@ -292,6 +306,7 @@ impl AutoNeuralConfig {
                     },
                     image_start_token_id: opt_id("image_start_token_id")?,
                     image_end_token_id: opt_id("image_end_token_id")?,
+                    image_norm: None,
                 }
             }
             other => {

@@ -16,7 +16,7 @@ pub fn slice_rows<T: Copy>(x: &[T], d: usize, start: usize, len: usize) -> Vec<T
 /// neighbours along the column, and the last permute restores row-major order.
 pub fn pixel_shuffle<T: Copy>(x: &[T], h: usize, w: usize, c: usize, s: usize) -> Vec<T> {
     assert_eq!(x.len(), h * w * c);
-    assert!(s > 0 && h % s == 0 && w % s == 0);
+    assert!(s > 0 && h.is_multiple_of(s) && w.is_multiple_of(s));
     let (oh, ow) = (h / s, w / s);
     let mut y = Vec::with_capacity(x.len());
     for i in 0..oh {

@@ -12,7 +12,7 @@ use crate::models::autoneural::{
 };
 use crate::observe::{NoObserver, Observer};
 use crate::quant::calibrate::{CalibrationStats, RangeMethod};
-use crate::quant::lower::lower;
+use crate::quant::lower::{lower, lower_with_pixels, PIXELS};
 use crate::quant::ops::elementwise::QRequantize;
 use crate::quant::params::ActQuant;
 use crate::quant::prepare::elementwise::requantize;
@@ -63,8 +63,20 @@ impl IntModel {
         let vision = match &float.vision {
             None => None,
             Some(v) => {
-                let encoder =
-                    IntProgram::new(lower(&v.encoder, Part::Vision, stats, scheme, method, &[])?);
+                let pixels = float
+                    .config
+                    .image_norm
+                    .as_ref()
+                    .map_or(PIXELS, |n| n.range());
+                let encoder = IntProgram::new(lower_with_pixels(
+                    &v.encoder,
+                    Part::Vision,
+                    stats,
+                    scheme,
+                    method,
+                    &[],
+                    pixels,
+                )?);
                 let features = encoder.quant(encoder.graph.port("features")?)?;
                 let input = [(v.connector.graph.port("features")?, features)];
                 let connector = IntProgram::new(lower(

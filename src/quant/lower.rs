@@ -242,7 +242,16 @@ pub fn silu_quant(x: &ActQuant, bits: u32, symmetric: bool) -> ActQuant {
 /// The fixed quantization of preprocessed pixels in `[0, 1]`: 16 bits symmetric (scale
 /// `1/32767`, zero point 0) or 8 bits asymmetric (scale `1/255`, zero point -128).
 pub fn pixel_quant(act_bits: u32) -> ActQuant {
-    ActQuant::from_range(0.0, 1.0, act_bits, act_bits >= 16)
+    pixel_quant_in(act_bits, PIXELS)
+}
+
+/// Preprocessed pixels without mean/std normalisation.
+pub const PIXELS: (f32, f32) = (0.0, 1.0);
+
+/// The fixed quantization of pixels in `range` (the image of `[0, 1]` under the model's
+/// mean/std normalisation): 16 bits symmetric or 8 bits asymmetric.
+pub fn pixel_quant_in(act_bits: u32, (lo, hi): (f32, f32)) -> ActQuant {
+    ActQuant::from_range(lo, hi, act_bits, act_bits >= 16)
 }
 
 /// Lowers the float graph of `part` (its weights in `prog`) to an integer graph. `inputs` gives
@@ -255,6 +264,20 @@ pub fn lower(
     scheme: &Scheme,
     method: Option<RangeMethod>,
     inputs: &[(ValueId, ActQuant)],
+) -> Result<Graph<QOp>> {
+    lower_with_pixels(prog, part, stats, scheme, method, inputs, PIXELS)
+}
+
+/// [`lower`] for a model whose pixels arrive in `pixels` (normalised by its image processor's
+/// mean and std; [`PIXELS`] otherwise).
+pub fn lower_with_pixels(
+    prog: &FloatProgram,
+    part: Part,
+    stats: &CalibrationStats,
+    scheme: &Scheme,
+    method: Option<RangeMethod>,
+    inputs: &[(ValueId, ActQuant)],
+    pixels: (f32, f32),
 ) -> Result<Graph<QOp>> {
     if scheme.part(part).is_float() {
         return Err(Error::input(format!(
@@ -274,13 +297,13 @@ pub fn lower(
     }
     if let Ok(px) = g.port("pixels") {
         if !inputs.iter().any(|(v, _)| *v == px) {
-            // Pixels in [0, 1] at the edge, at the width of the first op reading them.
+            // Pixels in their fixed range at the edge, at the width of the first op reading them.
             let first = g.nodes.iter().find(|n| n.inputs.contains(&px));
             let abits = match first {
                 Some(n) => c.precision(&n.name)?.abits,
                 None => return Err(Error::input("no op reads the pixels")),
             };
-            values[px.0 as usize].elem = Elem::Q(pixel_quant(abits));
+            values[px.0 as usize].elem = Elem::Q(pixel_quant_in(abits, pixels));
         }
     }
     if let Some(v) = g

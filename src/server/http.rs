@@ -363,6 +363,7 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
             .map(|v| v.image_size())
             .unwrap_or(0);
         let cache = st.cache.clone();
+        let norm = loaded.engine.config().image_norm.clone();
         job.images = tokio::task::spawn_blocking(move || {
             datas
                 .iter()
@@ -375,9 +376,13 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
                     let img = crate::preprocess::decode_image(bytes).map_err(|m| {
                         ApiError::bad_request(format!("image {}: {m}", i + 1)).param("messages")
                     })?;
+                    let mut pixels = crate::preprocess::preprocess(&img, size);
+                    if let Some(n) = &norm {
+                        n.apply(&mut pixels);
+                    }
                     Ok(RequestImage {
                         key,
-                        pixels: Some(crate::preprocess::preprocess(&img, size)),
+                        pixels: Some(pixels),
                     })
                 })
                 .collect::<Result<Vec<_>, ApiError>>()
