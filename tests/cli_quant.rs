@@ -60,11 +60,24 @@ fn calibration_dir(dir: &Path) -> PathBuf {
 }
 
 fn quantize(tmp: &Path, scheme: &str) -> PathBuf {
-    let q = tmp.join(format!("q-{scheme}"));
+    quantize_model(tmp, &random_model(), scheme)
+}
+
+/// The InternVL baseline's golden model (InternViT + pixel shuffle + projector + Llama).
+fn baseline_model() -> String {
+    s(&root().join("tests/golden/internvl_layernorm_p8/model"))
+}
+
+fn quantize_model(tmp: &Path, model: &str, scheme: &str) -> PathBuf {
+    let tag: String = model
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .collect();
+    let q = tmp.join(format!("q-{scheme}-{tag}"));
     let out = run(&[
         "quantize",
         "--model",
-        &random_model(),
+        model,
         "--calibration",
         &s(&calibration_dir(tmp)),
         "--scheme",
@@ -367,16 +380,25 @@ fn kernel_levels() -> Vec<&'static str> {
 fn every_kernel_level_and_thread_count_gives_identical_outputs() {
     // The whole integer model (vision, connector, LM, greedy answer) at every instruction level
     // the machine has and at 1 and 2 threads: the same bytes, for the schemes that exercise
-    // every GEMM arithmetic (grouped int4 x int16 pairs, int8 x int8 quads, grouped int4 x int8).
+    // every GEMM arithmetic (grouped int4 x int16 pairs, int8 x int8 quads, grouped int4 x int8);
+    // and the InternVL baseline (integer LayerNorm, CLS/positions, pixel shuffle, Llama).
     let tmp = tempfile::tempdir().unwrap();
     let img = s(&root().join("assets/sample_dashboard.png"));
-    for scheme in ["default", "w8a8", "w4a8"] {
-        let q = quantize(tmp.path(), scheme);
+    let runs = [
+        (random_model(), "default"),
+        (random_model(), "w8a8"),
+        (random_model(), "w4a8"),
+        (baseline_model(), "default"),
+        (baseline_model(), "w8a8"),
+    ];
+    for (model, scheme) in &runs {
+        let (model, scheme) = (model.as_str(), *scheme);
+        let q = quantize_model(tmp.path(), model, scheme);
         let mut first: Option<(String, Vec<Vec<u8>>, String)> = None;
         for level in kernel_levels() {
             for threads in ["1", "2"] {
-                let what = format!("{scheme} at {level}, {threads} thread(s)");
-                let dump = tmp.path().join(format!("dump-{scheme}-{level}-{threads}"));
+                let what = format!("{model} {scheme} at {level}, {threads} thread(s)");
+                let dump = q.with_extension(format!("dump-{level}-{threads}"));
                 let run_at = |args: &[&str]| {
                     let out = Command::new(env!("CARGO_BIN_EXE_autoneural"))
                         .env("AUTONEURAL_KERNELS", level)
