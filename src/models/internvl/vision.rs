@@ -74,7 +74,7 @@ pub fn build(
         w: g,
         scale: cfg.shuffle,
     };
-    let features = b.internal("pixel_shuffle", shuffle, &[x])?;
+    let features = b.node("pixel_shuffle", shuffle, &[x])?;
     b.port("features", features);
     Ok(b.finish())
 }
