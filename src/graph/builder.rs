@@ -290,6 +290,44 @@ impl<'a> GraphBuilder<'a> {
         Ok(out)
     }
 
+    /// Causal attention of a decoder layer over this call's rows and the positions before them:
+    /// rotate-half RoPE on `q` (`heads` wide) and `k` (`kv_heads` wide) at the sequence position
+    /// (`<p>.rope_q`, `<p>.rope_k`), post-RoPE keys and values appended to the state slots
+    /// `<p>.k` / `<p>.v`, SDPA with scale `head_dim^-0.5` (`<p>.sdpa`). LFM2's and Llama's
+    /// attention differ only before (q/k norms) and in their projections' names.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_cached_attention(
+        &mut self,
+        p: &str,
+        [q, k, v]: [ValueId; 3],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        theta: f64,
+    ) -> Result<ValueId> {
+        let rope = |heads| Op::Rope {
+            heads,
+            head_dim,
+            theta,
+        };
+        let q = self.node(&format!("{p}.rope_q"), rope(heads), &[q])?;
+        let k = self.node(&format!("{p}.rope_k"), rope(kv_heads), &[k])?;
+        let kv = vec![super::Dim::Past, super::Dim::Fixed(kv_heads * head_dim)];
+        let (ks, vs) = (
+            self.state(&format!("{p}.k"), kv.clone()),
+            self.state(&format!("{p}.v"), kv),
+        );
+        let sdpa = Op::CachedAttention {
+            heads,
+            kv_heads,
+            head_dim,
+            scale: (head_dim as f64).powf(-0.5) as f32,
+            k: ks,
+            v: vs,
+        };
+        self.node(&format!("{p}.sdpa"), sdpa, &[q, k, v])
+    }
+
     pub fn add(&mut self, name: &str, a: ValueId, b: ValueId) -> Result<ValueId> {
         self.node(name, Op::Add, &[a, b])
     }

@@ -55,27 +55,7 @@ fn attention(b: &mut GraphBuilder, cfg: &LlamaConfig, p: &str, x: ValueId) -> Re
     let q = b.linear(&format!("{p}.q_proj"), x, nh * d, bias)?;
     let k = b.linear(&format!("{p}.k_proj"), x, nkv * d, bias)?;
     let v = b.linear(&format!("{p}.v_proj"), x, nkv * d, bias)?;
-    let rope = |heads| Op::Rope {
-        heads,
-        head_dim: d,
-        theta: cfg.rope_theta,
-    };
-    let q = b.node(&format!("{p}.rope_q"), rope(nh), &[q])?;
-    let k = b.node(&format!("{p}.rope_k"), rope(nkv), &[k])?;
-    let kv = vec![Dim::Past, Dim::Fixed(nkv * d)];
-    let (ks, vs) = (
-        b.state(&format!("{p}.k"), kv.clone()),
-        b.state(&format!("{p}.v"), kv),
-    );
-    let sdpa = Op::CachedAttention {
-        heads: nh,
-        kv_heads: nkv,
-        head_dim: d,
-        scale: (d as f64).powf(-0.5) as f32,
-        k: ks,
-        v: vs,
-    };
-    let o = b.node(&format!("{p}.sdpa"), sdpa, &[q, k, v])?;
+    let o = b.rope_cached_attention(p, [q, k, v], nh, nkv, d, cfg.rope_theta)?;
     b.linear(&format!("{p}.o_proj"), o, h, bias)
 }
 
