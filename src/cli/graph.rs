@@ -41,18 +41,7 @@ pub fn preset_config(name: &str) -> Result<AutoNeuralConfig> {
         cfg.image_start_token_id = Some(498);
         cfg.image_end_token_id = Some(499);
     };
-    let lfm2 = |text: Lfm2Config, model_type: &str| AutoNeuralConfig {
-        model_type: model_type.into(),
-        vision: None,
-        text: TextConfig::Lfm2(text),
-        projector_hidden_size: 0,
-        projector_hidden_act: Activation::GeluErf,
-        projector_norm_eps: None,
-        image_token_id: 0,
-        image_start_token_id: None,
-        image_end_token_id: None,
-        image_norm: None,
-    };
+    let lfm2 = |text, model_type| AutoNeuralConfig::text_only(model_type, TextConfig::Lfm2(text));
     Ok(match name {
         "autoneural-1.5b" => {
             let mut cfg = lfm2(Lfm2Config::lfm2_1_2b(), "autoneural");

@@ -201,6 +201,22 @@ pub struct AutoNeuralConfig {
 pub const PREPROCESSOR_CONFIG: &str = "preprocessor_config.json";
 
 impl AutoNeuralConfig {
+    /// A language model alone (no vision tower, connector or image tokens).
+    pub fn text_only(model_type: &str, text: TextConfig) -> Self {
+        Self {
+            model_type: model_type.to_string(),
+            vision: None,
+            text,
+            projector_hidden_size: 0,
+            projector_hidden_act: Activation::GeluErf,
+            projector_norm_eps: None,
+            image_token_id: 0,
+            image_start_token_id: None,
+            image_end_token_id: None,
+            image_norm: None,
+        }
+    }
+
     /// Reads `config.json` and, if present, `preprocessor_config.json` beside it.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = crate::files::read_text(path, crate::files::limits::JSON)?;
@@ -216,18 +232,7 @@ impl AutoNeuralConfig {
 
     pub fn from_json(json: &Value) -> Result<Self> {
         let model_type = json.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let text_only = |text: TextConfig| Self {
-            model_type: model_type.to_string(),
-            vision: None,
-            text,
-            projector_hidden_size: 0,
-            projector_hidden_act: Activation::GeluErf,
-            projector_norm_eps: None,
-            image_token_id: 0,
-            image_start_token_id: None,
-            image_end_token_id: None,
-            image_norm: None,
-        };
+        let text_only = |text| Self::text_only(model_type, text);
         let get_u = |key: &str| -> Result<u64> {
             json.get(key)
                 .and_then(Value::as_u64)

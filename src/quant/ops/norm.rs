@@ -119,6 +119,41 @@ pub struct QRmsNorm {
     pub w_neg: Vec<bool>,
 }
 
+/// What every row norm's per-channel scaling relies on: `eps_q64 <= 2^126` (so `sum * 2^64 +
+/// eps` fits a `u128`), one multiplier and one sign per channel, each multiplier valid with its
+/// shift in `[-60, 60]` unless it is zero.
+fn check_weight_scales(
+    op: &str,
+    eps_q64: u128,
+    w_mult: &[Multiplier],
+    w_neg: &[bool],
+    dim: usize,
+) -> Result<()> {
+    if eps_q64 > 1 << 126 {
+        return Err(Error::input(format!(
+            "{op}: eps_q64 {eps_q64} exceeds 2^126"
+        )));
+    }
+    if w_mult.len() != dim || w_neg.len() != dim {
+        return Err(Error::input(format!(
+            "{op}: {} multipliers and {} signs for width {dim}",
+            w_mult.len(),
+            w_neg.len()
+        )));
+    }
+    check_multipliers(op, "w_mult", w_mult)?;
+    if let Some(i) = w_mult
+        .iter()
+        .position(|m| m.m != 0 && !(-60..=60).contains(&m.shift))
+    {
+        return Err(Error::input(format!(
+            "{op}: w_mult[{i}] shift {} outside [-60, 60]",
+            w_mult[i].shift
+        )));
+    }
+    Ok(())
+}
+
 impl QRmsNorm {
     /// Checks everything the kernels rely on: `dim > 0`, the activations, a sum of `dim` squares
     /// below `2^62` and `eps_q64 <= 2^126` (so `SS * 2^64 + eps` fits a `u128`), and per channel a
@@ -137,30 +172,7 @@ impl QRmsNorm {
                 self.x.bits
             )));
         }
-        if self.eps_q64 > 1 << 126 {
-            return Err(Error::input(format!(
-                "QRmsNorm: eps_q64 {} exceeds 2^126",
-                self.eps_q64
-            )));
-        }
-        if self.w_mult.len() != dim || self.w_neg.len() != dim {
-            return Err(Error::input(format!(
-                "QRmsNorm: {} multipliers and {} signs for width {dim}",
-                self.w_mult.len(),
-                self.w_neg.len()
-            )));
-        }
-        check_multipliers("QRmsNorm", "w_mult", &self.w_mult)?;
-        if let Some(i) = self
-            .w_mult
-            .iter()
-            .position(|m| m.m != 0 && !(-60..=60).contains(&m.shift))
-        {
-            return Err(Error::input(format!(
-                "QRmsNorm: w_mult[{i}] shift {} outside [-60, 60]",
-                self.w_mult[i].shift
-            )));
-        }
+        check_weight_scales("QRmsNorm", self.eps_q64, &self.w_mult, &self.w_neg, dim)?;
         Ok(())
     }
 
@@ -335,29 +347,11 @@ impl QLayerNorm {
                 self.x.bits
             )));
         }
-        if self.eps_q64 > 1 << 126 {
-            return Err(Error::input(format!(
-                "QLayerNorm: eps_q64 {} exceeds 2^126",
-                self.eps_q64
-            )));
-        }
+        check_weight_scales("QLayerNorm", self.eps_q64, &self.w_mult, &self.w_neg, dim)?;
         let nb = self.bias.as_ref().map_or(dim, Vec::len);
-        if self.w_mult.len() != dim || self.w_neg.len() != dim || nb != dim {
+        if nb != dim {
             return Err(Error::input(format!(
-                "QLayerNorm: {} multipliers, {} signs and {nb} biases for width {dim}",
-                self.w_mult.len(),
-                self.w_neg.len()
-            )));
-        }
-        check_multipliers("QLayerNorm", "w_mult", &self.w_mult)?;
-        if let Some(i) = self
-            .w_mult
-            .iter()
-            .position(|m| m.m != 0 && !(-60..=60).contains(&m.shift))
-        {
-            return Err(Error::input(format!(
-                "QLayerNorm: w_mult[{i}] shift {} outside [-60, 60]",
-                self.w_mult[i].shift
+                "QLayerNorm: {nb} biases for width {dim}"
             )));
         }
         if let Some(i) = self
