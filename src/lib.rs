@@ -15,6 +15,7 @@ pub mod files;
 pub mod generate;
 pub mod graph;
 pub mod models;
+pub mod npu;
 pub mod npy;
 pub mod observe;
 pub mod ops;
