@@ -56,7 +56,7 @@ const PALETTE: [&str; 10] = [
 /// Rough advance width of one character, in units of the font size (sans-serif, generous).
 const CHAR_EM: f64 = 0.6;
 /// Labels longer than this many characters are shortened on the chart (tooltips keep them whole).
-const SHORT_LABEL_CHARS: usize = 22;
+const SHORT_LABEL_CHARS: usize = 28;
 
 /// Escapes text for XML element content and attribute values.
 fn escape(s: &str) -> String {
@@ -106,6 +106,22 @@ fn fmt_ms(v: f64) -> String {
         format!("{v:.decimals$}")
     } else {
         format!("{v:.2e}")
+    }
+}
+
+/// An axis tick value without trailing zeros: "0", "2.5", "50".
+fn fmt_tick(v: f64) -> String {
+    format!("{}", (v * 1e6).round() / 1e6)
+}
+
+/// Black or white, whichever reads better on the `#rrggbb` colour `bg`.
+fn text_on(bg: &str) -> &'static str {
+    let c = |i: usize| f64::from(u8::from_str_radix(&bg[i..i + 2], 16).unwrap_or(0)) / 255.0;
+    let luma = 0.299 * c(1) + 0.587 * c(3) + 0.114 * c(5);
+    if luma > 0.6 {
+        "#222"
+    } else {
+        "white"
     }
 }
 
@@ -433,7 +449,7 @@ pub fn predicted_vs_published(points: &[Point], title: &str) -> String {
         taken.push(r);
         let _ = writeln!(
             labels,
-            "<text x=\"{tx:.2}\" y=\"{ty:.2}\" text-anchor=\"{anchor}\" font-size=\"{font}\" fill=\"#333\"><title>{}</title>{}</text>",
+            "<text x=\"{tx:.2}\" y=\"{ty:.2}\" text-anchor=\"{anchor}\" font-size=\"{font}\" fill=\"#333\" stroke=\"white\" stroke-width=\"3\" stroke-opacity=\"0.85\" paint-order=\"stroke\"><title>{}</title>{}</text>",
             escape(&tip),
             escape(&short)
         );
@@ -653,7 +669,7 @@ pub fn time_breakdown(rows: &[Breakdown], title: &str, scale: BarScale) -> Strin
             "<line x1=\"{x:.2}\" x2=\"{x:.2}\" y1=\"{:.1}\" y2=\"{bars_bottom:.1}\" stroke=\"#e0e0e0\"/><text x=\"{x:.2}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"10\" fill=\"#555\">{}{unit}</text>",
             top - 6.0,
             top - 10.0,
-            fmt_ms(v)
+            fmt_tick(v)
         );
     }
 
@@ -683,9 +699,10 @@ pub fn time_breakdown(rows: &[Breakdown], title: &str, scale: BarScale) -> Strin
             if s.width >= text_width(&pct, 9.0) + 6.0 {
                 let _ = write!(
                     out,
-                    "<text x=\"{:.2}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"9\" fill=\"white\" pointer-events=\"none\">{pct}</text>",
+                    "<text x=\"{:.2}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"9\" fill=\"{}\" pointer-events=\"none\">{pct}</text>",
                     s.x + s.width / 2.0,
-                    y + bar_h / 2.0 + 3.0
+                    y + bar_h / 2.0 + 3.0,
+                    text_on(colour(&s.category))
                 );
             }
             end = s.x + s.width;
@@ -908,6 +925,41 @@ mod tests {
         // A single value still spans a decade.
         let s = LogAxis::covering(5.0, 5.0, 0.0, 1.0);
         assert_eq!((s.lo, s.hi), (0, 1));
+    }
+
+    #[test]
+    fn number_formats() {
+        assert_eq!(decade_label(-2), "0.01");
+        assert_eq!(decade_label(0), "1");
+        assert_eq!(decade_label(3), "1000");
+        assert_eq!(decade_label(7), "1e7");
+        assert_eq!(fmt_tick(50.0), "50");
+        assert_eq!(fmt_tick(2.5), "2.5");
+        assert_eq!(fmt_tick(0.1 + 0.2), "0.3");
+        assert_eq!(fmt_ms(0.01234), "0.0123");
+        assert_eq!(fmt_ms(129.2), "129");
+        assert_eq!(text_on("#edc948"), "#222");
+        assert_eq!(text_on("#4e79a7"), "white");
+        assert_eq!(short_label("short"), "short");
+        assert_eq!(
+            short_label(&"x".repeat(40)).chars().count(),
+            SHORT_LABEL_CHARS
+        );
+    }
+
+    #[test]
+    fn scatter_wide_range() {
+        let pts = [
+            pt("tiny", 0.002, 0.003, Role::Fit),
+            pt("huge", 2e6, 1e6, Role::HoldOut),
+        ];
+        let svg = predicted_vs_published(&pts, "wide");
+        check_xml(&svg).unwrap();
+        assert!(svg.contains(">0.001</text>") && svg.contains(">1e7</text>"));
+        assert!(
+            !svg.contains("#f0f0f0"),
+            "no minor gridlines over ten decades"
+        );
     }
 
     #[test]
