@@ -25,6 +25,7 @@ mod dump;
 mod eval;
 mod graph;
 mod inspect;
+mod npu;
 mod quantize;
 mod report;
 mod run;
@@ -83,6 +84,9 @@ enum Command {
     /// Measure this machine: instruction peaks, kernels, LM prefill/decode, vision latency and
     /// time to first token on real shapes (random weights).
     Bench(bench::BenchArgs),
+    /// Predict latency, memory and limits of a model on an NPU (or this CPU) from its config;
+    /// `npu fit` fits a profile to published measurements.
+    Npu(npu::NpuArgs),
 }
 
 /// Arguments shared by `run` and `dump`: model, images, prompt.
@@ -212,6 +216,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::eval(a),
         Command::Dataset(a) => dataset::dataset(a),
         Command::Bench(a) => bench::bench(a, cli.threads),
+        Command::Npu(a) => npu::npu(a),
         Command::Serve(a) => serve::serve(a),
     }
 }

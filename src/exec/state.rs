@@ -102,6 +102,17 @@ impl SequenceState {
         }
     }
 
+    /// Bytes allocated: windows, and K/V preallocated for the whole context.
+    pub fn allocated_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| match s {
+                SlotData::F32(v) => v.capacity() * 4,
+                SlotData::I16(v) => v.capacity() * 2,
+            })
+            .sum()
+    }
+
     /// Bytes held by fixed windows (independent of the sequence length).
     pub fn window_bytes(&self) -> usize {
         self.held_bytes(false)

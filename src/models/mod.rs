@@ -7,3 +7,4 @@ pub mod lfm2;
 pub mod limits;
 pub mod llama;
 pub mod mobilenetv5;
+pub mod presets;

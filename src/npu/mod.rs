@@ -4,4 +4,9 @@
 //! factors to published measurements, and charts.
 
 pub mod chart;
+pub mod cost;
+pub mod fit;
+pub mod predict;
+pub mod profile;
 pub mod reference_nets;
+pub mod scheme;
