@@ -288,3 +288,180 @@ pub fn call_time(work: &[NodeWork], p: &Profile) -> Result<f64> {
     }
     Ok(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::builder::FromConfig;
+    use crate::graph::{fixed, Dim, Elem, GraphBuilder};
+    use crate::npu::profile::Factors;
+    use crate::ops::activation::Activation;
+
+    /// Round numbers: 1 GMAC/s matrix, 100 M op/s vector, 1 GB/s DRAM, 1000 B on chip, channels
+    /// padded to 8, every efficiency 1, no overheads.
+    fn unit_profile(fuse: bool) -> Profile {
+        let mut p = Profile::load("sa8295p").unwrap();
+        p.matrix_macs_per_s = [(ActKind::Int8, 1e9)].into();
+        p.vector_ops_per_s = [(ActKind::Int8, 1e8)].into();
+        p.dram_bytes_per_s = 1e9;
+        p.onchip_bytes = 1000;
+        p.channel_multiple = 8;
+        p.fuse_activations = fuse;
+        p.factors = [(
+            "all".to_string(),
+            Factors::from_vec([1.0, 1.0, 1.0, 1.0, 0.0, 0.0]),
+        )]
+        .into();
+        p
+    }
+
+    const W8A8: NodePrecision = NodePrecision {
+        act: ActKind::Int8,
+        weight_bits: 8,
+    };
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-12 + 1e-9 * b.abs()
+    }
+
+    #[test]
+    fn linear_pads_channels_and_takes_the_slower_of_compute_and_memory() {
+        let mut b = GraphBuilder::new(&FromConfig, "");
+        let x = b.input("x", vec![Dim::Seq, Dim::Fixed(6)], Elem::F32);
+        let y = b.linear("fc", x, 10, true).unwrap();
+        b.act("act", Activation::Silu, y).unwrap();
+        let g = b.finish();
+        let bind = Bindings { seq: 4, past: 0 };
+        for fuse in [true, false] {
+            let p = unit_profile(fuse);
+            let w = graph_work(&g, bind, &p, &|_| W8A8);
+            // 4 rows x 6 -> 8 (padded contraction) x 10 -> 16 (padded outputs).
+            assert_eq!(w[0].matrix_macs, 4 * 8 * 16);
+            assert_eq!(w[0].category, "linear");
+            // 60 int8 weights + 10 f32 biases.
+            assert_eq!(w[0].weight_bytes, 60 + 40);
+            // Inputs + output = 24 + 40 int8 bytes: on chip.
+            assert_eq!(w[0].activation_bytes, 0);
+            let t = w[0].time(&p).unwrap();
+            assert!(close(t.compute_s, 512e-9) && close(t.memory_s, 100e-9));
+            assert!(close(t.total_s, 512e-9));
+            // The SiLU: fused into the linear, or 40 vector ops.
+            assert_eq!(w[1].fused, fuse);
+            let t = w[1].time(&p).unwrap().total_s;
+            assert!(close(t, if fuse { 0.0 } else { 40.0 / 1e8 }), "{t}");
+        }
+        // Memory-bound when the weights dominate: 1 row against a 6 x 10 matrix at 16 bits
+        // (120 + 40 B) vs 1 x 8 x 16 = 128 MACs.
+        let p = unit_profile(true);
+        let w16 = NodePrecision {
+            weight_bits: 16,
+            ..W8A8
+        };
+        let w = graph_work(&g, Bindings { seq: 1, past: 0 }, &p, &|_| w16);
+        let t = w[0].time(&p).unwrap();
+        assert!(close(t.memory_s, 160e-9) && close(t.compute_s, 128e-9));
+        assert!(close(t.total_s, 160e-9));
+        // A graph call adds its overhead once and every node's own.
+        let mut q = p.clone();
+        q.factors.get_mut("all").unwrap().graph_overhead_s = 1e-3;
+        q.factors.get_mut("all").unwrap().node_overhead_s = 1e-6;
+        let total = call_time(&w, &q).unwrap();
+        // The fused activation pays no node overhead.
+        assert!(close(total, 1e-3 + 160e-9 + 1e-6), "{total}");
+    }
+
+    #[test]
+    fn depthwise_on_the_vector_unit_regular_conv_on_the_matrix_unit() {
+        let mut b = GraphBuilder::new(&FromConfig, "");
+        let x = b.input("px", fixed(&[4, 9, 9]), Elem::F32);
+        let conv = |b: &mut GraphBuilder, name: &str, shape: &[usize], groups, stride, pad, x| {
+            let w = b.param(&format!("{name}.weight"), shape).unwrap();
+            let op = Op::Conv2d {
+                weight: w,
+                bias: None,
+                stride,
+                dilation: 1,
+                groups,
+                pad: [pad; 4],
+            };
+            b.node(name, op, &[x]).unwrap()
+        };
+        let y = conv(&mut b, "dw", &[4, 1, 3, 3], 4, 2, 1, x);
+        conv(&mut b, "pw", &[16, 4, 1, 1], 1, 1, 0, y);
+        let g = b.finish();
+        let p = unit_profile(true);
+        let w = graph_work(&g, Bindings::default(), &p, &|_| W8A8);
+        // [4, 5, 5] outputs x 9 taps, on the vector unit.
+        assert_eq!((w[0].category, w[0].vector_ops, w[0].matrix_macs), ("depthwise", 900, 0));
+        assert!(close(w[0].time(&p).unwrap().compute_s, 900.0 / 1e8));
+        // 1x1: 25 pixels x (4 -> 8) x 16.
+        assert_eq!((w[1].category, w[1].matrix_macs), ("conv", 25 * 8 * 16));
+        // Input [4, 9, 9] + output [4, 5, 5] = 424 bytes stays on chip; with 400 bytes of
+        // on-chip memory both travel.
+        assert_eq!(w[0].activation_bytes, 0);
+        let mut small = p.clone();
+        small.onchip_bytes = 400;
+        let w = graph_work(&g, Bindings::default(), &small, &|_| W8A8);
+        assert_eq!(w[0].activation_bytes, 324 + 100);
+    }
+
+    #[test]
+    fn attention_matmuls_softmax_and_spills() {
+        let mut b = GraphBuilder::new(&FromConfig, "");
+        let q = b.input("q", vec![Dim::Fixed(3), Dim::Fixed(8)], Elem::F32);
+        let k = b.input("k", vec![Dim::Fixed(5), Dim::Fixed(8)], Elem::F32);
+        let v = b.input("v", vec![Dim::Fixed(5), Dim::Fixed(8)], Elem::F32);
+        let op = Op::Attention {
+            heads: 2,
+            kv_heads: 2,
+            d: 4,
+            dv: 4,
+            scale: 0.5,
+        };
+        b.node("sdpa", op, &[q, k, v]).unwrap();
+        let g = b.finish();
+        let p = unit_profile(true);
+        let w = graph_work(&g, Bindings::default(), &p, &|_| W8A8);
+        // Per head: QK^T 3 x (d 4 -> 8) x 5 keys, PV 3 x (5 keys -> 8) x 4.
+        assert_eq!(w[0].attention_macs, 2 * 3 * (8 * 5 + 8 * 4));
+        // Softmax: 4 operations per score, 2 x 3 x 5 scores.
+        assert_eq!(w[0].vector_ops, 4 * 30);
+        assert_eq!(w[0].spill_bytes, 0);
+        // Scores (30 int8 bytes) larger than 16 bytes on chip: written and read back.
+        let mut small = p.clone();
+        small.onchip_bytes = 16;
+        let w = graph_work(&g, Bindings::default(), &small, &|_| W8A8);
+        assert_eq!(w[0].spill_bytes, 60);
+        let t = w[0].time(&small).unwrap();
+        assert!(close(t.compute_s, 432e-9 + 120e-8));
+    }
+
+    #[test]
+    fn norms_state_and_missing_rates() {
+        let cfg = crate::graph::cost::tests::tiny_lfm2();
+        let g = crate::models::lfm2::graph::build(&cfg, &FromConfig, "model").unwrap();
+        let p = unit_profile(true);
+        let bind = Bindings { seq: 1, past: 9 };
+        let w = graph_work(&g, bind, &p, &|_| W8A8);
+        let find = |name: &str| w.iter().find(|n| n.name == name).unwrap();
+        // RMSNorm over [1, 32]: four operations per element.
+        assert_eq!(find("layers.0.operator_norm").vector_ops, 4 * 32);
+        assert_eq!(find("layers.0.operator_norm").category, "norm");
+        // K/V of an attention layer read at 10 positions and written at 1, int8: 2 x (10 + 1)
+        // rows of 2 KV heads x 8.
+        let sdpa = w.iter().find(|n| n.name.ends_with("sdpa")).unwrap();
+        assert_eq!(sdpa.state_bytes, 2 * 11 * 2 * 8);
+        // The causal conv's [L - 1, H] window read and rewritten, on the vector unit.
+        let conv = find("layers.0.conv.conv");
+        assert_eq!(conv.state_bytes, 2 * (cfg.conv_l_cache as u64 - 1) * 32);
+        assert_eq!(conv.category, "depthwise");
+        // A profile without fp16 says so.
+        let f16 = NodePrecision {
+            act: ActKind::Fp16,
+            weight_bits: 16,
+        };
+        let w = graph_work(&g, bind, &p, &|_| f16);
+        let e = call_time(&w, &p).unwrap_err().to_string();
+        assert!(e.contains("has no fp16"), "{e}");
+    }
+}
