@@ -45,6 +45,8 @@ impl From<Activation> for LutFn {
             Activation::GeluTanh => LutFn::GeluTanh,
             Activation::GeluErf => LutFn::GeluErf,
             Activation::Silu => LutFn::Silu,
+            Activation::Relu => LutFn::Custom(|x| x.max(0.0)),
+            Activation::Relu6 => LutFn::Custom(|x| x.clamp(0.0, 6.0)),
         }
     }
 }
