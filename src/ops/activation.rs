@@ -167,7 +167,9 @@ mod tests {
     fn relu_is_max_zero_x() {
         assert_eq!(Activation::from_hf_name("relu"), Some(Activation::Relu));
         assert_eq!(Activation::from_hf_name("relu6"), Some(Activation::Relu6));
-        for x in [-1e30f32, -6.5, -1.0, -1e-30, 0.0, 1e-30, 0.5, 5.99, 6.0, 7.0, 1e30] {
+        for x in [
+            -1e30f32, -6.5, -1.0, -1e-30, 0.0, 1e-30, 0.5, 5.99, 6.0, 7.0, 1e30,
+        ] {
             assert_eq!(Activation::Relu.apply(x), x.max(0.0));
             assert_eq!(Activation::Relu6.apply(x), x.max(0.0).min(6.0));
         }
