@@ -171,7 +171,16 @@ mod tests {
             -1e30f32, -6.5, -1.0, -1e-30, 0.0, 1e-30, 0.5, 5.99, 6.0, 7.0, 1e30,
         ] {
             assert_eq!(Activation::Relu.apply(x), x.max(0.0));
-            assert_eq!(Activation::Relu6.apply(x), x.max(0.0).min(6.0));
+        }
+        for (x, y) in [
+            (-1e30f32, 0.0),
+            (-1.0, 0.0),
+            (0.0, 0.0),
+            (2.5, 2.5),
+            (6.0, 6.0),
+            (7.0, 6.0),
+        ] {
+            assert_eq!(Activation::Relu6.apply(x), y);
         }
         // -0.0 maps to a zero (either sign): max(0, x) compares equal.
         assert_eq!(Activation::Relu.apply(-0.0), 0.0);

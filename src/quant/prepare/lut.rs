@@ -168,3 +168,23 @@ pub fn max_error_steps(t: &QLut, f: LutFn) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ReLU and ReLU6 tables come from the float function like every other activation.
+    #[test]
+    fn relu_tables_within_tolerance() {
+        for act in [Activation::Relu, Activation::Relu6] {
+            for bits in [8u32, 16] {
+                let sym = bits == 16;
+                let x = ActQuant::from_range(-8.0, 8.0, bits, sym);
+                let y = ActQuant::from_range(0.0, 8.0, bits, sym);
+                let t = lut(LutFn::from(act), x, y).unwrap();
+                let e = max_error_steps(&t, LutFn::from(act));
+                assert!(e <= MAX_TABLE_ERROR_STEPS, "{act:?} A{bits}: {e}");
+            }
+        }
+    }
+}
