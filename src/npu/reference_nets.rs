@@ -39,16 +39,16 @@ use crate::graph::builder::FromConfig;
 use crate::graph::{fixed, Elem, Graph, GraphBuilder, Op, ValueId};
 use crate::ops::activation::Activation;
 
-/// The networks [`build`] knows, in the order of their size.
+/// The networks [`build`] knows, by increasing MACs.
 pub const NAMES: &[&str] = &[
-    "squeezenet1_1",
     "mobilenet_v2",
-    "resnet18",
+    "squeezenet1_1",
     "googlenet",
+    "resnet18",
     "resnet50",
+    "inception_v3",
     "resnet101",
     "wide_resnet50_2",
-    "inception_v3",
     "resnext101_32x8d",
 ];
 
