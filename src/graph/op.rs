@@ -162,6 +162,8 @@ impl Op {
             Op::Act(Activation::GeluTanh) => "gelu_tanh",
             Op::Act(Activation::GeluErf) => "gelu_erf",
             Op::Act(Activation::Silu) => "silu",
+            Op::Act(Activation::Relu) => "relu",
+            Op::Act(Activation::Relu6) => "relu6",
             Op::ChannelScale { .. } => "channel_scale",
             Op::CausalConv1d { .. } => "causal_conv1d",
             Op::Rope { .. } => "rope",

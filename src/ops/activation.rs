@@ -46,6 +46,18 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp_approx(-x))
 }
 
+/// `nn.ReLU`: max(0, x).
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    x.max(0.0)
+}
+
+/// `nn.ReLU6`: min(max(0, x), 6).
+#[inline(always)]
+pub fn relu6(x: f32) -> f32 {
+    x.clamp(0.0, 6.0)
+}
+
 /// The activation functions a config can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +65,10 @@ pub enum Activation {
     GeluTanh,
     GeluErf,
     Silu,
+    /// `nn.ReLU` (the torchvision convnets of `npu::reference_nets`).
+    Relu,
+    /// `nn.ReLU6` (MobileNetV2).
+    Relu6,
 }
 
 impl Activation {
@@ -62,6 +78,8 @@ impl Activation {
             "gelu" | "gelu_python" => Some(Self::GeluErf),
             "gelu_pytorch_tanh" | "gelu_new" | "gelu_tanh" => Some(Self::GeluTanh),
             "silu" | "swish" => Some(Self::Silu),
+            "relu" => Some(Self::Relu),
+            "relu6" => Some(Self::Relu6),
             _ => None,
         }
     }
@@ -71,6 +89,8 @@ impl Activation {
             Self::GeluTanh => gelu_tanh(x),
             Self::GeluErf => gelu_erf(x),
             Self::Silu => silu(x),
+            Self::Relu => relu(x),
+            Self::Relu6 => relu6(x),
         }
     }
 
@@ -82,6 +102,8 @@ impl Activation {
             Self::GeluTanh => c.iter_mut().for_each(|v| *v = gelu_tanh(*v)),
             Self::GeluErf => c.iter_mut().for_each(|v| *v = gelu_erf(*v)),
             Self::Silu => c.iter_mut().for_each(|v| *v = silu(*v)),
+            Self::Relu => c.iter_mut().for_each(|v| *v = relu(*v)),
+            Self::Relu6 => c.iter_mut().for_each(|v| *v = relu6(*v)),
         };
         if xs.len() > CHUNK {
             xs.par_chunks_mut(CHUNK).for_each(run);
@@ -135,9 +157,38 @@ mod tests {
         assert!((gelu_erf(-3.0) - -0.004_049_8).abs() < 1e-6);
         assert!((silu(2.0) - 1.761_594_2).abs() < 1e-6);
         assert_eq!(Activation::from_hf_name("gelu"), Some(Activation::GeluErf));
-        assert_eq!(Activation::from_hf_name("relu6"), None);
+        assert_eq!(Activation::from_hf_name("mish"), None);
         let mut v = vec![0.5f32; 40_000];
         Activation::GeluTanh.apply_inplace(&mut v);
         assert!(v.iter().all(|&y| y == gelu_tanh(0.5)));
+    }
+
+    #[test]
+    fn relu_is_max_zero_x() {
+        assert_eq!(Activation::from_hf_name("relu"), Some(Activation::Relu));
+        assert_eq!(Activation::from_hf_name("relu6"), Some(Activation::Relu6));
+        for x in [
+            -1e30f32, -6.5, -1.0, -1e-30, 0.0, 1e-30, 0.5, 5.99, 6.0, 7.0, 1e30,
+        ] {
+            assert_eq!(Activation::Relu.apply(x), x.max(0.0));
+        }
+        for (x, y) in [
+            (-1e30f32, 0.0),
+            (-1.0, 0.0),
+            (0.0, 0.0),
+            (2.5, 2.5),
+            (6.0, 6.0),
+            (7.0, 6.0),
+        ] {
+            assert_eq!(Activation::Relu6.apply(x), y);
+        }
+        // -0.0 maps to a zero (either sign): max(0, x) compares equal.
+        assert_eq!(Activation::Relu.apply(-0.0), 0.0);
+        let mut v: Vec<f32> = (-20_000..20_000).map(|i| i as f32 * 1e-3).collect();
+        let want: Vec<f32> = v.iter().map(|x| x.max(0.0)).collect();
+        Activation::Relu.apply_inplace(&mut v);
+        assert_eq!(v, want);
+        let json = serde_json::to_string(&[Activation::Relu, Activation::Relu6]).unwrap();
+        assert_eq!(json, r#"["relu","relu6"]"#);
     }
 }

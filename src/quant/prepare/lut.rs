@@ -45,6 +45,8 @@ impl From<Activation> for LutFn {
             Activation::GeluTanh => LutFn::GeluTanh,
             Activation::GeluErf => LutFn::GeluErf,
             Activation::Silu => LutFn::Silu,
+            Activation::Relu => LutFn::Custom(|x| x.max(0.0)),
+            Activation::Relu6 => LutFn::Custom(|x| x.clamp(0.0, 6.0)),
         }
     }
 }
@@ -165,4 +167,24 @@ pub fn max_error_steps(t: &QLut, f: LutFn) -> f64 {
             (t.eval(q as i32) as f64 - want).abs()
         })
         .fold(0.0, f64::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ReLU and ReLU6 tables come from the float function like every other activation.
+    #[test]
+    fn relu_tables_within_tolerance() {
+        for act in [Activation::Relu, Activation::Relu6] {
+            for bits in [8u32, 16] {
+                let sym = bits == 16;
+                let x = ActQuant::from_range(-8.0, 8.0, bits, sym);
+                let y = ActQuant::from_range(0.0, 8.0, bits, sym);
+                let t = lut(LutFn::from(act), x, y).unwrap();
+                let e = max_error_steps(&t, LutFn::from(act));
+                assert!(e <= MAX_TABLE_ERROR_STEPS, "{act:?} A{bits}: {e}");
+            }
+        }
+    }
 }
