@@ -20,6 +20,7 @@ macro_rules! out {
 }
 
 mod bench;
+mod compare;
 mod dataset;
 mod dump;
 mod eval;
@@ -87,6 +88,9 @@ enum Command {
     /// Predict latency, memory and limits of a model on an NPU (or this CPU) from its config;
     /// `npu fit` fits a profile to published measurements.
     Npu(npu::NpuArgs),
+    /// The paper's claims table from this engine: the paper's numbers, this machine's
+    /// measurements and the NPU cost model's predictions side by side.
+    Compare(compare::CompareArgs),
 }
 
 /// Arguments shared by `run` and `dump`: model, images, prompt.
@@ -217,6 +221,7 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Dataset(a) => dataset::dataset(a),
         Command::Bench(a) => bench::bench(a, cli.threads),
         Command::Npu(a) => npu::npu(a),
+        Command::Compare(a) => compare::compare(a),
         Command::Serve(a) => serve::serve(a),
     }
 }

@@ -351,9 +351,11 @@ fn fit_cmd(a: FitArgs) -> Result<()> {
     outln!("{} ({} rows)", fitted.title, report.rows.len())?;
     for (family, f) in &report.factors {
         outln!(
-            "factors [{family}]: matrix {:.3}, attention {:.3}, vector {:.3}, bandwidth {:.3}, graph overhead {:.3} ms, node overhead {:.2} us",
-            f.matrix_efficiency,
+            "factors [{family}]: conv {:.3}, linear {:.3}, attention {:.3} (spilled {:.3}), vector {:.3}, bandwidth {:.3}, graph overhead {:.3} ms, node overhead {:.2} us",
+            f.conv_efficiency,
+            f.linear_efficiency,
             f.attention_efficiency,
+            f.spilled_attention_efficiency,
             f.vector_efficiency,
             f.bandwidth_efficiency,
             f.graph_overhead_s * 1e3,

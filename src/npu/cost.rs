@@ -100,10 +100,21 @@ impl NodeWork {
         let f = p.factors(act);
         let mut compute = 0.0;
         if self.matrix_macs > 0 {
-            compute += self.matrix_macs as f64 / (p.matrix_rate(act)? * f.matrix_efficiency);
+            let eff = if self.category == "linear" {
+                f.linear_efficiency
+            } else {
+                f.conv_efficiency
+            };
+            compute += self.matrix_macs as f64 / (p.matrix_rate(act)? * eff);
         }
         if self.attention_macs > 0 {
-            compute += self.attention_macs as f64 / (p.matrix_rate(act)? * f.attention_efficiency);
+            // Spilling never makes attention faster.
+            let eff = if self.spill_bytes > 0 {
+                f.spilled_attention_efficiency.min(f.attention_efficiency)
+            } else {
+                f.attention_efficiency
+            };
+            compute += self.attention_macs as f64 / (p.matrix_rate(act)? * eff);
         }
         if self.vector_ops > 0 {
             compute += self.vector_ops as f64 / (p.vector_rate(act)? * f.vector_efficiency);
@@ -253,6 +264,10 @@ pub fn node_work(g: &Graph, i: usize, b: Bindings, p: &Profile, np: NodePrecisio
             "movement"
         }
     };
+    // Narrow weights widened on the vector unit before the matrix unit reads them.
+    if np.weight_bits < p.weight_unpack_below_bits && w.matrix_macs > 0 {
+        w.vector_ops += c.params;
+    }
     w
 }
 
@@ -309,7 +324,7 @@ mod tests {
         p.fuse_activations = fuse;
         p.factors = [(
             "all".to_string(),
-            Factors::from_vec([1.0, 1.0, 1.0, 1.0, 0.0, 0.0]),
+            Factors::from_vec([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]),
         )]
         .into();
         p
@@ -392,7 +407,10 @@ mod tests {
         let p = unit_profile(true);
         let w = graph_work(&g, Bindings::default(), &p, &|_| W8A8);
         // [4, 5, 5] outputs x 9 taps, on the vector unit.
-        assert_eq!((w[0].category, w[0].vector_ops, w[0].matrix_macs), ("depthwise", 900, 0));
+        assert_eq!(
+            (w[0].category, w[0].vector_ops, w[0].matrix_macs),
+            ("depthwise", 900, 0)
+        );
         assert!(close(w[0].time(&p).unwrap().compute_s, 900.0 / 1e8));
         // 1x1: 25 pixels x (4 -> 8) x 16.
         assert_eq!((w[1].category, w[1].matrix_macs), ("conv", 25 * 8 * 16));

@@ -59,10 +59,15 @@ impl fmt::Display for ActKind {
 /// The fitted factors. Efficiencies scale a unit's peak rate; overheads add time.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Factors {
-    /// Matrix unit on weight x activation contractions (linear, conv, pointwise).
-    pub matrix_efficiency: f64,
-    /// Matrix unit on activation x activation contractions (attention `QK^T`, `PV`).
+    /// Matrix unit on convolutions (regular and pointwise, channel-major maps).
+    pub conv_efficiency: f64,
+    /// Matrix unit on linear layers over token rows (transformer projections, MLPs, heads).
+    pub linear_efficiency: f64,
+    /// Matrix unit on activation x activation contractions (attention `QK^T`, `PV`) whose score
+    /// matrix fits on chip.
     pub attention_efficiency: f64,
+    /// The same when the scores spill to DRAM (the runtime tiles attention through memory).
+    pub spilled_attention_efficiency: f64,
     /// Vector unit (depthwise convs, softmax, norms, element-wise ops, data movement).
     pub vector_efficiency: f64,
     /// Fraction of the DRAM bandwidth a node's traffic gets.
@@ -74,9 +79,11 @@ pub struct Factors {
 }
 
 /// The names of the fields of [`Factors`], in order (the fit's parameter vector).
-pub const FACTOR_NAMES: [&str; 6] = [
-    "matrix_efficiency",
+pub const FACTOR_NAMES: [&str; 8] = [
+    "conv_efficiency",
+    "linear_efficiency",
     "attention_efficiency",
+    "spilled_attention_efficiency",
     "vector_efficiency",
     "bandwidth_efficiency",
     "graph_overhead_s",
@@ -84,24 +91,28 @@ pub const FACTOR_NAMES: [&str; 6] = [
 ];
 
 impl Factors {
-    pub fn to_vec(self) -> [f64; 6] {
+    pub fn to_vec(self) -> [f64; 8] {
         [
-            self.matrix_efficiency,
+            self.conv_efficiency,
+            self.linear_efficiency,
             self.attention_efficiency,
+            self.spilled_attention_efficiency,
             self.vector_efficiency,
             self.bandwidth_efficiency,
             self.graph_overhead_s,
             self.node_overhead_s,
         ]
     }
-    pub fn from_vec(v: [f64; 6]) -> Self {
+    pub fn from_vec(v: [f64; 8]) -> Self {
         Self {
-            matrix_efficiency: v[0],
-            attention_efficiency: v[1],
-            vector_efficiency: v[2],
-            bandwidth_efficiency: v[3],
-            graph_overhead_s: v[4],
-            node_overhead_s: v[5],
+            conv_efficiency: v[0],
+            linear_efficiency: v[1],
+            attention_efficiency: v[2],
+            spilled_attention_efficiency: v[3],
+            vector_efficiency: v[4],
+            bandwidth_efficiency: v[5],
+            graph_overhead_s: v[6],
+            node_overhead_s: v[7],
         }
     }
 }
@@ -132,6 +143,9 @@ pub struct Profile {
     pub channel_multiple: u64,
     /// Activations directly after a matrix op run fused into it (no vector pass, no node).
     pub fuse_activations: bool,
+    /// Weights narrower than this many bits are unpacked on the vector unit every call before the
+    /// matrix unit takes them (one operation per weight element); 0: never.
+    pub weight_unpack_below_bits: u32,
     /// Graphs have static shapes (NPU runtimes): prompts run in fixed chunks, and every call
     /// attends over the whole maximum context. Otherwise (CPU engines) a prompt is one call and
     /// attention covers the positions so far.
@@ -300,9 +314,9 @@ mod tests {
         let e = Profile::parse(&bad.to_string()).unwrap_err();
         assert!(e.contains("dram_bytes_per_s"), "{e}");
         let mut bad = good.clone();
-        bad["factors"]["all"]["matrix_efficiency"] = serde_json::json!(1.5);
+        bad["factors"]["all"]["conv_efficiency"] = serde_json::json!(1.5);
         let e = Profile::parse(&bad.to_string()).unwrap_err();
-        assert!(e.contains("matrix_efficiency"), "{e}");
+        assert!(e.contains("conv_efficiency"), "{e}");
         let mut bad = good;
         bad["typo"] = serde_json::json!(1);
         assert!(Profile::parse(&bad.to_string()).is_err());
