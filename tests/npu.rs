@@ -291,3 +291,54 @@ fn bad_input() {
         assert_fails_with(&out, needle);
     }
 }
+
+/// `compare` without the real-shaped CPU runs: the trained pair's quantization error and
+/// perplexity, the NPU predictions and the published rows, as JSON and charts; refuses to
+/// overwrite.
+#[test]
+fn compare_without_cpu_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let charts = dir.path().join("charts");
+    let json = dir.path().join("compare.json");
+    let args = [
+        "compare",
+        "--cpu",
+        "none",
+        "--scenes",
+        "3",
+        "--charts",
+        charts.to_str().unwrap(),
+        "--json-out",
+        json.to_str().unwrap(),
+    ];
+    let out = run_cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let md = String::from_utf8(out.stdout).unwrap();
+    assert!(md.contains("| claim | paper (SA8295P) |"), "{md}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let claims = r["claims"].as_array().unwrap();
+    assert_eq!(claims.len(), 10);
+    for c in claims {
+        assert!(!c["verdict"].as_str().unwrap().is_empty());
+    }
+    // Both trained models measured: finite SQNR, perplexities.
+    let quant = r["quant"].as_array().unwrap();
+    assert_eq!(quant.len(), 2);
+    for q in quant {
+        let db = q["features_sqnr_db"].as_f64().unwrap();
+        assert!(db.is_finite() && db > 20.0, "{q}");
+        assert!(q["perplexity_w4a16"].as_f64().unwrap() >= 1.0);
+    }
+    // Every published row predicted.
+    let rows = r["npu_fit"]["rows"].as_array().unwrap();
+    assert!(rows.len() >= 20);
+    for row in rows {
+        assert!(row["predicted_ms"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    for f in ["npu-fit.svg", "npu-breakdown.svg"] {
+        let svg = std::fs::read_to_string(charts.join(f)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    }
+    // Written files are not replaced without --force.
+    assert_fails_with(&run_cli(&args), "already exists");
+}

@@ -86,9 +86,19 @@ fn options(decode: usize, context: usize) -> GenerateOptions {
     }
 }
 
-/// The integer model of `model` for `precision` (text-only models lower the LM alone).
+/// The integer language model of `model` for `precision` (a vision-language model's vision
+/// part is left out: the LM benchmark calibrates text only).
 fn int_model(model: &AutoNeuralModel, stats: &CalibrationStats, p: Precision) -> Result<IntModel> {
-    IntModel::build(model, stats, &Scheme::uniform(p), None)
+    let lm = AutoNeuralModel {
+        config: crate::models::autoneural::AutoNeuralConfig {
+            vision: None,
+            ..model.config.clone()
+        },
+        store: model.store.clone(),
+        text: model.text.clone(),
+        vision: None,
+    };
+    IntModel::build(&lm, stats, &Scheme::uniform(p), None)
 }
 
 /// Prefill `prompt` random tokens and decode `decode` more, once to warm up (first products
