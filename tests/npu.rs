@@ -312,7 +312,11 @@ fn compare_without_cpu_runs() {
         json.to_str().unwrap(),
     ];
     let out = run_cli(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let md = String::from_utf8(out.stdout).unwrap();
     assert!(md.contains("| claim | paper (SA8295P) |"), "{md}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
