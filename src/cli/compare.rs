@@ -13,7 +13,7 @@ use autoneural::files::{check_not_input, write_file};
 use autoneural::graph::builder::FromConfig;
 use autoneural::models::autoneural::{AutoNeuralConfig, AutoNeuralModel, VisionTower};
 use autoneural::models::presets::preset_config;
-use autoneural::npu::chart::{self, BarScale, Breakdown, Point, Role as ChartRole};
+use autoneural::npu::chart::{self, BarScale, Breakdown};
 use autoneural::npu::fit::{self, MeasurementFile, Role};
 use autoneural::npu::predict::{predict, Prediction, Scenario, Target};
 use autoneural::npu::profile::Profile;
@@ -945,19 +945,7 @@ fn write_charts(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if let Some(f) = &r.npu_fit {
-        let points: Vec<Point> = f
-            .rows
-            .iter()
-            .map(|row| Point {
-                label: row.label.clone(),
-                published_ms: row.measured_ms,
-                predicted_ms: row.predicted_ms,
-                role: match row.role {
-                    Role::Fit => ChartRole::Fit,
-                    Role::HoldOut => ChartRole::HoldOut,
-                },
-            })
-            .collect();
+        let points = f.chart_points();
         let svg = chart::predicted_vs_published(
             &points,
             "SA8295P: cost model vs published latency (fit and hold-out rows)",

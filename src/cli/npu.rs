@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use autoneural::files::write_file;
 use autoneural::models::presets;
-use autoneural::npu::chart::{self, Point, Role as ChartRole};
+use autoneural::npu::chart;
 use autoneural::npu::fit::{self, MeasurementFile, Role};
 use autoneural::npu::predict::{predict, Prediction, Scenario, Target};
 use autoneural::npu::profile::Profile;
@@ -324,19 +324,7 @@ fn fit_cmd(a: FitArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &a.svg {
-        let points: Vec<Point> = report
-            .rows
-            .iter()
-            .map(|r| Point {
-                label: r.label.clone(),
-                published_ms: r.measured_ms,
-                predicted_ms: r.predicted_ms,
-                role: match r.role {
-                    Role::Fit => ChartRole::Fit,
-                    Role::HoldOut => ChartRole::HoldOut,
-                },
-            })
-            .collect();
+        let points = report.chart_points();
         let svg = chart::predicted_vs_published(
             &points,
             &format!("{}: predicted vs measured latency", fitted.title),

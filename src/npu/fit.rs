@@ -252,6 +252,25 @@ pub struct FitReport {
     pub unconstrained: Vec<String>,
 }
 
+impl FitReport {
+    /// The rows as chart points (measured on x, predicted on y, fit vs hold-out).
+    pub fn chart_points(&self) -> Vec<super::chart::Point> {
+        use super::chart::{Point, Role as ChartRole};
+        self.rows
+            .iter()
+            .map(|r| Point {
+                label: r.label.clone(),
+                published_ms: r.measured_ms,
+                predicted_ms: r.predicted_ms,
+                role: match r.role {
+                    Role::Fit => ChartRole::Fit,
+                    Role::HoldOut => ChartRole::HoldOut,
+                },
+            })
+            .collect()
+    }
+}
+
 fn objective(rows: &[Prepared], p: &Profile) -> f64 {
     let mut s = 0.0;
     let mut n = 0.0;
