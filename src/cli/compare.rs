@@ -42,7 +42,7 @@ pub enum CpuRuns {
     None,
     /// Real shapes at 256 px, decode, quantization error (a few minutes).
     Quick,
-    /// Everything: 256/512/768 px, time to first token at 512 px (about 10 minutes, ~12 GB).
+    /// Everything: 256/512/768 px, time to first token at 512 px (about 20 minutes, ~12 GB).
     Full,
 }
 
