@@ -88,10 +88,23 @@ pub fn calibrate_on_request(
     answer_tokens: usize,
     mut obs: CalibrationObserver,
 ) -> Result<CalibrationStats> {
+    observe_request(model, pixels, ids, stops, answer_tokens, &mut obs)?;
+    Ok(obs.into_stats())
+}
+
+/// [`calibrate_on_request`] into an observer that keeps accumulating (several requests).
+pub fn observe_request(
+    model: &AutoNeuralModel,
+    pixels: &[Tensor],
+    ids: &[u32],
+    stops: &[u32],
+    answer_tokens: usize,
+    obs: &mut CalibrationObserver,
+) -> Result<()> {
     obs.set_part(Part::Vision);
     let mut embeds = Vec::new();
     for p in pixels {
-        embeds.push(model.encode_image(p, &mut obs)?.embeddings);
+        embeds.push(model.encode_image(p, obs)?.embeddings);
     }
     obs.set_part(Part::Text);
     let x = model.embed_prompt(ids, &embeds)?;
@@ -106,10 +119,10 @@ pub fn calibrate_on_request(
         lm: &model.text,
         state: &mut state,
         prompt: Some(x),
-        obs: &mut obs,
+        obs,
     };
     generate_with(&mut dec, ids.len(), &opts, &mut |_| Ok(()))?;
-    Ok(obs.into_stats())
+    Ok(())
 }
 
 impl Engine {

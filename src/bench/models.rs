@@ -188,6 +188,32 @@ pub fn lm(
     Ok(rows)
 }
 
+/// The encoder of `model` at `size` px (a size the tower takes), and whether it runs on the
+/// model's own weights: InternViT's position table is per grid, so other sizes get a tower of
+/// random weights trained at that size.
+pub fn encoder_at(model: &AutoNeuralModel, size: usize) -> Result<(FloatProgram, bool)> {
+    let v = model
+        .vision
+        .as_ref()
+        .ok_or_else(|| Error::input("the model has no vision encoder"))?;
+    let g = v
+        .config
+        .at_size(size)
+        .build(&FromConfig, &v.root, (size, size))?;
+    let shared = g.params.iter().all(|p| {
+        v.encoder
+            .graph
+            .params
+            .iter()
+            .any(|q| q.key == p.key && q.shape == p.shape)
+    });
+    Ok(if shared {
+        (FloatProgram::with_params_of(g, &v.encoder)?, true)
+    } else {
+        (FloatProgram::random(g, 1)?, false)
+    })
+}
+
 /// Vision-encoder latency (pixels to features, MSFA included) at each size and precision.
 pub fn vision(
     name: &str,
@@ -207,21 +233,11 @@ pub fn vision(
         // InternViT takes whole pixel-shuffle blocks of patches, and its position table is per
         // grid: other sizes run a tower trained at the nearest size it takes (random weights).
         let size = v.config.nearest_size(asked);
-        let sized = v.config.at_size(size);
-        let g = sized.build(&FromConfig, &v.root, (size, size))?;
-        let shared = g.params.iter().all(|p| {
-            v.encoder
-                .graph
-                .params
-                .iter()
-                .any(|q| q.key == p.key && q.shape == p.shape)
-        });
-        let enc = if shared {
-            FloatProgram::with_params_of(g, &v.encoder)?
-        } else {
+        let enc = encoder_at(model, size)?;
+        if !enc.1 {
             progress(&format!("{name} {size}px: random weights for this grid"));
-            FloatProgram::random(g, 1)?
-        };
+        }
+        let enc = enc.0;
         let (pix_port, feat_port) = (enc.graph.port("pixels")?, enc.graph.port("features")?);
         let pixels = random_pixels(size, 5);
         let mut stats = None;

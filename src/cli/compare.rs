@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use autoneural::bench::models::{self as bm, LmRow, VisionRow};
 use autoneural::dataset::cockpit::Scene;
 use autoneural::dataset::kind_of;
+use autoneural::engine::observe_request;
 use autoneural::exec::{FloatProgram, IntProgram, QVal, Val};
 use autoneural::files::{check_not_input, write_file};
-use autoneural::graph::builder::FromConfig;
 use autoneural::models::autoneural::{AutoNeuralConfig, AutoNeuralModel, VisionTower};
 use autoneural::models::presets::preset_config;
 use autoneural::npu::chart::{self, BarScale, Breakdown};
@@ -24,7 +24,7 @@ use autoneural::quant::calibrate::{CalibrationObserver, Rounding, DEFAULT_BINS};
 use autoneural::quant::int_model::IntModel;
 use autoneural::quant::lower::lower;
 use autoneural::quant::metrics::{relative_rms, sqnr_db};
-use autoneural::quant::report::analyse;
+use autoneural::quant::report::{analyse, nll};
 use autoneural::quant::scheme::{Part, Precision, Scheme};
 use autoneural::quant::tensor::QTensor;
 use autoneural::Tensor;
@@ -342,7 +342,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
                 },
                 1,
             )?;
-            obs = observe_request(m, px, &ids, obs)?;
+            observe_request(m, std::slice::from_ref(px), &ids, &[], 8, &mut obs)?;
         }
         let q = IntModel::build(m, &obs.into_stats(), &Scheme::default(), None)?;
         // Perplexity of the answers, with their image, float and W4A16 (teacher-forced).
@@ -407,7 +407,6 @@ pub fn compare(a: CompareArgs) -> Result<()> {
             cfg.vision = Some(tower.at_size(s512));
             progress(&format!("{name}: random weights of the real shapes"));
             let model = AutoNeuralModel::random(cfg.clone(), 1)?;
-            let v = model.vision.as_ref().expect("built with vision");
             let vname = match tower {
                 VisionTower::MobileNetV5(_) => "mobilenetv5-300m",
                 VisionTower::InternVit(_) => "internvit-300m",
@@ -423,18 +422,7 @@ pub fn compare(a: CompareArgs) -> Result<()> {
             // Quantization error of the real shapes at 256 px (random weights, cockpit scenes).
             progress(&format!("{name}: W8A16 vision error at 256 px"));
             let s = tower.nearest_size(256);
-            let g = tower.at_size(s).build(&FromConfig, &v.root, (s, s))?;
-            let enc = if g.params.iter().all(|p| {
-                v.encoder
-                    .graph
-                    .params
-                    .iter()
-                    .any(|q| q.key == p.key && q.shape == p.shape)
-            }) {
-                FloatProgram::with_params_of(g, &v.encoder)?
-            } else {
-                FloatProgram::random(g, 1)?
-            };
+            let enc = bm::encoder_at(&model, s)?.0;
             let imgs = scenes(4, s);
             let px: Vec<Tensor> = imgs
                 .iter()
@@ -492,42 +480,6 @@ pub fn compare(a: CompareArgs) -> Result<()> {
         out!("{}", markdown(&r))?;
     }
     Ok(())
-}
-
-/// `-log softmax(logits)[target]`, in f64.
-fn nll(logits: &[f32], target: usize) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    -(logits[target] as f64 - max - z.ln())
-}
-
-/// Calibration over one more request, keeping the observer's accumulated ranges.
-fn observe_request(
-    m: &AutoNeuralModel,
-    px: &Tensor,
-    ids: &[u32],
-    mut obs: CalibrationObserver,
-) -> Result<CalibrationObserver> {
-    use autoneural::generate::{generate_with, FloatDecoder, GenerateOptions};
-    obs.set_part(Part::Vision);
-    let e = m.encode_image(px, &mut obs)?;
-    obs.set_part(Part::Text);
-    let x = m.embed_prompt(ids, &[e.embeddings])?;
-    let mut state = m.new_state(ids.len() + 8);
-    let opts = GenerateOptions {
-        max_new_tokens: 8,
-        stop_tokens: Vec::new(),
-        sampling: Default::default(),
-        context: ids.len() + 8,
-    };
-    let mut dec = FloatDecoder {
-        lm: &m.text,
-        state: &mut state,
-        prompt: Some(x),
-        obs: &mut obs,
-    };
-    generate_with(&mut dec, ids.len(), &opts, &mut |_| Ok(()))?;
-    Ok(obs)
 }
 
 fn chrono_date() -> String {

@@ -12,7 +12,7 @@
 //! so the result depends on the data alone. Efficiencies are capped at 1.
 
 use super::cost::{call_time, NodeWork};
-use super::predict::{work, Target};
+use super::predict::{decode_call, prefill_call, work, Target};
 use super::profile::{Factors, Profile, FACTOR_NAMES};
 use super::reference_nets;
 use super::scheme::NpuScheme;
@@ -165,7 +165,7 @@ impl Prepared {
                             row.label, row.model
                         ))
                     })?;
-                    let tokens = super::predict::image_tokens_of(&t, &enc)?;
+                    let tokens = super::predict::image_tokens_of(&enc)?;
                     calls.push((work(&enc, Bindings::default(), p, scheme.vision), 1.0));
                     if let Some(conn) = conn {
                         let b = Bindings {
@@ -177,27 +177,10 @@ impl Prepared {
                     prompt += tokens;
                 }
                 if row.what == What::Decode {
-                    let b = Bindings {
-                        seq: 1,
-                        past: context - 1,
-                    };
-                    calls.push((work(&text, b, p, scheme.text), 1.0));
-                } else if p.static_shapes {
-                    let chunk = row.chunk.unwrap_or(128).min(context);
-                    let b = Bindings {
-                        seq: chunk,
-                        past: context - chunk,
-                    };
-                    calls.push((
-                        work(&text, b, p, scheme.text),
-                        prompt.div_ceil(chunk) as f64,
-                    ));
+                    calls.push((work(&text, decode_call(context), p, scheme.text), 1.0));
                 } else {
-                    let b = Bindings {
-                        seq: prompt,
-                        past: 0,
-                    };
-                    calls.push((work(&text, b, p, scheme.text), 1.0));
+                    let (b, n) = prefill_call(p, prompt, context, row.chunk.unwrap_or(128));
+                    calls.push((work(&text, b, p, scheme.text), n as f64));
                 }
             }
         }

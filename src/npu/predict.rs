@@ -230,12 +230,11 @@ pub fn peak_live_bytes(g: &Graph, b: Bindings, act_bytes: u64) -> u64 {
     peak
 }
 
-/// Visual tokens the encoder graph `enc` of `target` yields: a `[C, R, R]` map is `R * R`
+/// Visual tokens the encoder graph `enc` yields: a `[C, R, R]` map is `R * R`
 /// tokens, `[T, D]` features are `T`.
-pub fn image_tokens_of(target: &Target, enc: &Graph) -> Result<usize> {
+pub fn image_tokens_of(enc: &Graph) -> Result<usize> {
     let feat = enc.value(enc.port("features")?);
     let dims = bind_shape(&feat.shape, Bindings::default());
-    let _ = target;
     Ok(match dims.len() {
         3 => dims[1] * dims[2],
         _ => dims[0],
@@ -260,13 +259,7 @@ fn head_scores(g: &Graph, b: Bindings) -> u64 {
         .unwrap_or(0)
 }
 
-fn part_time(
-    part: &str,
-    g: &Graph,
-    work: &[NodeWork],
-    p: &Profile,
-    detail: bool,
-) -> Result<PartTime> {
+fn part_time(part: &str, work: &[NodeWork], p: &Profile, detail: bool) -> Result<PartTime> {
     let mut by: Vec<(String, f64)> = Vec::new();
     let mut nodes = Vec::new();
     let (mut macs, mut dram) = (0, 0);
@@ -303,7 +296,6 @@ fn part_time(
     if overhead > 0.0 {
         by.push(("graph overhead".into(), overhead * 1e3));
     }
-    let _ = g;
     Ok(PartTime {
         part: part.into(),
         ms: total * 1e3,
@@ -323,6 +315,37 @@ pub fn work(g: &Graph, b: Bindings, p: &Profile, np: NodePrecision) -> Vec<NodeW
 fn weight_bytes(g: &Graph, np: NodePrecision) -> u64 {
     crate::graph::cost::GraphCost::new(g, Bindings { seq: 1, past: 0 }, |_| np.weight_bits)
         .weight_bytes
+}
+
+/// One prefill call of `prompt` tokens at `context` and how many of them: static-shape profiles
+/// run `chunk`-token calls against the whole static context, dynamic ones the prompt at once.
+pub fn prefill_call(p: &Profile, prompt: usize, context: usize, chunk: usize) -> (Bindings, usize) {
+    if p.static_shapes {
+        let chunk = chunk.min(context);
+        (
+            Bindings {
+                seq: chunk,
+                past: context - chunk,
+            },
+            prompt.div_ceil(chunk),
+        )
+    } else {
+        (
+            Bindings {
+                seq: prompt,
+                past: 0,
+            },
+            1,
+        )
+    }
+}
+
+/// A decode step at `context` (static profiles: the static context; dynamic: the last position).
+pub fn decode_call(context: usize) -> Bindings {
+    Bindings {
+        seq: 1,
+        past: context - 1,
+    }
 }
 
 /// Upper end of the image-size search.
@@ -349,19 +372,19 @@ pub fn predict(
         let size = target.vision().map(|v| v.nearest_size(s.image_size));
         image_size = size;
         let w = work(&enc, b, p, scheme.vision);
-        let t = part_time("vision encoder", &enc, &w, p, detail)?;
+        let t = part_time("vision encoder", &w, p, detail)?;
         encoder_ms = Some(t.ms);
         parts.push(t);
         weights += weight_bytes(&enc, scheme.vision);
         peak_act = peak_act.max(peak_live_bytes(&enc, b, scheme.vision.act.bytes()));
-        image_tokens = image_tokens_of(target, &enc)?;
+        image_tokens = image_tokens_of(&enc)?;
         if let Some(conn) = conn {
             let cb = Bindings {
                 seq: image_tokens,
                 past: 0,
             };
             let w = work(&conn, cb, p, scheme.connector);
-            let t = part_time("connector", &conn, &w, p, detail)?;
+            let t = part_time("connector", &w, p, detail)?;
             connector_ms = Some(t.ms);
             parts.push(t);
             weights += weight_bytes(&conn, scheme.connector);
@@ -414,38 +437,18 @@ pub fn predict(
             )));
         }
         let tp = scheme.text;
-        let (prefill_b, chunks) = if p.static_shapes {
-            let chunk = s.chunk.min(s.context);
-            (
-                Bindings {
-                    seq: chunk,
-                    past: s.context - chunk,
-                },
-                prompt.div_ceil(chunk),
-            )
-        } else {
-            (
-                Bindings {
-                    seq: prompt,
-                    past: 0,
-                },
-                1,
-            )
-        };
+        let (prefill_b, chunks) = prefill_call(p, prompt, s.context, s.chunk);
         let w = work(&text, prefill_b, p, tp);
-        let mut t = part_time("prefill call", &text, &w, p, detail)?;
+        let mut t = part_time("prefill call", &w, p, detail)?;
         let prefill_ms = t.ms * chunks as f64;
         t.part = format!(
             "language model prefill ({chunks} call(s) of {} tokens)",
             prefill_b.seq
         );
         parts.push(t);
-        let decode_b = Bindings {
-            seq: 1,
-            past: s.context - 1,
-        };
+        let decode_b = decode_call(s.context);
         let w = work(&text, decode_b, p, tp);
-        let mut t = part_time("decode step", &text, &w, p, detail)?;
+        let mut t = part_time("decode step", &w, p, detail)?;
         t.part = format!("language model decode step at context {}", s.context);
         let decode_ms = t.ms;
         parts.push(t);
@@ -484,7 +487,7 @@ pub fn predict(
     pred.peak_activation_bytes = peak_act;
     pred.peak_memory_bytes = weights + pred.state_bytes_at_context + peak_act;
     if let Some(v) = target.vision() {
-        pred.max_image_size = max_image_size(v, p, scheme, s)?;
+        pred.max_image_size = max_image_size(v, scheme, s)?;
     }
     pred.parts = parts;
     Ok(pred)
@@ -492,12 +495,7 @@ pub fn predict(
 
 /// The largest square image (in the tower's size steps) whose attention heads' scores fit the
 /// on-chip budget and whose encoder fits the memory budget.
-fn max_image_size(
-    v: &VisionTower,
-    _p: &Profile,
-    scheme: &NpuScheme,
-    s: &Scenario,
-) -> Result<Option<usize>> {
+fn max_image_size(v: &VisionTower, scheme: &NpuScheme, s: &Scenario) -> Result<Option<usize>> {
     let step = match v {
         VisionTower::MobileNetV5(_) => 32,
         VisionTower::InternVit(c) => c.patch_size * c.shuffle,

@@ -146,7 +146,7 @@ pub fn analyse(
 }
 
 /// `-log softmax(logits)[target]`, in f64.
-fn nll(logits: &[f32], target: usize) -> f64 {
+pub fn nll(logits: &[f32], target: usize) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
     let z: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
     -(logits[target] as f64 - max - z.ln())
