@@ -8,7 +8,7 @@ use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
 use crate::generate::{generate_with, FloatDecoder, GenerateOptions, Generation};
 use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
-use crate::observe::NoObserver;
+use crate::observe::{NoObserver, Observer};
 use crate::pipeline::{self, ImageInput, Pipeline, PromptInput};
 use crate::quant::calibrate::{CalibrationObserver, CalibrationStats, RangeMethod, DEFAULT_BINS};
 use crate::quant::int_model::{IntModel, QDecoder};
@@ -297,16 +297,27 @@ impl Engine {
 
     /// Vision features, image embeddings and prompt logits (dequantized on the integer path).
     pub fn intermediates(&self, pixels: &[Tensor], ids: &[u32]) -> Result<Intermediates> {
+        self.intermediates_observed(pixels, ids, &mut NoObserver)
+    }
+
+    /// [`Self::intermediates`], reporting every node's output to `obs` (dequantized on the
+    /// integer path).
+    pub fn intermediates_observed(
+        &self,
+        pixels: &[Tensor],
+        ids: &[u32],
+        obs: &mut dyn Observer,
+    ) -> Result<Intermediates> {
         match self {
             Engine::Float(pipe) => {
-                let enc = pipe.encode_images(pixels, &mut NoObserver)?;
+                let enc = pipe.encode_images(pixels, obs)?;
                 let features = enc.iter().map(|e| e.features.clone()).collect();
                 let embeddings: Vec<Tensor> = enc.into_iter().map(|e| e.embeddings).collect();
                 let x = pipe.model.embed_prompt(ids, &embeddings)?;
                 Ok(Intermediates {
                     features,
                     embeddings,
-                    logits: pipe.model.prompt_logits(x, &mut NoObserver)?,
+                    logits: pipe.model.prompt_logits(x, obs)?,
                 })
             }
             Engine::Integer(q) => {
@@ -314,7 +325,7 @@ impl Engine {
                 let mut qe = Vec::new();
                 let mut features = Vec::new();
                 for p in pixels {
-                    let e = model.encode_image(p, &mut NoObserver)?;
+                    let e = model.encode_image(p, obs)?;
                     features.push(e.features.dequantize());
                     qe.push(e.embeddings);
                 }
@@ -323,7 +334,7 @@ impl Engine {
                 Ok(Intermediates {
                     features,
                     embeddings,
-                    logits: model.prompt_logits(x, &mut NoObserver)?.dequantize(),
+                    logits: model.prompt_logits(x, obs)?.dequantize(),
                 })
             }
         }

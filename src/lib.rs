@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod export;
 pub mod files;
 pub mod generate;
 pub mod graph;

@@ -17,6 +17,11 @@ pub struct DumpArgs {
     /// Output directory (new or empty; see --force).
     #[arg(long)]
     out: PathBuf,
+    /// Also write every node's output (the last image's, and the prompt's) as
+    /// `nodes/<node name>.npy` (dequantized on the integer path), e.g. to find where an exported
+    /// or reference model departs.
+    #[arg(long)]
+    nodes: bool,
     /// Replace what autoneural wrote earlier in a non-empty --out (files it did not write are
     /// never touched).
     #[arg(long)]
@@ -43,7 +48,16 @@ pub fn dump(args: DumpArgs) -> Result<()> {
         });
     }
     // On the integer path these are the dequantized views of the integer tensors.
-    let t = engine.intermediates(&pixels, &prompt_ids)?;
+    let mut rec = autoneural::observe::Recorder::new(|_: &str| args.nodes);
+    let t = engine.intermediates_observed(&pixels, &prompt_ids, &mut rec)?;
+    if args.nodes {
+        let dir = out.path().join("nodes");
+        std::fs::create_dir_all(&dir).context("creating nodes/")?;
+        for (name, t) in &rec.tensors {
+            write_f32(&dir.join(format!("{name}.npy")), t)
+                .with_context(|| format!("writing node {name}"))?;
+        }
+    }
     let mut written = Vec::new();
     if !pixels.is_empty() {
         write(out.path(), "pixels.npy", &stack(&pixels)?, &mut written)?;

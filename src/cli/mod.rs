@@ -24,6 +24,7 @@ mod compare;
 mod dataset;
 mod dump;
 mod eval;
+mod export;
 mod graph;
 mod inspect;
 mod npu;
@@ -91,6 +92,9 @@ enum Command {
     /// The paper's claims table from this engine: the paper's numbers, this machine's
     /// measurements and the NPU cost model's predictions side by side.
     Compare(compare::CompareArgs),
+    /// Export a quantized model as ONNX QDQ (or a float model as float ONNX) for NPU
+    /// toolchains and ONNX Runtime.
+    Export(export::ExportArgs),
 }
 
 /// Arguments shared by `run` and `dump`: model, images, prompt.
@@ -223,5 +227,6 @@ pub fn main(cli: Cli) -> Result<()> {
         Command::Npu(a) => npu::npu(a),
         Command::Compare(a) => compare::compare(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Export(a) => export::export(a),
     }
 }
