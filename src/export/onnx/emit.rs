@@ -732,7 +732,8 @@ impl<W: ExportWeights> Emitter<'_, W> {
             ),
             StateMode::Static { seq, context } => {
                 // Row r of the buffer takes new row r - position when position <= r <
-                // position + valid, and keeps its old value otherwise.
+                // position + valid, and keeps its old value otherwise: one Gather from [past;
+                // new] (index arithmetic in int64, so any element type works).
                 let pos = self.pos.clone().expect("static inputs declared");
                 let valid = self.valid.clone().expect("static inputs declared");
                 let g = &mut self.g;
@@ -743,20 +744,20 @@ impl<W: ExportWeights> Emitter<'_, W> {
                 let lo = g.op("GreaterOrEqual", &[&rel, &zero], &[], "buffer_ge");
                 let hi = g.op("Less", &[&rel, &valid], &[], "buffer_lt");
                 let take = g.op("And", &[&lo, &hi], &[], "buffer_take");
-                let ax = g.i64s(&[1]);
-                let take2 = g.op("Unsqueeze", &[&take, &ax], &[], "buffer_take_col");
                 let last = g.i64_scalar(seq as i64 - 1);
                 let src = g.op("Clip", &[&rel, &zero, &last], &[], "buffer_src");
-                let gathered = g.op(
-                    "Gather",
-                    &[&new, &src],
+                let from_new = g.op("Add", &[&src, &ctx], &[], "buffer_src_new");
+                let idx = g.op("Where", &[&take, &from_new, &r], &[], "buffer_index");
+                let both = g.op(
+                    "Concat",
+                    &[&past, &new],
                     &[("axis", Attr::Int(0))],
-                    &format!("{hint}.scattered"),
+                    &format!("{hint}.both"),
                 );
                 g.op(
-                    "Where",
-                    &[&take2, &gathered, &past],
-                    &[],
+                    "Gather",
+                    &[&both, &idx],
+                    &[("axis", Attr::Int(0))],
                     &format!("{hint}.present"),
                 )
             }
