@@ -22,8 +22,16 @@ enum Format {
 #[derive(Args, Debug)]
 struct OnnxArgs {
     /// A quantized directory (`autoneural quantize`) or a float model directory.
+    #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// Export a real architecture (`autoneural-1.5b`, `internvl2-2b`, ...) with random weights
+    /// instead, quantized in memory with --scheme (calibrated on one synthetic request): the
+    /// full-size graphs for toolchain trials.
     #[arg(long)]
-    model: PathBuf,
+    preset: Option<String>,
+    /// With --preset: the precision scheme (`default`, `w8a8`, ...), or `float`.
+    #[arg(long, default_value = "default", requires = "preset")]
+    scheme: String,
     /// Output directory (new or empty; see --force).
     #[arg(long)]
     out: PathBuf,
@@ -45,7 +53,6 @@ struct OnnxArgs {
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let Format::Onnx(a) = args.format;
-    let model = super::resolve_model_dir(&a.model)?;
     let opts = ExportOptions {
         static_shapes: a.static_shapes.then_some(StaticShapes {
             prefill_chunk: a.prefill_chunk,
@@ -53,11 +60,82 @@ pub fn export(args: ExportArgs) -> Result<()> {
         }),
         force: a.force,
     };
-    let (manifest, dest) = export_onnx(&model, &a.out, &opts)
-        .with_context(|| format!("exporting {} to ONNX", model.display()))?;
+    let (manifest, dest) = match (&a.model, &a.preset) {
+        (Some(model), _) => {
+            let model = super::resolve_model_dir(model)?;
+            export_onnx(&model, &a.out, &opts)
+                .with_context(|| format!("exporting {} to ONNX", model.display()))?
+        }
+        (None, Some(name)) => export_preset(name, &a.scheme, &a.out, &opts)
+            .with_context(|| format!("exporting the {name} preset to ONNX"))?,
+        (None, None) => unreachable!("clap requires --model or --preset"),
+    };
     for p in &manifest.parts {
         outln!("{}", dest.join(&p.file).display())?;
     }
     outln!("{}", dest.join("export.json").display())?;
     Ok(())
+}
+
+/// A real architecture with random weights, quantized in memory on one synthetic request.
+fn export_preset(
+    name: &str,
+    scheme: &str,
+    out: &std::path::Path,
+    opts: &ExportOptions,
+) -> Result<(autoneural::export::onnx::Manifest, PathBuf)> {
+    use autoneural::engine::observe_request;
+    use autoneural::export::onnx::{export_float, export_quantized, QuantParts};
+    use autoneural::models::autoneural::AutoNeuralModel;
+    use autoneural::quant::calibrate::{CalibrationObserver, DEFAULT_BINS};
+    use autoneural::quant::int_model::IntModel;
+    use autoneural::quant::scheme::Scheme;
+    use rand::{Rng, SeedableRng};
+
+    let cfg = autoneural::models::presets::preset_config(name)?;
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb.set_message(format!("{name}: random weights of the real shapes"));
+    let model = AutoNeuralModel::random(cfg, 1)?;
+    if scheme == "float" {
+        pb.set_message("writing the float ONNX files");
+        let r = export_float(&model, &[], out, opts)?;
+        pb.finish_and_clear();
+        return Ok(r);
+    }
+    let scheme = Scheme::parse(scheme)?;
+    pb.set_message("calibrating on one synthetic request");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut pixels = Vec::new();
+    let mut ids: Vec<u32> = Vec::new();
+    let vocab = model.config.text.vocab_size() as u32;
+    let image_token = model.config.image_token_id;
+    let mut text = |n: usize, ids: &mut Vec<u32>| {
+        for _ in 0..n {
+            let t = rng.random_range(0..vocab);
+            ids.push(if t == image_token { (t + 1) % vocab } else { t });
+        }
+    };
+    text(16, &mut ids);
+    if let Some(v) = &model.vision {
+        let s = v.config.image_size();
+        let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let data: Vec<f32> = (0..3 * s * s).map(|_| r2.random_range(0.0..1.0)).collect();
+        pixels.push(autoneural::Tensor::new(&[3, s, s], data)?);
+        let n = model.tokens_per_image();
+        ids.extend(std::iter::repeat_n(image_token, n));
+    }
+    text(16, &mut ids);
+    let mut obs = CalibrationObserver::new(DEFAULT_BINS)?;
+    observe_request(&model, &pixels, &ids, &[], 4, &mut obs)?;
+    pb.set_message("lowering to the integer graph");
+    let q = IntModel::build(&model, &obs.into_stats(), &scheme, None)?;
+    pb.set_message("writing the QDQ ONNX files");
+    let floats = (
+        &model.text.graph,
+        model.vision.as_ref().map(|v| (&v.encoder.graph, &v.connector.graph)),
+    );
+    let r = export_quantized(&model.config, floats, &QuantParts::of(&q), &[], out, opts)?;
+    pb.finish_and_clear();
+    Ok(r)
 }

@@ -47,6 +47,8 @@ pub struct StatePort {
     pub dims: Vec<DimSpec>,
     pub grows: bool,
     pub quant: Option<ActQuant>,
+    /// What a fresh state holds, in `dtype` (the zero point: real 0).
+    pub fill: i64,
 }
 
 /// The result of exporting one part.
@@ -189,6 +191,10 @@ pub fn export_part<W: ExportWeights>(
             dtype,
             dims,
             grows: info.grows(),
+            fill: match &quant {
+                Some(q) => act_zero_point(q)?,
+                None => 0,
+            },
             quant,
         });
     }
@@ -200,16 +206,26 @@ pub fn export_part<W: ExportWeights>(
     })
 }
 
-/// The ONNX type of an activation edge's integers (`QuantizeLinear` output).
+/// The ONNX type of an activation edge's integers (`QuantizeLinear` output): 8-bit activations
+/// (asymmetric) as uint8, the form ONNX Runtime's and NPU toolchains' QDQ kernels expect (`q +
+/// 128` with the zero point moved alike: the same real values), 16-bit (symmetric) as int16.
 pub fn act_dtype(q: &ActQuant) -> Result<DType> {
     match q.bits {
-        8 => Ok(DType::I8),
+        8 => Ok(DType::U8),
         16 => Ok(DType::I16),
         b => Err(Error::input(format!(
             "{b}-bit activations have no ONNX QDQ form (int8 and int16 do); quantize with 8- or \
              16-bit activations"
         ))),
     }
+}
+
+/// The zero point of `q` in its ONNX type (see [`act_dtype`]).
+pub fn act_zero_point(q: &ActQuant) -> Result<i64> {
+    Ok(match act_dtype(q)? {
+        DType::U8 => q.zero_point as i64 + 128,
+        _ => q.zero_point as i64,
+    })
 }
 
 impl<W: ExportWeights> Emitter<'_, W> {
@@ -266,10 +282,27 @@ impl<W: ExportWeights> Emitter<'_, W> {
         self.dequantize(&xq, q, hint)
     }
 
+    /// After a layout op (reshape, transpose) on quantized data: the same `QuantizeLinear` ->
+    /// `DequantizeLinear` again (exact: the values are on the grid already), so every compute
+    /// op reads straight from a `DequantizeLinear`, the pattern QDQ fusers look for.
+    fn regrid(&mut self, x: String, q: Option<ActQuant>, hint: &str) -> Result<String> {
+        match q {
+            Some(q) => self.qdq(&x, &q, hint),
+            None => Ok(x),
+        }
+    }
+
+    fn quant_of(&self, v: ValueId) -> Option<ActQuant> {
+        match self.elems[v.0 as usize] {
+            Elem::Q(q) => Some(q),
+            _ => None,
+        }
+    }
+
     fn quantize(&mut self, x: &str, q: &ActQuant, hint: &str) -> Result<String> {
         let dt = act_dtype(q)?;
         let s = self.g.f32_scalar(q.scale);
-        let z = self.g.zero_point(dt, q.zero_point as i64);
+        let z = self.g.zero_point(dt, act_zero_point(q)?);
         Ok(self
             .g
             .op("QuantizeLinear", &[x, &s, &z], &[], &format!("{hint}_q")))
@@ -278,7 +311,7 @@ impl<W: ExportWeights> Emitter<'_, W> {
     fn dequantize(&mut self, xq: &str, q: &ActQuant, hint: &str) -> Result<String> {
         let dt = act_dtype(q)?;
         let s = self.g.f32_scalar(q.scale);
-        let z = self.g.zero_point(dt, q.zero_point as i64);
+        let z = self.g.zero_point(dt, act_zero_point(q)?);
         Ok(self.g.op(
             "DequantizeLinear",
             &[xq, &s, &z],
@@ -292,6 +325,13 @@ impl<W: ExportWeights> Emitter<'_, W> {
             Elem::Q(q) => (act_dtype(&q)?, Some(q)),
             _ => (DType::F32, None),
         })
+    }
+
+    fn state_quant(&self, s: StateId) -> Option<ActQuant> {
+        match self.state_elems[s.0 as usize] {
+            Elem::Q(q) => Some(q),
+            _ => None,
+        }
     }
 
     fn state_dims(&self, s: u32) -> Vec<DimSpec> {
@@ -543,6 +583,11 @@ impl<W: ExportWeights> Emitter<'_, W> {
                 let keys = self.append_state(*k, &kn, &format!("{name}.k"))?;
                 let values = self.append_state(*v, &vn, &format!("{name}.v"))?;
                 let qpos = self.row_positions(&x)?;
+                let quants = [
+                    self.quant_of(x_v),
+                    self.state_quant(*k),
+                    self.state_quant(*v),
+                ];
                 self.attention(
                     &x,
                     &keys,
@@ -553,8 +598,9 @@ impl<W: ExportWeights> Emitter<'_, W> {
                     *head_dim,
                     *scale,
                     Some(&qpos),
+                    quants,
                     name,
-                )
+                )?
             }
             Op::Attention {
                 heads,
@@ -564,7 +610,15 @@ impl<W: ExportWeights> Emitter<'_, W> {
                 scale,
             } => {
                 let (kn, vn) = (self.input(i, 1)?, self.input(i, 2)?);
-                self.attention(&x, &kn, &vn, *heads, *kv_heads, *d, *dv, *scale, None, name)
+                let ins = &self.graph.nodes[i].inputs;
+                let quants = [
+                    self.quant_of(ins[0]),
+                    self.quant_of(ins[1]),
+                    self.quant_of(ins[2]),
+                ];
+                self.attention(
+                    &x, &kn, &vn, *heads, *kv_heads, *d, *dv, *scale, None, quants, name,
+                )?
             }
             Op::Conv2d {
                 stride,
@@ -598,6 +652,7 @@ impl<W: ExportWeights> Emitter<'_, W> {
             }
             Op::PointwiseToTokens { .. } => {
                 let tokens = self.map_to_tokens(&x, x_v, &format!("{name}.tokens"))?;
+                let tokens = self.regrid(tokens, self.quant_of(x_v), &format!("{name}.tokens"))?;
                 let (d, c) = self.pointwise_dims(op)?;
                 let w = self.w.matrix(&mut self.g, i, &[d, c])?;
                 self.gemm(i, &tokens, &w, name)?
@@ -835,6 +890,8 @@ impl<W: ExportWeights> Emitter<'_, W> {
         );
         let ax = g.i64s(&[0]);
         let t3 = g.op("Unsqueeze", &[&t, &ax], &[], &format!("{name}.batch"));
+        let t3 = self.regrid(t3, quant, &format!("{name}.batch"))?;
+        let g = &mut self.g;
         let mut ins = vec![t3.as_str(), wn.as_str()];
         if let Some(b) = &b {
             ins.push(b);
@@ -943,8 +1000,9 @@ impl<W: ExportWeights> Emitter<'_, W> {
         dv: usize,
         scale: f32,
         qpos: Option<&str>,
+        [q_q, k_q, v_q]: [Option<ActQuant>; 3],
         name: &str,
-    ) -> String {
+    ) -> Result<String> {
         let group = (heads / kv) as i64;
         let (kv, d, dv) = (kv as i64, d as i64, dv as i64);
         let g = &mut self.g;
@@ -975,6 +1033,10 @@ impl<W: ExportWeights> Emitter<'_, W> {
             &[("perm", Attr::Ints(&[1, 2, 0, 3]))],
             &format!("{name}.vt"),
         );
+        let qt = self.regrid(qt, q_q, &format!("{name}.qt"))?;
+        let kt = self.regrid(kt, k_q, &format!("{name}.kt"))?;
+        let vt = self.regrid(vt, v_q, &format!("{name}.vt"))?;
+        let g = &mut self.g;
         let s = g.op("MatMul", &[&qt, &kt], &[], &format!("{name}.scores_raw"));
         let sc = g.f32_scalar(scale);
         let mut scores = g.op("Mul", &[&s, &sc], &[], &format!("{name}.scores"));
@@ -1024,7 +1086,7 @@ impl<W: ExportWeights> Emitter<'_, W> {
             &format!("{name}.ot"),
         );
         let so = g.i64s(&[0, kv * group * dv]);
-        g.op("Reshape", &[&ot, &so], &[], name)
+        Ok(g.op("Reshape", &[&ot, &so], &[], name))
     }
 }
 

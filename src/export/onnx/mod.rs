@@ -20,6 +20,7 @@ use crate::graph::builder::FromConfig;
 use crate::graph::qop::QOp;
 use crate::graph::{Elem, Graph, Op};
 use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
+use crate::quant::int_model::IntModel;
 use crate::quant::params::ActQuant;
 use emit::{export_part, Exported, PartSpec, Port, StateMode, StatePort};
 use proto::DimSpec;
@@ -111,6 +112,8 @@ pub struct StateJson {
     pub shape: Vec<serde_json::Value>,
     pub grows: bool,
     pub quant: Option<ActQuant>,
+    /// What a fresh state holds (the zero point in `dtype`, i.e. real 0).
+    pub fill: i64,
 }
 
 fn dims_json(d: &[DimSpec]) -> Vec<serde_json::Value> {
@@ -140,6 +143,7 @@ fn state_json(s: &StatePort) -> StateJson {
         shape: dims_json(&s.dims),
         grows: s.grows,
         quant: s.quant,
+        fill: s.fill,
     }
 }
 
@@ -178,72 +182,132 @@ impl Source<'_> {
 }
 
 /// Exports the model in `model` (a quantized directory: QDQ; a float model directory: float)
-/// into `out`; returns the manifest written there as `export.json`.
+/// into `out`; returns the manifest written there as `export.json` and where it went.
 pub fn export_onnx(model: &Path, out: &Path, opts: &ExportOptions) -> Result<(Manifest, PathBuf)> {
-    if let Some(s) = opts.static_shapes {
-        if s.prefill_chunk == 0 || s.context == 0 || s.prefill_chunk > s.context {
+    if model.join(GRAPH_FILE).is_file() {
+        let (q, config) = QuantizedModel::load(model)?;
+        let (text, vision) = float_graphs(&config, &q)?;
+        let ints = QuantParts {
+            text: &q.text,
+            vision: q.vision.as_ref(),
+            connector: q.connector.as_ref(),
+            scheme: q.scheme.clone(),
+        };
+        let floats = (&text, vision.as_ref().map(|(e, c)| (e, c)));
+        export_quantized(&config, floats, &ints, &[model], out, opts)
+    } else {
+        let m = AutoNeuralModel::load(model)?;
+        export_float(&m, &[model], out, opts)
+    }
+}
+
+/// The integer graphs of a quantized model.
+pub struct QuantParts<'a> {
+    pub text: &'a Graph<QOp>,
+    pub vision: Option<&'a Graph<QOp>>,
+    pub connector: Option<&'a Graph<QOp>>,
+    pub scheme: String,
+}
+
+impl<'a> QuantParts<'a> {
+    /// The graphs of an in-memory integer model.
+    pub fn of(m: &'a IntModel) -> Self {
+        Self {
+            text: &m.text.graph,
+            vision: m.vision.as_ref().map(|v| &v.encoder.graph),
+            connector: m.vision.as_ref().map(|v| &v.connector.graph),
+            scheme: m.scheme.to_string(),
+        }
+    }
+}
+
+/// The QDQ export of integer graphs `ints`, with `floats` (text; encoder and connector) the float
+/// graphs they were lowered from. `inputs` are the files the output must not overwrite.
+pub fn export_quantized(
+    config: &AutoNeuralConfig,
+    floats: (&Graph, Option<(&Graph, &Graph)>),
+    ints: &QuantParts,
+    inputs: &[&Path],
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<(Manifest, PathBuf)> {
+    check_static(opts)?;
+    let vision = match (floats.1, ints.vision, ints.connector) {
+        (Some((fe, fc)), Some(e), Some(c)) => {
+            check_same("vision", fe, e)?;
+            check_same("connector", fc, c)?;
+            Some((
+                Source::Quant { float: fe, int: e },
+                Source::Quant { float: fc, int: c },
+            ))
+        }
+        (None, _, _) => None,
+        _ => {
             return Err(Error::input(format!(
+                "the model has a vision tower in its config but no integer vision part: a float \
+                 part in a quantized model has no QDQ form; quantize every part (or export the \
+                 float model without QDQ)"
+            )))
+        }
+    };
+    check_same("text", floats.0, ints.text)?;
+    let text = Source::Quant {
+        float: floats.0,
+        int: ints.text,
+    };
+    let stage = OutputDir::begin(out, "export onnx", inputs, opts.force)?;
+    let manifest = write_parts(
+        stage.path(),
+        config,
+        "qdq",
+        Some(ints.scheme.clone()),
+        vision.as_ref().map(|(a, b)| (a, b)),
+        &text,
+        opts,
+    )?;
+    finish(stage, manifest)
+}
+
+/// The float export of a float model (no QDQ).
+pub fn export_float(
+    m: &AutoNeuralModel,
+    inputs: &[&Path],
+    out: &Path,
+    opts: &ExportOptions,
+) -> Result<(Manifest, PathBuf)> {
+    check_static(opts)?;
+    let vision = m
+        .vision
+        .as_ref()
+        .map(|v| (Source::Float(&v.encoder), Source::Float(&v.connector)));
+    let text = Source::Float(&m.text);
+    let stage = OutputDir::begin(out, "export onnx", inputs, opts.force)?;
+    let manifest = write_parts(
+        stage.path(),
+        &m.config,
+        "float",
+        None,
+        vision.as_ref().map(|(a, b)| (a, b)),
+        &text,
+        opts,
+    )?;
+    finish(stage, manifest)
+}
+
+fn check_static(opts: &ExportOptions) -> Result<()> {
+    match opts.static_shapes {
+        Some(s) if s.prefill_chunk == 0 || s.context == 0 || s.prefill_chunk > s.context => {
+            Err(Error::input(format!(
                 "--prefill-chunk {} and --context {} must be positive, the chunk no longer than \
                  the context",
                 s.prefill_chunk, s.context
-            )));
+            )))
         }
+        _ => Ok(()),
     }
-    let quantized = model.join(GRAPH_FILE).is_file();
-    let stage = OutputDir::begin(out, "export onnx", &[model], opts.force)?;
-    let manifest = if quantized {
-        let (q, config) = QuantizedModel::load(model)?;
-        let floats = float_graphs(&config, &q)?;
-        let vision = match (&floats.1, &q.vision, &q.connector) {
-            (Some((fe, fc)), Some(e), Some(c)) => {
-                check_same("vision", fe, e)?;
-                check_same("connector", fc, c)?;
-                Some((
-                    Source::Quant { float: fe, int: e },
-                    Source::Quant { float: fc, int: c },
-                ))
-            }
-            (None, _, _) => None,
-            _ => {
-                return Err(Error::input(format!(
-                    "{} has a vision tower in its config but no integer vision part: a float part \
-                     in a quantized directory has no QDQ form; quantize every part (or export the \
-                     float model without QDQ)",
-                    model.display()
-                )))
-            }
-        };
-        check_same("text", &floats.0, &q.text)?;
-        let text = Source::Quant {
-            float: &floats.0,
-            int: &q.text,
-        };
-        write_parts(
-            stage.path(),
-            &config,
-            "qdq",
-            Some(q.scheme.clone()),
-            vision.as_ref().map(|(a, b)| (a, b)),
-            &text,
-            opts,
-        )?
-    } else {
-        let m = AutoNeuralModel::load(model)?;
-        let vision = m
-            .vision
-            .as_ref()
-            .map(|v| (Source::Float(&v.encoder), Source::Float(&v.connector)));
-        let text = Source::Float(&m.text);
-        write_parts(
-            stage.path(),
-            &m.config,
-            "float",
-            None,
-            vision.as_ref().map(|(a, b)| (a, b)),
-            &text,
-            opts,
-        )?
-    };
+}
+
+fn finish(stage: OutputDir, manifest: Manifest) -> Result<(Manifest, PathBuf)> {
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serializes");
     let path = stage.path().join("export.json");
     std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;

@@ -23,6 +23,7 @@ pub const IR_VERSION: i64 = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F32,
+    U8,
     I8,
     I16,
     I32,
@@ -34,6 +35,7 @@ impl DType {
     pub fn code(self) -> i32 {
         match self {
             DType::F32 => 1,
+            DType::U8 => 2,
             DType::I8 => 3,
             DType::I16 => 5,
             DType::I32 => 6,
@@ -45,6 +47,7 @@ impl DType {
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "float32",
+            DType::U8 => "uint8",
             DType::I8 => "int8",
             DType::I16 => "int16",
             DType::I32 => "int32",
@@ -385,6 +388,7 @@ pub fn int_bytes(dtype: DType, v: &[i64]) -> Vec<u8> {
             })
             .collect(),
         DType::I8 => v.iter().map(|&x| x as i8 as u8).collect(),
+        DType::U8 => v.iter().map(|&x| x as u8).collect(),
         DType::I16 => v.iter().flat_map(|&x| (x as i16).to_le_bytes()).collect(),
         DType::I32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
         DType::I64 => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),

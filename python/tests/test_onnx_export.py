@@ -1,0 +1,242 @@
+"""`autoneural export onnx` of the shipped model, checked by python/check_onnx.py in the official
+`onnx` checker and ONNX Runtime against the engine itself: the default-scheme and w8a8 QDQ exports
+against the integer path (`autoneural dump` / `run --json` on the quantized directory), the float
+export against the float path, and a static-shape export (fixed prefill chunk and context).
+
+    AUTONEURAL=target/release/autoneural python -m pytest -q python/tests/test_onnx_export.py
+
+Every quantize, export, dump and run happens once per session (the `lab` fixture caches them).
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("AUTONEURAL", str(ROOT / "target" / "release" / "autoneural"))
+MODEL = ROOT / "models" / "autoneural-cockpit-tiny"
+
+sys.path.insert(0, str(ROOT / "python"))
+import check_onnx  # noqa: E402
+
+# Held-out questions the way tests/trained_model.rs makes them: a freshly generated cockpit set
+# (a seed the model never saw), its test split; one question per type below, on distinct images
+# where the split allows, covering the three scene kinds.
+HELD_OUT_SEED, HELD_OUT_COUNT = 20261125, 300
+QUESTION_TYPES = ["speed", "warning_lights", "rear_passengers", "driver_phone", "traffic_light",
+                  "sign"]
+# Calibration: the training split of a small set with another unseen seed (as the vision SQNR test
+# of tests/trained_model.rs calibrates), 24 questions on 12 images: a couple of seconds.
+CALIB_SEED, CALIB_COUNT, CALIB_QUESTIONS = 20261201, 12, 24
+
+# The static export: small fixed shapes, so the prompts (about 85 tokens) take several chunks.
+STATIC_CHUNK, STATIC_CONTEXT = 16, 256
+
+MIN_SQNR_DB = 40.0  # the issue's bar for QDQ vs the integer path
+FLOAT_TOLERANCE = 1e-4  # the float export vs the float path, max|a-b| / max|b|
+# Max |ONNX Runtime - integer path| / scale of the output's edge quantization, per export and
+# tensor, over the six held-out questions: just above the measured maximum (ONNX Runtime 1.32,
+# CPU, ORT_ENABLE_ALL, one thread). The two sides differ by single roundings (ONNX Runtime's
+# float32 sums at near-ties, round-half-to-even vs the integer path's half-away-from-zero, integer
+# norms and lookup tables vs float ops) that the encoder and the language model spread: moving one
+# input pixel by one step moves ONNX Runtime's own outputs as far (check_onnx.py --sensitivity).
+# A larger difference is a bug in the export or the integer path: do not loosen.
+MAX_STEPS = {
+    # 16-bit activations: measured features 13, image embeddings 12, logits 17 steps (70 dB).
+    "default": {"features": 14, "image_embeds": 13, "logits": 18},
+    # 8-bit activations: measured features 9, image embeddings 7, logits 10 steps (26.6 dB
+    # features, 28.1 dB logits: below the issue's 40 dB bar; measured with ONNX Runtime's
+    # QDQPropagationTransformer left out, without which the w8a8 files do not load).
+    "w8a8": {"features": 10, "image_embeds": 8, "logits": 11},
+    # The default scheme with fixed shapes: the same numbers as the dynamic export.
+    "static": {"features": 14, "image_embeds": 13, "logits": 18},
+}
+
+
+def cli(*args):
+    """Run the binary; fail the test with the command and its stderr when it fails."""
+    cmd = [BIN, *map(str, args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        pytest.fail(f"`{' '.join(cmd)}` exited {p.returncode}:\n{p.stderr[-3000:]}", pytrace=False)
+    return p.stdout
+
+
+class Lab:
+    """Quantized directories, exports, dumps and runs, each made once on first use."""
+
+    def __init__(self, work: pathlib.Path):
+        self.work = work
+        self.cache = {}
+        self.export_checked = False
+
+    def once(self, key, make):
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+    def require_export(self):
+        if self.export_checked:
+            return
+        if not pathlib.Path(BIN).is_file():
+            pytest.fail(f"no autoneural binary at {BIN} (set AUTONEURAL)", pytrace=False)
+        p = subprocess.run([BIN, "export", "onnx", "--help"], capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.fail(f"{BIN} has no `export onnx` command (`export onnx --help` exited "
+                        f"{p.returncode}: {p.stderr.strip()[:300]})", pytrace=False)
+        self.export_checked = True
+
+    def questions(self):
+        def make():
+            ds = self.work / "heldout"
+            cli("dataset", "cockpit", "--count", HELD_OUT_COUNT, "--seed", HELD_OUT_SEED,
+                "--out", ds)
+            rows = [json.loads(line) for line in (ds / "test.jsonl").read_text().splitlines()
+                    if line.strip()]
+            picked, images = [], set()
+            for qt in QUESTION_TYPES:
+                of_type = [r for r in rows if r["type"] == qt]
+                assert of_type, f"no {qt} question in the test split"
+                fresh = [r for r in of_type if r["image"] not in images]
+                r = (fresh or of_type)[0]
+                images.add(r["image"])
+                picked.append({**r, "image": str(ds / r["image"])})
+            return picked
+        return self.once("questions", make)
+
+    def calibration(self):
+        def make():
+            ds = self.work / "calibset"
+            cli("dataset", "cockpit", "--count", CALIB_COUNT, "--seed", CALIB_SEED, "--out", ds)
+            rows = [json.loads(line) for line in (ds / "train.jsonl").read_text().splitlines()
+                    if line.strip()][:CALIB_QUESTIONS]
+            f = self.work / "calib.jsonl"
+            f.write_text("".join(json.dumps({"image": str(ds / r["image"]),
+                                             "prompt": r["question"]}) + "\n" for r in rows))
+            return f
+        return self.once("calibration", make)
+
+    def model(self, name):
+        """The model directory a case runs on: `float` (the shipped model) or a scheme."""
+        if name == "float":
+            return MODEL
+
+        def make():
+            q = self.work / f"q-{name}"
+            cli("quantize", "--model", MODEL, "--calibration", self.calibration(), "--scheme",
+                name, "--out", q)
+            return q
+        return self.once(("model", name), make)
+
+    def export(self, name):
+        """`default`, `w8a8`, `float` (dynamic) or `static` (the default scheme, fixed shapes)."""
+        self.require_export()
+
+        def make():
+            out = self.work / f"onnx-{name}"
+            if name == "static":
+                cli("export", "onnx", "--model", self.model("default"), "--out", out, "--static",
+                    "--prefill-chunk", STATIC_CHUNK, "--context", STATIC_CONTEXT)
+            else:
+                cli("export", "onnx", "--model", self.model(name), "--out", out)
+            return out
+        return self.once(("export", name), make)
+
+    def cases(self, name):
+        """(dump dirs, run --json files) of the held-out questions on model `name`."""
+        def make():
+            dumps, runs = [], []
+            for k, q in enumerate(self.questions()):
+                d = self.work / f"dump-{name}-{k}"
+                cli("dump", "--model", self.model(name), "--image", q["image"], "--prompt",
+                    q["question"], "--out", d)
+                r = self.work / f"run-{name}-{k}.json"
+                r.write_text(cli("run", "--model", self.model(name), "--image", q["image"],
+                                 "--prompt", q["question"], "--json"))
+                dumps.append(d)
+                runs.append(r)
+            return dumps, runs
+        return self.once(("cases", name), make)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    return Lab(tmp_path_factory.mktemp("onnx-export"))
+
+
+def failure_text(report):
+    return "\n".join(report["failures"]) + "\n\n" + check_onnx.format_report(report)
+
+
+def check(lab, export, model, thresholds):
+    out = lab.export(export)
+    dumps, runs = lab.cases(model)
+    # One ONNX Runtime thread: its float sums (and so which near-ties flip) depend on the split.
+    report = check_onnx.check_export(out, dumps, runs, thresholds, skip_files=True, threads=1)
+    print(check_onnx.format_report(report))  # shown with -s or on failure
+    assert len(report["runs"]) == len(dumps)
+    assert all(r["greedy"] is not None for r in report["runs"])
+    return report
+
+
+@pytest.mark.parametrize("export", ["default", "w8a8", "float", "static"])
+def test_export_passes_onnx_checker_and_matches_its_manifest(lab, export):
+    files = check_onnx.check_files(lab.export(export))
+    names = {f["file"] for f in files}
+    parts = (["language_model_prefill.onnx", "language_model_decode.onnx"] if export == "static"
+             else ["language_model.onnx"])
+    assert names == {"vision_encoder.onnx", "connector.onnx", "embed_tokens.onnx", *parts}
+    bad = [f for f in files if not f["ok"]]
+    assert not bad, json.dumps(bad, indent=1)
+    manifest = check_onnx.load_manifest(lab.export(export))
+    assert manifest["precision"] == ("float" if export == "float" else "qdq")
+
+
+@pytest.mark.parametrize("scheme", ["default", "w8a8", "static"])
+def test_qdq_export_agrees_with_the_integer_path(lab, scheme):
+    model = "default" if scheme == "static" else scheme
+    report = check(lab, scheme, model, check_onnx.Thresholds(min_sqnr=MIN_SQNR_DB))
+    assert report["precision"] == "qdq"
+    # SQNR >= 40 dB, identical greedy answers, no ONNX Runtime failure.
+    assert report["ok"], failure_text(report)
+    for t in ("features", "image_embeds", "logits"):
+        steps = check_onnx.worst(report, t, "max_steps")
+        assert steps is not None, f"export.json gives no quantization for {t}"
+        assert steps <= MAX_STEPS[scheme][t], (
+            f"{scheme}: {t} differs by {steps:.2f} output steps > {MAX_STEPS[scheme][t]}\n"
+            + check_onnx.format_report(report))
+
+
+def test_float_export_matches_the_float_path(lab):
+    report = check(lab, "float", "float",
+                   check_onnx.Thresholds(float_tolerance=FLOAT_TOLERANCE, min_sqnr=MIN_SQNR_DB))
+    assert report["precision"] == "float"
+    assert report["ok"], failure_text(report)
+    for t in ("features", "image_embeds", "logits"):
+        assert check_onnx.worst(report, t, "rel") <= FLOAT_TOLERANCE
+
+
+def test_check_onnx_command_line(lab, tmp_path):
+    """The script as a user runs it: a table, a JSON report, exit 0; exit 1 on a failed check and
+    2 with one error line (no traceback) when the run JSON belongs to another request."""
+    out = lab.export("default")
+    dumps, runs = lab.cases("default")
+    script = ROOT / "python" / "check_onnx.py"
+    report = tmp_path / "report.json"
+    steps = str(MAX_STEPS["default"]["logits"])
+    p = subprocess.run([sys.executable, script, "--export", out, "--dump", dumps[0],
+                        "--expect-tokens", runs[0], "--max-steps", steps, "--json", report],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "greedy:" in p.stdout and "all checks pass" in p.stdout
+    assert json.loads(report.read_text())["ok"] is True
+    p = subprocess.run([sys.executable, script, "--export", out, "--dump", dumps[0],
+                        "--min-sqnr", "1000"], capture_output=True, text=True)
+    assert p.returncode == 1, p.stdout + p.stderr
+    p = subprocess.run([sys.executable, script, "--export", out, "--dump", lab.cases("float")[0][0],
+                        "--expect-tokens", runs[1]], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr, \
+        p.stderr
