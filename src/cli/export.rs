@@ -133,7 +133,10 @@ fn export_preset(
     pb.set_message("writing the QDQ ONNX files");
     let floats = (
         &model.text.graph,
-        model.vision.as_ref().map(|v| (&v.encoder.graph, &v.connector.graph)),
+        model
+            .vision
+            .as_ref()
+            .map(|v| (&v.encoder.graph, &v.connector.graph)),
     );
     let r = export_quantized(&model.config, floats, &QuantParts::of(&q), &[], out, opts)?;
     pb.finish_and_clear();
