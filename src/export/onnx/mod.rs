@@ -232,24 +232,23 @@ pub fn export_quantized(
     opts: &ExportOptions,
 ) -> Result<(Manifest, PathBuf)> {
     check_static(opts)?;
-    let vision = match (floats.1, ints.vision, ints.connector) {
-        (Some((fe, fc)), Some(e), Some(c)) => {
-            check_same("vision", fe, e)?;
-            check_same("connector", fc, c)?;
-            Some((
-                Source::Quant { float: fe, int: e },
-                Source::Quant { float: fc, int: c },
-            ))
-        }
-        (None, _, _) => None,
-        _ => {
-            return Err(Error::input(format!(
+    let vision =
+        match (floats.1, ints.vision, ints.connector) {
+            (Some((fe, fc)), Some(e), Some(c)) => {
+                check_same("vision", fe, e)?;
+                check_same("connector", fc, c)?;
+                Some((
+                    Source::Quant { float: fe, int: e },
+                    Source::Quant { float: fc, int: c },
+                ))
+            }
+            (None, _, _) => None,
+            _ => return Err(Error::input(
                 "the model has a vision tower in its config but no integer vision part: a float \
                  part in a quantized model has no QDQ form; quantize every part (or export the \
-                 float model without QDQ)"
-            )))
-        }
-    };
+                 float model without QDQ)",
+            )),
+        };
     check_same("text", floats.0, ints.text)?;
     let text = Source::Quant {
         float: floats.0,
