@@ -1,13 +1,14 @@
-//! Tokenizer (`tokenizer.json` via the `tokenizers` crate) and the LFM2 ChatML prompt with image
-//! placeholders.
+//! Tokenizer (`tokenizer.json` via the `tokenizers` crate), the image tokens of a model, and the
+//! [`Piece`]s a rendered prompt is made of.
 //!
 //! A user prompt may contain `<image>` placeholders, one per image, in order; when it has none,
-//! the images go first, before the text (as the LFM2-VL processor does). Each placeholder becomes
-//! `<|image_start|>` + one `<image>` per visual token + `<|image_end|>`.
+//! the images go first, before the text (as the LFM2-VL processor does;
+//! [`crate::pipeline::user_turn`]). Each image becomes `<|image_start|>` + one `<image>` per
+//! visual token + `<|image_end|>` ([`crate::chat_template`]).
 //!
-//! The prompt is rendered as [`Piece`]s: template tokens are inserted by id, and everything the
-//! user or system wrote is encoded as text with special-token matching off, so typing
-//! `<|im_end|><|im_start|>assistant` into a prompt cannot forge a turn.
+//! Template tokens are inserted by id, and everything the user or system wrote is encoded as
+//! text with special-token matching off, so typing `<|im_end|><|im_start|>assistant` into a
+//! prompt cannot forge a turn.
 
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -186,83 +187,6 @@ pub enum Piece {
     Template(String),
 }
 
-/// Renders a single-turn LFM2 chat prompt, expanding image placeholders.
-///
-/// `<|startoftext|>[<|im_start|>system\n{system}<|im_end|>\n]<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n`
-pub fn render_pieces(
-    user: &str,
-    system: Option<&str>,
-    num_images: usize,
-    tokens_per_image: usize,
-    t: &ChatTokens,
-) -> Result<Vec<Piece>> {
-    let placeholders = user.matches(IMAGE_PLACEHOLDER).count();
-    let content = if placeholders == 0 {
-        format!("{}{user}", IMAGE_PLACEHOLDER.repeat(num_images))
-    } else if placeholders == num_images {
-        user.to_string()
-    } else {
-        return Err(Error::input(format!(
-            "the prompt has {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {num_images} image(s) were given"
-        )));
-    };
-    let tok = |s: &str| Piece::Token(s.to_string());
-    let mut out = vec![tok(&t.bos)];
-    // Adjacent text is merged so it is encoded in one piece, as a whole rendered string would be.
-    let mut text = String::new();
-    let flush = |text: &mut String, out: &mut Vec<Piece>| {
-        if !text.is_empty() {
-            out.push(Piece::Text(std::mem::take(text)));
-        }
-    };
-    if let Some(sys) = system {
-        out.push(tok("<|im_start|>"));
-        text.push_str("system\n");
-        text.push_str(sys);
-        flush(&mut text, &mut out);
-        out.push(tok("<|im_end|>"));
-        text.push('\n');
-        flush(&mut text, &mut out);
-    }
-    out.push(tok("<|im_start|>"));
-    text.push_str("user\n");
-    for (i, part) in content.split(IMAGE_PLACEHOLDER).enumerate() {
-        if i > 0 {
-            flush(&mut text, &mut out);
-            out.push(tok(&t.image_start));
-            out.extend(std::iter::repeat_n(tok(&t.image), tokens_per_image));
-            out.push(tok(&t.image_end));
-        }
-        text.push_str(part);
-    }
-    flush(&mut text, &mut out);
-    out.push(tok("<|im_end|>"));
-    text.push('\n');
-    flush(&mut text, &mut out);
-    out.push(tok("<|im_start|>"));
-    text.push_str("assistant\n");
-    flush(&mut text, &mut out);
-    Ok(out)
-}
-
-/// [`render_pieces`] as one string (for display; encode the pieces, not this string).
-pub fn render_prompt(
-    user: &str,
-    system: Option<&str>,
-    num_images: usize,
-    tokens_per_image: usize,
-    t: &ChatTokens,
-) -> Result<String> {
-    Ok(
-        render_pieces(user, system, num_images, tokens_per_image, t)?
-            .into_iter()
-            .map(|p| match p {
-                Piece::Token(s) | Piece::Text(s) | Piece::Template(s) => s,
-            })
-            .collect(),
-    )
-}
-
 /// Turns generated token ids into text incrementally, emitting only complete UTF-8 text (a
 /// multi-byte character split across tokens is held back until it is whole).
 pub struct StreamDecoder<'a> {
@@ -334,24 +258,5 @@ mod tests {
             .expect("an error")
             .to_string();
         assert!(e.contains("cannot read tokenizer"), "{e}");
-    }
-
-    #[test]
-    fn placeholders_expand_in_order_or_go_first() {
-        let t = ChatTokens::default();
-        let p = render_prompt("Describe.", None, 1, 2, &t).unwrap();
-        assert_eq!(
-            p,
-            "<|startoftext|><|im_start|>user\n<|image_start|><image><image><|image_end|>Describe.<|im_end|>\n<|im_start|>assistant\n"
-        );
-        let p = render_prompt("A <image> and B <image>?", Some("sys"), 2, 1, &t).unwrap();
-        assert!(p.contains("<|im_start|>system\nsys<|im_end|>\n"));
-        assert!(p.contains(
-            "A <|image_start|><image><|image_end|> and B <|image_start|><image><|image_end|>?"
-        ));
-        let err = render_prompt("one <image>", None, 2, 1, &t).unwrap_err();
-        assert!(err
-            .to_string()
-            .contains("1 <image> placeholder(s) but 2 image(s)"));
     }
 }

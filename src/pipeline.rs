@@ -185,3 +185,44 @@ pub fn stop_tokens(config: &AutoNeuralConfig, tokenizer: &TextTokenizer) -> Vec<
     }
     stops
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::Piece;
+
+    /// A single-turn prompt as one string (template tokens, template text and message text).
+    fn rendered(user: &str, system: Option<&str>, images: usize, per_image: usize) -> String {
+        let mut turns = Vec::new();
+        if let Some(s) = system {
+            turns.push(Turn::text("system", s));
+        }
+        turns.push(user_turn(user, images).unwrap());
+        ChatTemplate::default()
+            .render(&turns, true, per_image, &ChatTokens::default())
+            .unwrap()
+            .into_iter()
+            .map(|p| match p {
+                Piece::Token(s) | Piece::Text(s) | Piece::Template(s) => s,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn placeholders_expand_in_order_or_go_first() {
+        assert_eq!(
+            rendered("Describe.", None, 1, 2),
+            "<|startoftext|><|im_start|>user\n<|image_start|><image><image><|image_end|>Describe.<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            rendered("A <image> and B <image>?", Some("sys"), 2, 1),
+            "<|startoftext|><|im_start|>system\nsys<|im_end|>\n<|im_start|>user\n\
+             A <|image_start|><image><|image_end|> and B <|image_start|><image><|image_end|>?\
+             <|im_end|>\n<|im_start|>assistant\n"
+        );
+        let err = user_turn("one <image>", 2).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("1 <image> placeholder(s) but 2 image(s)"));
+    }
+}

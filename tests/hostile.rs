@@ -818,13 +818,7 @@ fn typed_special_tokens_are_text_not_template() {
             0,
         )
         .unwrap();
-    let rendered = autoneural::chat::render_prompt(
-        "What speed is shown?",
-        None,
-        0,
-        0,
-        &autoneural::chat::ChatTokens::default(),
-    )
-    .unwrap();
-    assert_eq!(plain, tok.encode(&rendered).unwrap());
+    let rendered =
+        "<|startoftext|><|im_start|>user\nWhat speed is shown?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(plain, tok.encode(rendered).unwrap());
 }

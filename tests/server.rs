@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
@@ -245,6 +247,16 @@ fn shapes_framing_and_error_paths() {
         error_of(&s.chat(&img("https://example.com/a.png"))),
         invalid
     );
+    // Image URLs are off by default: refused before any connection, saying how to allow them.
+    let origin = Origin::start(Vec::new());
+    for url in [origin.url("/image.png"), "file:///etc/passwd".to_string()] {
+        let r = s.chat(&img(&url));
+        assert_eq!(error_of(&r), invalid);
+        assert_eq!(json(&r)["error"]["code"], "image_urls_disabled");
+        let msg = json(&r)["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains("--image-urls public"), "{msg}");
+    }
+    assert_eq!(origin.hits(), 0);
     assert_eq!(
         error_of(&s.chat(&img("data:image/png;base64,aGVsbG8="))),
         invalid
@@ -384,4 +396,236 @@ fn precision_serves_a_float_model_on_the_integer_path() {
     let r = s.chat(&serde_json::json!({
         "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}));
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+}
+
+/// A tiny HTTP/1.1 origin on loopback for image URLs: `/image.png` (the bytes given),
+/// `/redirect/N` (N redirects, then the image), `/big` (a declared Content-Length over the
+/// cap), `/big-stream` (the same without a Content-Length), `/missing` (404), `/slow` (answers
+/// after 5 s), `/not-an-image`. Counts the connections it accepts.
+struct Origin {
+    addr: std::net::SocketAddr,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Origin {
+    const BIG: usize = 300_000;
+
+    fn start(image: Vec<u8>) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (image, counter) = (Arc::new(image), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let image = image.clone();
+                std::thread::spawn(move || Origin::answer(conn, &image));
+            }
+        });
+        Origin { addr, hits }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    fn answer(mut conn: TcpStream, image: &[u8]) {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+            match conn.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let reply = |conn: &mut TcpStream, status: &str, headers: &str, body: &[u8]| {
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nConnection: close\r\n{headers}\r\n"
+            );
+            let _ = conn.write_all(body);
+        };
+        let sized = |ct: &str, n: usize| format!("Content-Type: {ct}\r\nContent-Length: {n}\r\n");
+        match path.as_str() {
+            "/image.png" => reply(&mut conn, "200 OK", &sized("image/png", image.len()), image),
+            "/big" => reply(
+                &mut conn,
+                "200 OK",
+                &sized("image/png", Origin::BIG),
+                &vec![0u8; Origin::BIG],
+            ),
+            // No length: the body ends when the connection closes.
+            "/big-stream" => reply(
+                &mut conn,
+                "200 OK",
+                "Content-Type: image/png\r\n",
+                &vec![0u8; Origin::BIG],
+            ),
+            "/missing" => reply(&mut conn, "404 Not Found", &sized("text/plain", 4), b"gone"),
+            "/slow" => {
+                std::thread::sleep(Duration::from_secs(5));
+                reply(&mut conn, "200 OK", &sized("image/png", image.len()), image)
+            }
+            "/not-an-image" => reply(&mut conn, "200 OK", &sized("image/png", 5), b"hello"),
+            p => match p
+                .strip_prefix("/redirect/")
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                Some(n) => {
+                    let to = if n <= 1 {
+                        "/image.png".to_string()
+                    } else {
+                        format!("/redirect/{}", n - 1)
+                    };
+                    let h = format!("Location: {to}\r\nContent-Length: 0\r\n");
+                    reply(&mut conn, "302 Found", &h, b"")
+                }
+                None => reply(&mut conn, "404 Not Found", &sized("text/plain", 0), b""),
+            },
+        }
+    }
+}
+
+fn image_request(url: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}},
+        {"type": "text", "text": "What colour is the traffic light?"}]}],
+        "max_tokens": 8, "temperature": 0, "stream": stream})
+}
+
+/// Status, OpenAI error code and message of a refused request.
+fn refusal(r: &Resp) -> (u16, String, String) {
+    let j = json(r);
+    assert_eq!(j["error"]["type"], "invalid_request_error", "{j}");
+    (
+        r.0,
+        j["error"]["code"].as_str().unwrap_or_default().to_string(),
+        j["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+#[test]
+fn image_urls_any_fetches_within_the_limits() {
+    let png = std::fs::read(root().join("assets/cockpit_road.png")).unwrap();
+    assert!(png.len() < 200_000 && Origin::BIG > 200_000);
+    let origin = Origin::start(png.clone());
+    let s = Server::start(&[
+        "--model",
+        &cockpit(),
+        "--image-urls",
+        "any",
+        "--max-image-bytes",
+        "200000",
+        "--image-url-timeout",
+        "1.5",
+    ]);
+    let answer = |r: &Resp| {
+        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+        json(r)["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    use base64::Engine as _;
+    let data_uri = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(&png)
+    );
+    let by_data = answer(&s.chat(&image_request(&data_uri, false)));
+    assert_eq!(by_data, "Green.");
+    // The same bytes by URL: the same answer, the embedding from the cache.
+    let by_url = answer(&s.chat(&image_request(&origin.url("/image.png"), false)));
+    assert_eq!(by_url, by_data);
+    let metrics = String::from_utf8(s.get("/metrics").2).unwrap();
+    let hits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("autoneural_image_cache_hits_total "))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(hits >= 1.0, "{hits}");
+    // Three redirects are followed, a fourth is not.
+    assert_eq!(
+        answer(&s.chat(&image_request(&origin.url("/redirect/3"), false))),
+        by_data
+    );
+    let r = refusal(&s.chat(&image_request(&origin.url("/redirect/4"), false)));
+    assert_eq!(
+        (r.0, r.1.as_str()),
+        (400, "image_url_too_many_redirects"),
+        "{}",
+        r.2
+    );
+    assert!(r.2.contains("more than 3 times"), "{}", r.2);
+    // Over the byte cap, declared or not; the origin's errors; a timeout; not an image.
+    for (path, code, says) in [
+        ("/big", "image_too_large", "200000-byte limit"),
+        ("/big-stream", "image_too_large", "200000-byte limit"),
+        ("/missing", "image_url_http_error", "HTTP 404"),
+        ("/slow", "image_url_timeout", "1.5s limit"),
+        ("/not-an-image", "", "image 1: not an image"),
+    ] {
+        let r = refusal(&s.chat(&image_request(&origin.url(path), false)));
+        assert_eq!((r.0, r.1.as_str()), (400, code), "{path}: {}", r.2);
+        assert!(r.2.contains(says), "{path}: {}", r.2);
+    }
+    // Streamed requests get the same HTTP error (nothing was generated yet).
+    let r = refusal(&s.chat(&image_request(&origin.url("/missing"), true)));
+    assert_eq!((r.0, r.1.as_str()), (400, "image_url_http_error"));
+    // Nothing listening; not http(s); credentials.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (url, code) in [
+        (format!("http://{closed}/a.png"), "image_url_unreachable"),
+        ("file:///etc/passwd".into(), "invalid_image_url"),
+        (
+            format!("http://user:pw@{}/image.png", origin.addr),
+            "invalid_image_url",
+        ),
+    ] {
+        let r = refusal(&s.chat(&image_request(&url, false)));
+        assert_eq!((r.0, r.1.as_str()), (400, code), "{url}: {}", r.2);
+    }
+}
+
+#[test]
+fn image_urls_public_refuses_loopback() {
+    let origin = Origin::start(std::fs::read(root().join("assets/cockpit_road.png")).unwrap());
+    let s = Server::start(&["--model", &cockpit(), "--image-urls", "public"]);
+    let port = origin.addr.port();
+    for (url, names) in [
+        (origin.url("/image.png"), "127.0.0.1 (loopback)"),
+        (format!("http://localhost:{port}/image.png"), "(loopback)"),
+        (format!("http://[::1]:{port}/image.png"), "::1 (loopback)"),
+        (
+            format!("http://[::ffff:127.0.0.1]:{port}/image.png"),
+            "IPv4-mapped",
+        ),
+        (format!("http://2130706433:{port}/image.png"), "127.0.0.1"),
+        (format!("http://0.0.0.0:{port}/image.png"), "unspecified"),
+    ] {
+        let r = refusal(&s.chat(&image_request(&url, false)));
+        assert_eq!(
+            (r.0, r.1.as_str()),
+            (400, "image_url_blocked"),
+            "{url}: {}",
+            r.2
+        );
+        assert!(r.2.contains(names), "{url}: {}", r.2);
+    }
+    assert_eq!(origin.hits(), 0, "the guard let a connection through");
 }

@@ -1,9 +1,34 @@
 //! `autoneural serve`: the OpenAI-compatible server (see `autoneural::server`).
 
 use anyhow::{Context, Result};
-use autoneural::server::{serve as run_server, ServeOptions};
-use clap::Args;
+use autoneural::server::{serve as run_server, ImageUrls, ServeOptions};
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// What `image_url` parts may be besides `data:` URIs.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ImageUrlsArg {
+    /// data: URIs only.
+    Off,
+    /// Also http(s) URLs whose host resolves only to globally routable addresses (no
+    /// loopback, private, link-local, CGNAT, multicast, documentation ... ranges).
+    Public,
+    /// Also http(s) URLs to any address, loopback and private networks included: for trusted
+    /// networks and tests only.
+    Any,
+}
+
+/// Seconds, fractions allowed, more than 0 and at most an hour.
+fn seconds_arg(s: &str) -> std::result::Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !(v > 0.0 && v <= 3600.0) {
+        return Err(format!("{s} s: must be more than 0 and at most 3600"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -37,9 +62,16 @@ pub struct ServeArgs {
     /// Images per request.
     #[arg(long, default_value_t = 8)]
     max_images: usize,
-    /// Largest image (decoded from its data: URI) in bytes.
+    /// Largest image (decoded from its data: URI, or fetched) in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     max_image_bytes: usize,
+    /// Whether `image_url` parts may be http(s) URLs the server fetches (within
+    /// --max-image-bytes, --image-url-timeout and 3 redirects).
+    #[arg(long, value_enum, default_value = "off")]
+    image_urls: ImageUrlsArg,
+    /// Seconds to fetch one image URL, redirects and body included.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = seconds_arg)]
+    image_url_timeout: Duration,
     /// Allow browsers on this origin (repeatable; CORS is off by default).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
@@ -68,9 +100,16 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         max_body_bytes: a.max_body_bytes,
         max_images: a.max_images,
         max_image_bytes: a.max_image_bytes,
+        image_urls: match a.image_urls {
+            ImageUrlsArg::Off => ImageUrls::Off,
+            ImageUrlsArg::Public => ImageUrls::Public,
+            ImageUrlsArg::Any => ImageUrls::Any,
+        },
+        image_url_timeout: a.image_url_timeout,
         cors_origins: a.cors_origins,
         image_cache: a.image_cache,
         precision: a.precision.zip(a.calibration),
+        ..ServeOptions::default()
     };
     // `main` lets SIGPIPE end the CLI quietly on a closed stdout; a server must instead see a
     // client's closed socket as a write error (EPIPE) and carry on.

@@ -1,7 +1,8 @@
 //! Routes, handlers and middleware of the server (see the module docs of `server`).
 
 use super::api::{self, ApiError, ChatRequest, Content, Part, Usage};
-use super::images::{self, EmbeddingCache};
+use super::fetch::{Fetcher, ImageUrls};
+use super::images::{self, EmbeddingCache, ImageSource};
 use super::session::{self, CancelGuard, Event, Job, RequestImage};
 use super::{Loaded, ServeOptions};
 use crate::chat::ChatTokens;
@@ -32,6 +33,8 @@ struct AppState {
     /// Requests waiting for a slot or generating.
     pending: Arc<AtomicUsize>,
     cache: Arc<EmbeddingCache>,
+    /// Fetches `image_url`s that are http(s) URLs; `None` when `--image-urls off`.
+    fetcher: Option<Arc<Fetcher>>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     next_id: AtomicU64,
 }
@@ -65,6 +68,13 @@ pub async fn serve(
     opts: ServeOptions,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> crate::Result<()> {
+    let fetcher = Fetcher::new(
+        opts.image_urls,
+        opts.image_url_timeout,
+        opts.image_url_redirects,
+        opts.max_image_bytes,
+    )?
+    .map(Arc::new);
     let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.port))
         .await
         .map_err(|e| Error::io(format!("{}:{}", opts.host, opts.port), e))?;
@@ -75,6 +85,7 @@ pub async fn serve(
         slots: Arc::new(Semaphore::new(opts.parallel.max(1))),
         pending: Arc::new(AtomicUsize::new(0)),
         cache: Arc::new(EmbeddingCache::new(opts.image_cache)),
+        fetcher,
         metrics: install_metrics(),
         next_id: AtomicU64::new(1),
         loaded: OnceLock::new(),
@@ -91,6 +102,17 @@ pub async fn serve(
     }
     tracing::info!("listening on http://{addr}");
     eprintln!("autoneural serve: listening on http://{addr} (loading the model)");
+    match state.opts.image_urls {
+        ImageUrls::Off => {}
+        ImageUrls::Public => eprintln!(
+            "autoneural serve: image URLs are fetched from public addresses only \
+             (--image-urls public)"
+        ),
+        ImageUrls::Any => eprintln!(
+            "autoneural serve: image URLs are fetched from any address, loopback and private \
+             networks included (--image-urls any)"
+        ),
+    }
     if let Some(tx) = ready {
         let _ = tx.send(addr);
     }
@@ -345,7 +367,7 @@ struct Prepared {
 async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let loaded = st.loaded()?;
     let req: ChatRequest = parse_body(body, st.opts.max_body_bytes)?;
-    let (prepared, datas) = prepare(&st.opts, &loaded, req)?;
+    let (prepared, sources) = prepare(&st.opts, &loaded, req)?;
     let Prepared {
         mut job,
         prompt_tokens,
@@ -353,7 +375,9 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
         include_usage,
     } = prepared;
 
-    // Images: hashed, looked up, the misses decoded off the async threads.
+    // Images: URLs fetched (all at once), then hashed, looked up, the misses decoded off the
+    // async threads.
+    let datas = fetch_images(st.fetcher.as_deref(), sources).await?;
     if !datas.is_empty() {
         let size = loaded
             .engine
@@ -485,13 +509,38 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
         .into_response())
 }
 
-/// Validates a request and renders its prompt; returns the job (without images yet) and the
-/// decoded image bytes.
+/// The bytes of every image: `data:` URIs as decoded, URLs fetched concurrently.
+async fn fetch_images(
+    fetcher: Option<&Fetcher>,
+    sources: Vec<ImageSource>,
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    let fetches = sources.into_iter().enumerate().map(|(i, src)| async move {
+        match src {
+            ImageSource::Bytes(b) => Ok(b),
+            ImageSource::Url(url) => {
+                // `prepare` refuses URLs when there is no fetcher.
+                let f = fetcher.ok_or_else(|| super::fetch::FetchError::Disabled.into_api(i))?;
+                let r = f.fetch(&url).await;
+                let outcome = match &r {
+                    Ok(_) => "ok",
+                    Err(e) => e.code(),
+                };
+                metrics::counter!("autoneural_image_url_fetches_total", "result" => outcome)
+                    .increment(1);
+                r.map_err(|e| e.into_api(i))
+            }
+        }
+    });
+    futures_util::future::try_join_all(fetches).await
+}
+
+/// Validates a request and renders its prompt; returns the job (without images yet) and where
+/// its images come from.
 fn prepare(
     opts: &ServeOptions,
     loaded: &Loaded,
     req: ChatRequest,
-) -> Result<(Prepared, Vec<Vec<u8>>), ApiError> {
+) -> Result<(Prepared, Vec<ImageSource>), ApiError> {
     if req.n.unwrap_or(1) != 1 {
         return Err(ApiError::bad_request("only n = 1 is supported").param("n"));
     }
@@ -519,7 +568,7 @@ fn prepare(
     }
 
     let mut turns = Vec::with_capacity(req.messages.len());
-    let mut datas = Vec::new();
+    let mut sources = Vec::new();
     let mut text_bytes = 0usize;
     for m in req.messages {
         let role = match m.role.as_str() {
@@ -548,16 +597,18 @@ fn prepare(
                             content.push(Segment::Text(text));
                         }
                         Part::ImageUrl { image_url } => {
-                            if datas.len() == opts.max_images {
+                            if sources.len() == opts.max_images {
                                 return Err(ApiError::bad_request(format!(
                                     "at most {} images per request",
                                     opts.max_images
                                 ))
                                 .param("messages"));
                             }
-                            datas.push(images::decode_data_uri(
+                            sources.push(images::source_of(
                                 image_url.url(),
+                                opts.image_urls,
                                 opts.max_image_bytes,
+                                sources.len(),
                             )?);
                             content.push(Segment::Image);
                         }
@@ -571,7 +622,7 @@ fn prepare(
         });
     }
     let engine = &loaded.engine;
-    if !datas.is_empty() && engine.config().vision.is_none() {
+    if !sources.is_empty() && engine.config().vision.is_none() {
         return Err(
             ApiError::bad_request("this is a text-only model: it cannot take images")
                 .param("messages"),
@@ -627,7 +678,7 @@ fn prepare(
             stream: req.stream,
             include_usage,
         },
-        datas,
+        sources,
     ))
 }
 

@@ -1,8 +1,10 @@
-//! Images of chat requests: `data:` URIs only (a server never reads its own files, and fetching
-//! URLs is not offered), bounded in bytes and pixels, decoded off the async threads, and their
-//! embeddings cached by content hash so a conversation does not re-encode an image every turn.
+//! Images of chat requests: `data:` URIs, or http(s) URLs when the server allows them
+//! ([`super::fetch`]; a server never reads its own files), bounded in bytes and pixels, decoded
+//! off the async threads, and their embeddings cached by content hash (whichever way the bytes
+//! came) so a conversation does not re-encode an image every turn.
 
 use super::api::ApiError;
+use super::fetch::{self, ImageUrls};
 use crate::engine::ImageEmbeddings;
 use base64::Engine as _;
 use std::collections::VecDeque;
@@ -11,15 +13,42 @@ use std::sync::{Arc, Mutex};
 /// SHA-256 of an image's bytes.
 pub type ImageKey = [u8; 32];
 
+/// Where an image of a request comes from.
+#[derive(Debug)]
+pub enum ImageSource {
+    /// Decoded from a `data:` URI.
+    Bytes(Vec<u8>),
+    /// To fetch (already checked against the server's `--image-urls` mode).
+    Url(reqwest::Url),
+}
+
+/// The source of image number `index` (from 0) of a request: a `data:` URI decoded (at most
+/// `max_bytes`), or an http(s) URL parsed and checked against `mode`.
+pub fn source_of(
+    url: &str,
+    mode: ImageUrls,
+    max_bytes: usize,
+    index: usize,
+) -> Result<ImageSource, ApiError> {
+    if url
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
+    {
+        decode_data_uri(url, max_bytes).map(ImageSource::Bytes)
+    } else {
+        fetch::parse_url(url, mode)
+            .map(ImageSource::Url)
+            .map_err(|e| e.into_api(index))
+    }
+}
+
 /// Decodes a `data:[<mime>][;base64],<data>` URI to bytes, refusing more than `max_bytes`
 /// before decoding anything.
 pub fn decode_data_uri(url: &str, max_bytes: usize) -> Result<Vec<u8>, ApiError> {
     let bad = |m: &str| ApiError::bad_request(m.to_string()).param("messages");
-    let Some(rest) = url.strip_prefix("data:") else {
-        return Err(bad(
-            "image_url must be a data: URI (base64 PNG, JPEG or WebP); this server does not \
-             fetch URLs or read files",
-        ));
+    let rest = match url.get(..5) {
+        Some(p) if p.eq_ignore_ascii_case("data:") => &url[5..],
+        _ => return Err(bad("not a data: URI")),
     };
     let (meta, payload) = rest
         .split_once(',')
@@ -110,6 +139,28 @@ mod tests {
         );
         let big = format!("data:image/png;base64,{}", "A".repeat(400));
         assert_eq!(decode_data_uri(&big, 100).unwrap_err().status, 413);
+        assert_eq!(decode_data_uri("DATA:;base64,aGk=", 100).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn sources_follow_the_url_mode() {
+        let src = |u: &str, m| source_of(u, m, 100, 1);
+        assert!(matches!(
+            src("data:image/png;base64,aGk=", ImageUrls::Off),
+            Ok(ImageSource::Bytes(b)) if b == b"hi"
+        ));
+        let e = src("https://example.com/a.png", ImageUrls::Off).unwrap_err();
+        assert_eq!((e.status, e.code), (400, Some("image_urls_disabled")));
+        assert!(e.message.starts_with("image 2: "), "{}", e.message);
+        assert!(e.message.contains("--image-urls public"), "{}", e.message);
+        assert!(matches!(
+            src("https://example.com/a.png", ImageUrls::Public),
+            Ok(ImageSource::Url(_))
+        ));
+        let e = src("http://127.0.0.1/a.png", ImageUrls::Public).unwrap_err();
+        assert_eq!(e.code, Some("image_url_blocked"));
+        let e = src("file:///etc/passwd", ImageUrls::Any).unwrap_err();
+        assert_eq!(e.code, Some("invalid_image_url"));
     }
 
     #[test]

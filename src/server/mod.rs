@@ -1,8 +1,9 @@
 //! `autoneural serve`: an OpenAI-compatible HTTP server (axum) over one model.
 //!
 //! - `POST /v1/chat/completions`: multi-turn chat rendered by the model's chat template
-//!   ([`crate::chat_template`]), `image_url` parts as `data:` URIs, streamed (SSE) or not,
-//!   `max_tokens` (finite default), `temperature`, `top_p`, `seed`, `stop`.
+//!   ([`crate::chat_template`]), `image_url` parts as `data:` URIs (and http(s) URLs with
+//!   `--image-urls public|any`, [`fetch`]), streamed (SSE) or not, `max_tokens` (finite
+//!   default), `temperature`, `top_p`, `seed`, `stop`.
 //! - `GET /v1/models`, `GET /health` (503 until the model is loaded), `GET /metrics`
 //!   (Prometheus), `POST /tokenize`, `POST /detokenize`.
 //! - Up to `--parallel` generations run at once (each on its own blocking thread with its own
@@ -13,6 +14,7 @@
 //!   bodies are capped; CORS is off unless origins are given; the default bind is loopback.
 
 pub mod api;
+pub mod fetch;
 mod http;
 pub mod images;
 pub mod session;
@@ -20,7 +22,9 @@ pub mod session;
 use crate::chat_template::ChatTemplate;
 use crate::engine::Engine;
 use std::path::PathBuf;
+use std::time::Duration;
 
+pub use fetch::ImageUrls;
 pub use http::serve;
 
 /// Everything `autoneural serve` is configured with.
@@ -40,7 +44,14 @@ pub struct ServeOptions {
     pub default_max_tokens: usize,
     pub max_body_bytes: usize,
     pub max_images: usize,
+    /// Largest image in bytes, from a data: URI or fetched from a URL.
     pub max_image_bytes: usize,
+    /// Whether `image_url` may be an http(s) URL, and to which addresses.
+    pub image_urls: ImageUrls,
+    /// Total time to fetch one image URL (connect, redirects, body).
+    pub image_url_timeout: Duration,
+    /// Redirects followed per image URL.
+    pub image_url_redirects: usize,
     pub cors_origins: Vec<String>,
     /// Image embeddings kept by content hash.
     pub image_cache: usize,
@@ -63,6 +74,9 @@ impl Default for ServeOptions {
             max_body_bytes: 32 << 20,
             max_images: 8,
             max_image_bytes: 16 << 20,
+            image_urls: ImageUrls::Off,
+            image_url_timeout: Duration::from_secs(10),
+            image_url_redirects: 3,
             cors_origins: Vec::new(),
             image_cache: 32,
             precision: None,
