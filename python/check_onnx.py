@@ -26,6 +26,12 @@ Usage (from the repository root, in a venv with python/tests/requirements.txt):
   autoneural run --model Q --image IMG --prompt "What speed is shown?" --json > run.json
   python3 python/check_onnx.py --export OUT --dump D --expect-tokens run.json --max-steps 18
 
+An export with no engine to compare with (`autoneural export onnx --preset autoneural-1.5b`):
+  python3 python/check_onnx.py --export OUT --smoke
+runs every part on synthetic inputs (random pixels, the image's tokens between random text tokens,
+prefill and four greedy decode steps) and checks that each loads and runs, that every output has
+the shape export.json promises, and that none holds a NaN or infinity.
+
 Finding where a disagreement starts (informational rows, no bar):
   --isolated     the connector and the language model also on the engine's own upstream tensors
   --sensitivity  how far ONNX Runtime's own outputs move when one pixel moves by one input step
@@ -687,6 +693,67 @@ def greedy(runner: Runner, prefill_logits: np.ndarray, state: dict, position: in
             "first_difference": first}
 
 
+def smoke_run(runner: Runner, text_tokens: int = 8, decode_steps: int = 4, seed: int = 0) -> dict:
+    """Every part in ONNX Runtime on synthetic inputs, for exports with no dump to compare with
+    (the random-weight presets): uniform random pixels, a prompt of the image's tokens between
+    random text tokens, a prefill and `decode_steps` greedy decode steps through the state.
+    Checks what holds whatever the weights: each part loads and runs, every output has the shape
+    export.json promises and no NaN or infinity. Returns {"shapes": {tensor: shape},
+    "nonfinite": {tensor: count}, "generated": [ids], "errors": [str]}."""
+    m = runner.manifest
+    rng = np.random.default_rng(seed)
+    res = {"shapes": {}, "nonfinite": {}, "generated": [], "errors": []}
+
+    def note(name, x):
+        res["shapes"][name] = list(x.shape)
+        res["nonfinite"][name] = int(np.count_nonzero(~np.isfinite(x)))
+
+    tok_image = m["tokens"]["image"]
+    vocab = None
+    try:
+        image_embeds = None
+        if m.get("image"):
+            s = m["image"]["size"]
+            feats = runner.vision(rng.random((1, 3, s, s), dtype=np.float32))
+            note("features", feats)
+            image_embeds = runner.connector(feats)
+            note("image_embeds", image_embeds)
+            if len(image_embeds) != m["image"]["tokens"]:
+                res["errors"].append(f"image_embeds has {len(image_embeds)} rows, export.json "
+                                     f"says {m['image']['tokens']} tokens per image")
+        probe = runner.embed([0])
+        lm_out = part(m, LM_PREFILL if runner.static else LM)["outputs"]
+        vocab = next(o["shape"][-1] for o in lm_out if o["name"] == "logits")
+        text = [int(t) if t != tok_image else (int(t) + 1) % vocab
+                for t in rng.integers(0, vocab, text_tokens)]
+        half = text_tokens // 2
+        n_img = 0 if image_embeds is None else len(image_embeds)
+        ids = text[:half] + [tok_image] * n_img + text[half:]
+        embeds = runner.prompt_embeddings(ids, image_embeds)
+        note("inputs_embeds", embeds)
+        if embeds.shape[1] != probe.shape[1]:
+            res["errors"].append(f"inputs_embeds width {embeds.shape[1]} vs {probe.shape[1]}")
+        logits, state = runner.lm(embeds, runner.fresh_state(), 0)
+        note("logits (prefill)", logits)
+        if list(logits.shape) != [len(ids), vocab]:
+            res["errors"].append(f"prefill logits {list(logits.shape)}, expected "
+                                 f"{[len(ids), vocab]}")
+        position, tok = len(ids), int(np.argmax(logits[-1]))
+        res["generated"].append(tok)
+        for _ in range(decode_steps):
+            logits, state = runner.lm(runner.embed([tok]), state, position)
+            note("logits (decode)", logits)
+            position += 1
+            tok = int(np.argmax(logits[-1]))
+            res["generated"].append(tok)
+        for s_ in runner.states:
+            note(s_["output"], state[s_["input"]])
+    except PartFailed as e:
+        res["errors"].append(str(e))
+    res["errors"] += [f"{k}: {v} non-finite values" for k, v in res["nonfinite"].items() if v]
+    return res
+
+
 # ---------------------------------------------------------------------------------------------
 # node by node (`autoneural dump --nodes`)
 
@@ -837,6 +904,8 @@ def judge(report: dict, th: Thresholds) -> list[str]:
             if f.get(key):
                 fails.append(f"{f['file']}: {key.replace('_', ' ')}: {f[key]}")
     is_float = report["precision"] == "float"
+    for r in report.get("smoke", []):
+        fails += [f"synthetic run [{r['opt_level']}]: {e}" for e in r["errors"]]
     for run in report["runs"]:
         tag = f"{Path(run['dump']).name} [{run['opt_level']}]"
         for e in run.get("errors", []):
@@ -867,7 +936,7 @@ def check_export(export_dir, dumps=(), expects=(), thresholds: Thresholds | None
                  opt_levels=("all",), isolated: bool = False, full_check: bool = True,
                  sensitivity: bool = False, nodes: bool = False,
                  threads: int | None = None, skip_files: bool = False,
-                 disabled_optimizers=()) -> dict:
+                 disabled_optimizers=(), smoke: bool = False) -> dict:
     """Everything for one export directory; the report dict (also what --json writes). Raises
     CheckError when the inputs are unusable; check failures are listed in report["failures"]."""
     th = thresholds or Thresholds()
@@ -899,6 +968,12 @@ def check_export(export_dir, dumps=(), expects=(), thresholds: Thresholds | None
             if nodes:
                 r["nodes"] = compare_nodes(runner, d)
             report["runs"].append(r)
+        if smoke:
+            t = time.perf_counter()
+            r = smoke_run(runner)
+            r["opt_level"] = level
+            r["seconds"] = time.perf_counter() - t
+            report.setdefault("smoke", []).append(r)
         report["seconds"][level] = runner.seconds
     report["thresholds"] = {"float_tolerance": th.float_tolerance, "min_sqnr": th.min_sqnr,
                             "max_steps": th.max_steps}
@@ -977,6 +1052,12 @@ def format_report(report: dict) -> str:
             lines.append(f"    error: {e}")
         if run.get("nodes") is not None:
             lines.append(format_nodes(run["nodes"]))
+    for r in report.get("smoke", []):
+        lines.append(f"  synthetic run [{OPT_LEVELS[r['opt_level']]}] ({r['seconds']:.1f} s): "
+                     + ", ".join(f"{k} {'x'.join(map(str, v))}"
+                                 for k, v in r["shapes"].items() if not k.startswith("present."))
+                     + f"; {sum(k.startswith('present.') for k in r['shapes'])} state outputs; "
+                     f"greedy ids {r['generated']}")
     if report["failures"]:
         lines.append(f"  FAILED ({len(report['failures'])}):")
         lines += [f"    {f}" for f in report["failures"]]
@@ -1018,6 +1099,11 @@ def parse_args(argv=None):
     ap.add_argument("--isolated", action="store_true",
                     help="also run the connector and the language model on the engine's own "
                          "upstream tensors (where a disagreement starts)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="also run every part on synthetic inputs (random pixels, the image's "
+                         "tokens between 8 random text tokens, prefill + 4 greedy decode steps): "
+                         "loads, output shapes, no NaN/inf; for exports with no dump, such as "
+                         "`export onnx --preset`")
     ap.add_argument("--no-full-check", action="store_true",
                     help="onnx.checker without full_check (no strict shape inference)")
     ap.add_argument("--disable-optimizer", action="append", default=[], metavar="NAME",
@@ -1044,7 +1130,8 @@ def main(argv=None) -> int:
                               not args.no_full_check, sensitivity=args.sensitivity,
                               nodes=args.nodes,
                               threads=args.threads,
-                              disabled_optimizers=args.disable_optimizer)
+                              disabled_optimizers=args.disable_optimizer,
+                              smoke=args.smoke)
     except CheckError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

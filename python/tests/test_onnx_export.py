@@ -10,6 +10,7 @@ Every quantize, export, dump and run happens once per session (the `lab` fixture
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -272,3 +273,29 @@ def test_check_onnx_command_line(lab, tmp_path):
                         "--expect-tokens", runs[1]], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr, \
         p.stderr
+
+
+@pytest.mark.parametrize("export", ["default", "static"])
+def test_smoke_run_needs_no_dump(lab, export, tmp_path):
+    """`check_onnx.py --smoke` (how the random-weight 1.5B export is checked): every part runs
+    on synthetic inputs with the shapes export.json promises; a part ONNX Runtime cannot load is
+    a failure, not a traceback."""
+    out = lab.export(export)
+    manifest = check_onnx.load_manifest(out)
+    report = check_onnx.check_export(out, skip_files=True, threads=1, smoke=True)
+    assert report["ok"], failure_text(report)
+    (r,) = report["smoke"]
+    tokens = manifest["image"]["tokens"]
+    assert r["shapes"]["image_embeds"][0] == tokens
+    assert r["shapes"]["logits (prefill)"][0] == tokens + 8
+    assert r["shapes"]["logits (decode)"][0] == 1
+    assert len(r["generated"]) == 5
+    assert sum(k.startswith("present.") for k in r["shapes"]) == len(manifest["states"])
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "connector.onnx").write_bytes(b"not a protobuf")
+    report = check_onnx.check_export(broken, skip_files=True, threads=1, smoke=True)
+    assert not report["ok"]
+    assert any("connector" in f and "cannot load" in f for f in report["failures"]), \
+        report["failures"]

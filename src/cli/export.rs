@@ -87,7 +87,7 @@ fn export_preset(
     use autoneural::engine::observe_request;
     use autoneural::export::onnx::{export_float, export_quantized, QuantParts};
     use autoneural::models::autoneural::AutoNeuralModel;
-    use autoneural::quant::calibrate::{CalibrationObserver, DEFAULT_BINS};
+    use autoneural::quant::calibrate::{CalibrationObserver, Rounding, DEFAULT_BINS};
     use autoneural::quant::int_model::IntModel;
     use autoneural::quant::scheme::Scheme;
     use rand::{Rng, SeedableRng};
@@ -126,7 +126,10 @@ fn export_preset(
         ids.extend(std::iter::repeat_n(image_token, n));
     }
     text(16, &mut ids);
-    let mut obs = CalibrationObserver::new(DEFAULT_BINS)?;
+    // Round to nearest: GPTQ needs each weight's input Gram matrix, which for the real encoder's
+    // 3x3 convolutions (thousands of im2col rows) costs tens of minutes and gigabytes, and buys
+    // nothing for random weights; the export's ops, shapes and QDQ are the same either way.
+    let mut obs = CalibrationObserver::new(DEFAULT_BINS)?.with_rounding(Rounding::Nearest);
     observe_request(&model, &pixels, &ids, &[], 4, &mut obs)?;
     pb.set_message("lowering to the integer graph");
     let q = IntModel::build(&model, &obs.into_stats(), &scheme, None)?;

@@ -399,7 +399,6 @@ fn write_parts(
         None => max_pos,
     };
     let mut image = None;
-    let write = |_name: &str, src: &Source, spec: PartSpec| src.export(&spec);
     let finish = |name: &str, ex: Exported, parts: &mut Vec<PartJson>| -> Result<Vec<StatePort>> {
         let file = format!("{name}.onnx");
         let inputs = ex.inputs.iter().map(port_json).collect();
@@ -418,48 +417,36 @@ fn write_parts(
     if let Some((enc, conn)) = vision {
         let g = enc.graph();
         let (px, feat) = (g.port("pixels")?, g.port("features")?);
-        let ex = write(
-            "vision_encoder",
-            enc,
-            PartSpec {
-                name: "vision_encoder",
-                inputs: vec![(px, "pixels")],
-                outputs: vec![(feat, "features")],
-                mode: StateMode::Dynamic,
-                positions: 0,
-            },
-        )?;
+        let ex = enc.export(&PartSpec {
+            name: "vision_encoder",
+            inputs: vec![(px, "pixels")],
+            outputs: vec![(feat, "features")],
+            mode: StateMode::Dynamic,
+            positions: 0,
+        })?;
         let tokens = g.value(feat).shape[0].fixed().unwrap_or(0);
         let size = g.value(px).shape[1].fixed().unwrap_or(0);
         image = Some(ImageJson { size, tokens });
         finish("vision_encoder", ex, &mut parts)?;
         let c = conn.graph();
-        let ex = write(
-            "connector",
-            conn,
-            PartSpec {
-                name: "connector",
-                inputs: vec![(c.port("features")?, "features")],
-                outputs: vec![(c.port("embeddings")?, "image_embeds")],
-                mode: StateMode::Dynamic,
-                positions: 0,
-            },
-        )?;
+        let ex = conn.export(&PartSpec {
+            name: "connector",
+            inputs: vec![(c.port("features")?, "features")],
+            outputs: vec![(c.port("embeddings")?, "image_embeds")],
+            mode: StateMode::Dynamic,
+            positions: 0,
+        })?;
         finish("connector", ex, &mut parts)?;
     }
     let t = text.graph();
     let (ids, embeds, logits) = (t.port("ids")?, t.port("embeds")?, t.port("logits")?);
-    let ex = write(
-        "embed_tokens",
-        text,
-        PartSpec {
-            name: "embed_tokens",
-            inputs: vec![(ids, "input_ids")],
-            outputs: vec![(embeds, "inputs_embeds")],
-            mode: StateMode::Dynamic,
-            positions: 0,
-        },
-    )?;
+    let ex = text.export(&PartSpec {
+        name: "embed_tokens",
+        inputs: vec![(ids, "input_ids")],
+        outputs: vec![(embeds, "inputs_embeds")],
+        mode: StateMode::Dynamic,
+        positions: 0,
+    })?;
     finish("embed_tokens", ex, &mut parts)?;
     let lm = |mode| PartSpec {
         name: "language_model",
@@ -470,7 +457,7 @@ fn write_parts(
     };
     match opts.static_shapes {
         None => {
-            let ex = write("language_model", text, lm(StateMode::Dynamic))?;
+            let ex = text.export(&lm(StateMode::Dynamic))?;
             states = finish("language_model", ex, &mut parts)?;
         }
         Some(s) => {
@@ -478,14 +465,13 @@ fn write_parts(
                 ("language_model_prefill", s.prefill_chunk),
                 ("language_model_decode", 1),
             ] {
-                let ex = write(
+                let ex = text.export(&PartSpec {
                     name,
-                    text,
-                    lm(StateMode::Static {
+                    ..lm(StateMode::Static {
                         seq,
                         context: s.context,
-                    }),
-                )?;
+                    })
+                })?;
                 states = finish(name, ex, &mut parts)?;
             }
         }
