@@ -16,6 +16,7 @@
 use crate::error::{Error, Result};
 use crate::observe::OpInput;
 use crate::ops::conv::patches;
+use crate::quant::gram;
 use crate::quant::params::{QuantWeight, GROUP_SCALE_BITS};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -154,21 +155,29 @@ fn gram_of(input: OpInput<'_>) -> Option<InputGram> {
                 return None;
             }
             let pointwise_direct = kh == 1 && kw == 1 && spec.stride == 1 && spec.pad.is_zero();
-            let widen = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
-            let (rows, n, p) = if pointwise_direct {
-                (c, x.dim(1) * x.dim(2), widen(x.data()))
+            let patches_of;
+            let (rows, n, p): (usize, usize, &[f32]) = if pointwise_direct {
+                (c, x.dim(1) * x.dim(2), x.data())
             } else {
                 let (rows, n, col) = patches(x, kernel, spec);
-                (rows, n, widen(&col))
+                patches_of = col;
+                (rows, n, &patches_of)
             };
             if n == 0 {
                 return None;
             }
             if depthwise {
-                // Rows are ordered (channel, ky, kx): channel c owns rows c*k .. (c+1)*k.
+                // Rows are ordered (channel, ky, kx): channel c owns rows c*k .. (c+1)*k; k is a
+                // kernel's size (9, 25), small enough for the reference.
                 let h: Vec<f64> = (0..c)
                     .into_par_iter()
-                    .flat_map_iter(|ch| gram_rows(&p[ch * k * n..(ch + 1) * k * n], k, n))
+                    .flat_map_iter(|ch| {
+                        let rows: Vec<f64> = p[ch * k * n..(ch + 1) * k * n]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .collect();
+                        gram::gram_reference(&rows, k, n)
+                    })
                     .collect();
                 Some(InputGram::PerRow {
                     rows: c,
@@ -180,7 +189,7 @@ fn gram_of(input: OpInput<'_>) -> Option<InputGram> {
                 debug_assert_eq!(rows, k);
                 Some(InputGram::Shared {
                     k,
-                    h: gram_rows(&p, k, n),
+                    h: gram::gram(&vector_major(p, k, n), n, k),
                     vectors: n as u64,
                 })
             }
@@ -193,10 +202,9 @@ fn gram_of(input: OpInput<'_>) -> Option<InputGram> {
             if channels > MAX_GRAM_INPUTS || channels == 0 || positions == 0 {
                 return None;
             }
-            let p: Vec<f64> = x.iter().map(|&v| v as f64).collect();
             Some(InputGram::Shared {
                 k: channels,
-                h: gram_rows(&p, channels, positions),
+                h: gram::gram(&vector_major(x, channels, positions), positions, channels),
                 vectors: positions as u64,
             })
         }
@@ -208,46 +216,26 @@ fn gram_of(input: OpInput<'_>) -> Option<InputGram> {
             if features > MAX_GRAM_INPUTS || features == 0 || tokens == 0 {
                 return None;
             }
-            // Transpose to feature-major so every Gram entry is a dot of two contiguous rows.
-            let mut p = vec![0.0f64; features * tokens];
-            for t in 0..tokens {
-                for f in 0..features {
-                    p[f * tokens + t] = x[t * features + f] as f64;
-                }
-            }
+            // Token-major rows are already one vector each.
+            let x: Vec<f64> = x[..tokens * features].iter().map(|&v| v as f64).collect();
             Some(InputGram::Shared {
                 k: features,
-                h: gram_rows(&p, features, tokens),
+                h: gram::gram(&x, tokens, features),
                 vectors: tokens as u64,
             })
         }
     }
 }
 
-/// `P P^T` of a row-major `[k, n]` matrix, full `[k, k]`. Every entry is one sequential dot
-/// product, so the result does not depend on the thread count.
-fn gram_rows(p: &[f64], k: usize, n: usize) -> Vec<f64> {
-    debug_assert_eq!(p.len(), k * n);
-    let lower: Vec<Vec<f64>> = (0..k)
-        .into_par_iter()
-        .map(|i| {
-            let a = &p[i * n..(i + 1) * n];
-            (0..=i)
-                .map(|j| {
-                    let b = &p[j * n..(j + 1) * n];
-                    a.iter().zip(b).map(|(x, y)| x * y).sum()
-                })
-                .collect()
-        })
-        .collect();
-    let mut h = vec![0.0f64; k * k];
-    for (i, row) in lower.iter().enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            h[i * k + j] = v;
-            h[j * k + i] = v;
+/// An input-major `[k, n]` f32 matrix as vector-major `[n, k]` f64 (what [`gram::gram`] reads).
+fn vector_major(p: &[f32], k: usize, n: usize) -> Vec<f64> {
+    let mut x = vec![0.0f64; n * k];
+    for (i, row) in p[..k * n].chunks_exact(n).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            x[t * k + i] = v as f64;
         }
     }
-    h
+    x
 }
 
 /// What [`refine`] did to one weight.
@@ -721,7 +709,7 @@ mod tests {
         let k = 6;
         let mut r = rng(9);
         let a: Vec<f64> = (0..k * 10).map(|_| r.random_range(-1.0..1.0)).collect();
-        let h = gram_rows(&a, k, 10);
+        let h = gram::gram_reference(&a, k, 10);
         let u = inverse_cholesky_upper(&h, k).unwrap();
         // (U^T U) (H + damp I) = I.
         let damp = DAMPENING * (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;

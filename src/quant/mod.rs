@@ -7,6 +7,7 @@ pub mod arith;
 pub mod calibrate;
 pub mod calibset;
 pub mod gptq;
+pub mod gram;
 pub mod int_model;
 pub mod kernels;
 pub mod lower;
