@@ -172,16 +172,41 @@ pub fn linear(
 ) -> Vec<f32> {
     assert_eq!(x.len(), tokens * inp);
     assert_eq!(w.len(), out * inp);
-    let mut y = vec![0.0f32; tokens * out];
     if tokens <= GEMV_MAX_TOKENS {
-        gemv_rows(x, tokens, w, out, inp, &mut y);
-    } else {
-        matmul(
-            MatRef::row_major(x, tokens, inp),
-            MatRef::transposed(w, inp, out),
-            &mut y,
-        );
+        return linear_rowwise(x, tokens, w, out, inp, bias);
     }
+    let mut y = vec![0.0f32; tokens * out];
+    matmul(
+        MatRef::row_major(x, tokens, inp),
+        MatRef::transposed(w, inp, out),
+        &mut y,
+    );
+    add_bias(&mut y, out, bias);
+    y
+}
+
+/// [`linear`] on the row-dot-product path whatever the row count: every output is one [`dot`]
+/// of its input row with a weight row, so a row's result does not depend on which other rows
+/// share the call (a batched decode step equals the sequences' one-row steps bit for bit, which
+/// the blocked GEMM above 4 rows would not guarantee). The weight is still streamed once per
+/// call, each weight row reused from cache for every input row.
+pub fn linear_rowwise(
+    x: &[f32],
+    tokens: usize,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(x.len(), tokens * inp);
+    assert_eq!(w.len(), out * inp);
+    let mut y = vec![0.0f32; tokens * out];
+    gemv_rows(x, tokens, w, out, inp, &mut y);
+    add_bias(&mut y, out, bias);
+    y
+}
+
+fn add_bias(y: &mut [f32], out: usize, bias: Option<&[f32]>) {
     if let Some(b) = bias {
         assert_eq!(b.len(), out);
         for row in y.chunks_exact_mut(out) {
@@ -190,7 +215,6 @@ pub fn linear(
             }
         }
     }
-    y
 }
 
 /// Up to this many tokens (decode), `linear` streams the weight once with row dot products
@@ -339,6 +363,26 @@ mod tests {
             for (a, b) in few.iter().zip(&all[..t * out]) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
             }
+        }
+    }
+
+    /// Each row of the row-dot-product path is the same bits whatever rows share the call,
+    /// above the 4-row GEMV limit too (batched decode steps rely on it).
+    #[test]
+    fn rowwise_linear_rows_do_not_depend_on_the_other_rows() {
+        let (inp, out) = (300, 70);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 44.0)
+            .collect();
+        let b: Vec<f32> = (0..out).map(|i| i as f32 * 0.01 - 0.3).collect();
+        let x: Vec<f32> = (0..9 * inp)
+            .map(|i| ((i * 17 % 83) as f32 - 41.0) / 41.0)
+            .collect();
+        let all = linear_rowwise(&x, 9, &w, out, inp, Some(&b));
+        for t in 0..9 {
+            let one = linear(&x[t * inp..(t + 1) * inp], 1, &w, out, inp, Some(&b));
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one), bits(&all[t * out..(t + 1) * out]), "row {t}");
         }
     }
 
