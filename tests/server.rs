@@ -680,7 +680,31 @@ fn metric(page: &str, name: &str) -> f64 {
 #[test]
 fn batched_decode_gives_each_request_the_answer_it_gets_alone() {
     let random = root().join("models/autoneural-tiny-random");
-    let model = random.to_str().unwrap();
+    batched_answers_equal_answers_alone(&["--model", random.to_str().unwrap()]);
+}
+
+/// The same on the integer path (the float model quantized at start-up).
+#[test]
+fn batched_decode_on_the_integer_path_gives_the_answers_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib");
+    std::fs::create_dir(&calib).unwrap();
+    std::fs::copy(root().join("assets/cockpit_road.png"), calib.join("a.png")).unwrap();
+    std::fs::write(calib.join("prompts.txt"), "What is this?\n").unwrap();
+    let random = root().join("models/autoneural-tiny-random");
+    batched_answers_equal_answers_alone(&[
+        "--model",
+        random.to_str().unwrap(),
+        "--precision",
+        "default",
+        "--calibration",
+        calib.to_str().unwrap(),
+    ]);
+}
+
+/// Answers of 4 requests sent one by one to a server without batching, then concurrently
+/// (twice) to one with batching: the same text, finish reason and token count.
+fn batched_answers_equal_answers_alone(model: &[&str]) {
     use base64::Engine as _;
     let image = format!(
         "data:image/png;base64,{}",
@@ -704,7 +728,7 @@ fn batched_decode_gives_each_request_the_answer_it_gets_alone() {
     ];
     let stream = |r: &serde_json::Value| r["stream"].as_bool().unwrap_or(false);
 
-    let alone = Server::start(&["--model", model, "--batch-decode", "off", "--parallel", "1"]);
+    let alone = Server::start(&[model, &["--batch-decode", "off", "--parallel", "1"]].concat());
     // A stop sequence from the middle of the last answer, so that one stops on it.
     let (text, _, _) = answer(&alone.chat(&reqs[3]), true);
     let cut: String = text
@@ -721,7 +745,7 @@ fn batched_decode_gives_each_request_the_answer_it_gets_alone() {
     assert!(want[3].2 < 280);
     drop(alone);
 
-    let batched = Server::start(&["--model", model, "--batch-decode", "on", "--parallel", "4"]);
+    let batched = Server::start(&[model, &["--batch-decode", "on", "--parallel", "4"]].concat());
     for round in 0..2 {
         let got: Vec<_> = std::thread::scope(|sc| {
             let hs: Vec<_> = reqs
