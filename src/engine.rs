@@ -6,7 +6,8 @@ use crate::artifact::is_quantized_dir;
 use crate::chat::TextTokenizer;
 use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
-use crate::generate::{generate_with, FloatDecoder, GenerateOptions, Generation};
+use crate::exec::SequenceState;
+use crate::generate::{generate_with, Decoder, FloatDecoder, GenerateOptions, Generation};
 use crate::models::autoneural::{AutoNeuralConfig, AutoNeuralModel};
 use crate::observe::{NoObserver, Observer};
 use crate::pipeline::{self, ImageInput, Pipeline, PromptInput};
@@ -293,6 +294,72 @@ impl Engine {
                 "image embeddings from a float engine cannot feed an integer one (or the reverse)",
             )),
         }
+    }
+
+    /// The first half of [`Self::generate_from`] for a caller that steps sequences itself (the
+    /// server's batching scheduler): a fresh state sized as `generate_from` sizes it, the prompt
+    /// run into it, and the logits of its last position.
+    pub fn prefill(
+        &self,
+        images: &ImageEmbeddings,
+        ids: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<(SequenceState, Vec<f32>)> {
+        match (self, images) {
+            (Engine::Float(pipe), ImageEmbeddings::Float(embeds)) => {
+                let x = pipe.model.embed_prompt(ids, embeds)?;
+                let mut state = pipe.model.new_state(request_context(ids, opts));
+                let logits = FloatDecoder {
+                    lm: &pipe.model.text,
+                    state: &mut state,
+                    prompt: Some(x),
+                    obs: &mut NoObserver,
+                }
+                .prefill()?;
+                Ok((state, logits))
+            }
+            (Engine::Integer(q), ImageEmbeddings::Integer(embeds)) => {
+                let x = q.model.embed_prompt(ids, embeds)?;
+                let mut state = q.model.new_state(request_context(ids, opts));
+                let logits = QDecoder {
+                    lm: &q.model.text,
+                    state: &mut state,
+                    prompt: Some(x),
+                }
+                .prefill()?;
+                Ok((state, logits))
+            }
+            _ => Err(Error::input(
+                "image embeddings from a float engine cannot feed an integer one (or the reverse)",
+            )),
+        }
+    }
+
+    /// One batched decode step: `tokens[i]` runs as the next position of `states[i]` (states from
+    /// [`Self::prefill`]), all in one forward pass; returns each sequence's logits, equal bit for
+    /// bit to what a one-sequence step would give it.
+    pub fn decode_batch(
+        &self,
+        tokens: &[u32],
+        states: &mut [&mut SequenceState],
+    ) -> Result<Vec<Vec<f32>>> {
+        let logits = match self {
+            Engine::Float(pipe) => pipe
+                .model
+                .text
+                .decode_batch(tokens, states, &mut NoObserver)?,
+            Engine::Integer(q) => q
+                .model
+                .text
+                .decode_batch(tokens, states, &mut NoObserver)?
+                .dequantize(),
+        };
+        let vocab = logits.numel() / tokens.len().max(1);
+        Ok(logits
+            .data()
+            .chunks_exact(vocab)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 
     /// Vision features, image embeddings and prompt logits (dequantized on the integer path).

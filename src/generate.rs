@@ -254,75 +254,140 @@ pub fn generate_with(
     opts: &GenerateOptions,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<Generation> {
-    if prompt_len == 0 {
-        return Err(Error::input("the prompt is empty"));
+    let mut progress = Progress::new(prompt_len, dec.cache_len(), opts)?;
+    if !progress.wants_tokens() {
+        return Ok(progress.finish(StopReason::MaxTokens));
     }
-    if prompt_len + dec.cache_len() >= opts.context {
-        return Err(Error::ContextOverflow {
-            tokens: prompt_len + dec.cache_len(),
-            max_new: opts.max_new_tokens,
-            context: opts.context,
-        });
-    }
-    let mut sampler = Sampler::new(opts.sampling)?;
-    let mut timings = Timings {
-        prompt_tokens: prompt_len,
-        ..Default::default()
+    let mut logits = dec.prefill()?;
+    progress.prefilled();
+    let stop_reason = loop {
+        match progress.accept(&logits, dec.cache_len(), on_token)? {
+            Next::Step(token) => logits = dec.step(token)?,
+            Next::Done(reason) => break reason,
+        }
     };
-    let mut tokens = Vec::new();
-    if opts.max_new_tokens == 0 {
-        return Ok(Generation {
-            tokens,
-            stop_reason: StopReason::MaxTokens,
-            timings,
-        });
+    Ok(progress.finish(stop_reason))
+}
+
+/// What a sequence does after [`Progress::accept`]: run `token` as its next position, or stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Step(u32),
+    Done(StopReason),
+}
+
+/// One sequence's generation, advanced by whoever runs the model: it samples from the logits it
+/// is handed, reports each token, and says when to stop. [`generate_with`] drives one over a
+/// [`Decoder`]; the server's scheduler drives several, one batched forward per step, with the
+/// same sampling and stopping rules, so each sequence gets the tokens it would get alone.
+pub struct Progress {
+    sampler: Sampler,
+    stop_tokens: Vec<u32>,
+    max_new_tokens: usize,
+    context: usize,
+    tokens: Vec<u32>,
+    timings: Timings,
+    start: Instant,
+    decode_start: Instant,
+}
+
+impl Progress {
+    /// Checks that a prompt of `prompt_len` positions fits after `cache_len` cached ones and the
+    /// sampling parameters are valid; starts the clock (call it just before the prefill).
+    pub fn new(prompt_len: usize, cache_len: usize, opts: &GenerateOptions) -> Result<Self> {
+        if prompt_len == 0 {
+            return Err(Error::input("the prompt is empty"));
+        }
+        if prompt_len + cache_len >= opts.context {
+            return Err(Error::ContextOverflow {
+                tokens: prompt_len + cache_len,
+                max_new: opts.max_new_tokens,
+                context: opts.context,
+            });
+        }
+        let now = Instant::now();
+        Ok(Self {
+            sampler: Sampler::new(opts.sampling)?,
+            stop_tokens: opts.stop_tokens.clone(),
+            max_new_tokens: opts.max_new_tokens,
+            context: opts.context,
+            tokens: Vec::new(),
+            timings: Timings {
+                prompt_tokens: prompt_len,
+                ..Default::default()
+            },
+            start: now,
+            decode_start: now,
+        })
     }
 
-    let start = Instant::now();
-    let mut logits = dec.prefill()?;
-    timings.prefill_s = start.elapsed().as_secs_f64();
-    let mut decode_start = Instant::now();
-    let stop_reason = loop {
+    /// False when no token is asked for (the prompt need not run at all).
+    pub fn wants_tokens(&self) -> bool {
+        self.max_new_tokens > 0
+    }
+
+    /// Marks the end of the prompt's forward pass.
+    pub fn prefilled(&mut self) {
+        self.timings.prefill_s = self.start.elapsed().as_secs_f64();
+    }
+
+    /// Tokens chosen so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Takes the logits of the sequence's latest position (the state now holds `cache_len`
+    /// positions): samples the next token, hands it to `on_token` (which may stop the sequence
+    /// with [`Error::Stopped`]) and says whether to run it or stop.
+    pub fn accept(
+        &mut self,
+        logits: &[f32],
+        cache_len: usize,
+        on_token: &mut dyn FnMut(u32) -> Result<()>,
+    ) -> Result<Next> {
         // NaN or infinite logits (a diverging model, damaged weights) would sample garbage.
         if let Some(bad) = logits.iter().find(|v| !v.is_finite()) {
             return Err(Error::input(format!(
                 "the model produced a non-finite logit ({bad}) at generated token {}; its \
                  weights or inputs are broken",
-                tokens.len()
+                self.tokens.len()
             )));
         }
-        let next = sampler.sample(&logits);
-        tokens.push(next);
-        if tokens.len() == 1 {
-            timings.first_token_s = start.elapsed().as_secs_f64();
-            decode_start = Instant::now();
+        let next = self.sampler.sample(logits);
+        self.tokens.push(next);
+        if self.tokens.len() == 1 {
+            self.timings.first_token_s = self.start.elapsed().as_secs_f64();
+            self.decode_start = Instant::now();
         }
         match on_token(next) {
-            Err(Error::Stopped) => break StopReason::Stopped,
+            Err(Error::Stopped) => return Ok(Next::Done(StopReason::Stopped)),
             r => r?,
         }
-        if opts.stop_tokens.contains(&next) {
-            break StopReason::Eos;
+        Ok(Next::Done(if self.stop_tokens.contains(&next) {
+            StopReason::Eos
+        } else if self.tokens.len() >= self.max_new_tokens {
+            StopReason::MaxTokens
+        } else if cache_len + 1 >= self.context {
+            StopReason::Context
+        } else {
+            return Ok(Next::Step(next));
+        }))
+    }
+
+    /// The generation, ended for `stop_reason`.
+    pub fn finish(mut self, stop_reason: StopReason) -> Generation {
+        self.timings.decode_s = if self.tokens.len() > 1 {
+            self.decode_start.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        self.timings.generated_tokens = self.tokens.len();
+        Generation {
+            tokens: self.tokens,
+            stop_reason,
+            timings: self.timings,
         }
-        if tokens.len() >= opts.max_new_tokens {
-            break StopReason::MaxTokens;
-        }
-        if dec.cache_len() + 1 >= opts.context {
-            break StopReason::Context;
-        }
-        logits = dec.step(next)?;
-    };
-    timings.decode_s = if tokens.len() > 1 {
-        decode_start.elapsed().as_secs_f64()
-    } else {
-        0.0
-    };
-    timings.generated_tokens = tokens.len();
-    Ok(Generation {
-        tokens,
-        stop_reason,
-        timings,
-    })
+    }
 }
 
 fn last_row(t: &Tensor) -> Tensor {

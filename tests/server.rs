@@ -629,3 +629,147 @@ fn image_urls_public_refuses_loopback() {
     }
     assert_eq!(origin.hits(), 0, "the guard let a connection through");
 }
+
+/// The text, finish reason and completion tokens of a chat answer, streamed or not.
+fn answer(r: &Resp, stream: bool) -> (String, String, u64) {
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.2));
+    if !stream {
+        let j = json(r);
+        return (
+            j["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            j["choices"][0]["finish_reason"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            j["usage"]["completion_tokens"].as_u64().unwrap(),
+        );
+    }
+    let text = String::from_utf8(r.2.clone()).unwrap();
+    let (mut content, mut finish, mut tokens) = (String::new(), String::new(), 0);
+    for d in text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter(|d| *d != "[DONE]")
+    {
+        let c: serde_json::Value = serde_json::from_str(d).unwrap();
+        if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
+            content.push_str(t);
+        }
+        if let Some(f) = c["choices"][0]["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+        if let Some(n) = c["usage"]["completion_tokens"].as_u64() {
+            tokens = n;
+        }
+    }
+    (content, finish, tokens)
+}
+
+/// A metric's value in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn batched_decode_gives_each_request_the_answer_it_gets_alone() {
+    let random = root().join("models/autoneural-tiny-random");
+    batched_answers_equal_answers_alone(&["--model", random.to_str().unwrap()]);
+}
+
+/// The same on the integer path (the float model quantized at start-up).
+#[test]
+fn batched_decode_on_the_integer_path_gives_the_answers_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calib = tmp.path().join("calib");
+    std::fs::create_dir(&calib).unwrap();
+    std::fs::copy(root().join("assets/cockpit_road.png"), calib.join("a.png")).unwrap();
+    std::fs::write(calib.join("prompts.txt"), "What is this?\n").unwrap();
+    let random = root().join("models/autoneural-tiny-random");
+    batched_answers_equal_answers_alone(&[
+        "--model",
+        random.to_str().unwrap(),
+        "--precision",
+        "default",
+        "--calibration",
+        calib.to_str().unwrap(),
+    ]);
+}
+
+/// Answers of 4 requests sent one by one to a server without batching, then concurrently
+/// (twice) to one with batching: the same text, finish reason and token count.
+fn batched_answers_equal_answers_alone(model: &[&str]) {
+    use base64::Engine as _;
+    let image = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(root().join("assets/cockpit_road.png")).unwrap())
+    );
+    let user = |t: &str| serde_json::json!([{"role": "user", "content": t}]);
+    // Greedy, seeded sampling (with and without top-p), an image, streamed and not; lengths
+    // differ, so sequences join and leave the batch at different steps. The random model never
+    // stops on its own.
+    let mut reqs = [
+        serde_json::json!({"messages": user("go"), "max_tokens": 300, "temperature": 0}),
+        serde_json::json!({"messages": user("tell me more about it"), "max_tokens": 220,
+            "temperature": 1.0, "seed": 7, "stream": true}),
+        serde_json::json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image}},
+                {"type": "text", "text": "What is this?"}]}],
+            "max_tokens": 260, "temperature": 0.8, "top_p": 0.9, "seed": 3}),
+        serde_json::json!({"messages": user("x"), "max_tokens": 280, "temperature": 1.2,
+            "seed": 11, "stream": true}),
+    ];
+    let stream = |r: &serde_json::Value| r["stream"].as_bool().unwrap_or(false);
+
+    let alone = Server::start(&[model, &["--batch-decode", "off", "--parallel", "1"]].concat());
+    // A stop sequence from the middle of the last answer, so that one stops on it.
+    let (text, _, _) = answer(&alone.chat(&reqs[3]), true);
+    let cut: String = text
+        .chars()
+        .skip(text.chars().count() / 2)
+        .take(3)
+        .collect();
+    reqs[3]["stop"] = serde_json::json!([cut]);
+    let want: Vec<_> = reqs
+        .iter()
+        .map(|r| answer(&alone.chat(r), stream(r)))
+        .collect();
+    assert_eq!(want[3].1, "stop", "the stop sequence ends the last answer");
+    assert!(want[3].2 < 280);
+    drop(alone);
+
+    let batched = Server::start(&[model, &["--batch-decode", "on", "--parallel", "4"]].concat());
+    for round in 0..2 {
+        let got: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = reqs
+                .iter()
+                .map(|r| {
+                    let s = &batched;
+                    sc.spawn(move || answer(&s.chat(r), stream(r)))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g, w,
+                "round {round}: request {k} differs from its answer alone"
+            );
+        }
+    }
+    // The decode steps really were batched.
+    let page = String::from_utf8(batched.get("/metrics").2).unwrap();
+    let steps = metric(&page, "autoneural_decode_batch_size_count");
+    let single = metric(&page, "autoneural_decode_batch_size_bucket{le=\"1\"}");
+    assert!(
+        steps - single > 100.0,
+        "{steps} steps, {single} of one sequence"
+    );
+}

@@ -19,6 +19,13 @@ enum ImageUrlsArg {
     Any,
 }
 
+/// On or off.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
 /// Seconds, fractions allowed, more than 0 and at most an hour.
 fn seconds_arg(s: &str) -> std::result::Result<Duration, String> {
     let v: f64 = s
@@ -47,6 +54,10 @@ pub struct ServeArgs {
     /// Generations in flight at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: u16,
+    /// Run the decode steps of the generations in flight as one batched forward pass (`on`),
+    /// or each generation on its own thread (`off`). Answers are the same either way.
+    #[arg(long, value_enum, default_value = "on")]
+    batch_decode: Switch,
     /// Requests that may wait for a free slot; beyond them the server answers 503.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=4096))]
     queue: u16,
@@ -94,6 +105,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         port: a.port,
         api_key: a.api_key.filter(|k| !k.is_empty()),
         parallel: a.parallel as usize,
+        batch_decode: matches!(a.batch_decode, Switch::On),
         queue: a.queue as usize,
         context: a.context,
         default_max_tokens: a.default_max_tokens as usize,

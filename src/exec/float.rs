@@ -6,7 +6,7 @@
 //! are freed after their last use, and a node whose input dies with it works in place on it.
 
 use super::state::{SequenceState, SlotData};
-use super::{at_node, Plan};
+use super::{at_node, check_batch, join_rows, Plan};
 use crate::error::{Error, Result};
 use crate::graph::{bind_shape, Bindings, Dim, Elem, Graph, Node, Op, ValueId};
 use crate::observe::{NoObserver, Observer, OpInput};
@@ -212,20 +212,59 @@ impl FloatProgram {
         &self,
         feeds: Vec<(ValueId, Val)>,
         outputs: &[ValueId],
-        mut state: Option<&mut SequenceState>,
+        state: Option<&mut SequenceState>,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Tensor>> {
+        match state {
+            Some(s) => self.run_rows(feeds, outputs, &mut [s], obs),
+            None => self.run_rows(feeds, outputs, &mut [], obs),
+        }
+    }
+
+    /// A batched decode step: row `i` of the feeds (a token id at `ids`, or a row of any fed
+    /// value) is the next position of `states[i]`, which then holds one more. Stateful nodes
+    /// (conv windows, RoPE, cached attention) run once per sequence on its row at its own
+    /// position; every other node takes the rows together, so each weight is read once per step.
+    /// Each row's outputs equal, bit for bit, those of a one-row [`Self::run`] with its state:
+    /// linear layers take the row-dot-product path whatever the row count.
+    pub fn run_batch(
+        &self,
+        feeds: Vec<(ValueId, Val)>,
+        outputs: &[ValueId],
+        states: &mut [&mut SequenceState],
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<Tensor>> {
+        check_batch(bindings(&self.graph, &feeds)?.seq, states.len())?;
+        self.run_rows(feeds, outputs, states, obs)
+    }
+
+    /// For a language-model graph: the logits `[B, vocab]` of one batched decode step, row `i`
+    /// for `tokens[i]` appended to `states[i]` (see [`Self::run_batch`]).
+    pub fn decode_batch(
+        &self,
+        tokens: &[u32],
+        states: &mut [&mut SequenceState],
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        let g = &self.graph;
+        let feed = vec![(g.port("ids")?, Val::Ids(tokens.to_vec()))];
+        let out = self.run_batch(feed, &[g.port("logits")?], states, obs)?;
+        Ok(out.into_iter().next().expect("one output requested"))
+    }
+
+    /// [`Self::run`] with the call's rows split evenly over `states` in order (no state: a
+    /// stateless part; one: every row).
+    fn run_rows(
+        &self,
+        feeds: Vec<(ValueId, Val)>,
+        outputs: &[ValueId],
+        states: &mut [&mut SequenceState],
         obs: &mut dyn Observer,
     ) -> Result<Vec<Tensor>> {
         let g = &self.graph;
         let given: Vec<ValueId> = feeds.iter().map(|(v, _)| *v).collect();
         let b = bindings(g, &feeds)?;
-        let plan = Plan::new(
-            g,
-            &given,
-            outputs,
-            state.as_deref(),
-            b.seq,
-            Op::uses_position,
-        )?;
+        let plan = Plan::new(g, &given, outputs, states, b.seq, Op::uses_position)?;
         let mut vals: Vec<Option<Val>> = vec![None; g.values.len()];
         for (v, val) in feeds {
             if let (Some(p), Val::F(t)) = (g.producer(v), &val) {
@@ -241,9 +280,8 @@ impl FloatProgram {
         for &i in &plan.sched {
             let node = &g.nodes[i];
             report_input(node, &vals, &self.params, obs);
-            let slot = state.as_deref_mut();
             let y = self
-                .eval(i, node, &mut vals, &plan.last, slot, plan.start, b)
+                .eval(i, node, &mut vals, &plan.last, states, &plan.starts, b)
                 .map_err(at_node(&node.name))?;
             for v in &node.inputs {
                 if plan.last[v.0 as usize] == Some(i) {
@@ -258,7 +296,7 @@ impl FloatProgram {
             }
             vals[node.output.0 as usize] = Some(Val::F(y));
         }
-        plan.finish(state, b.seq);
+        plan.finish(states, b.seq);
         outputs
             .iter()
             .map(|o| match &vals[o.0 as usize] {
@@ -309,10 +347,12 @@ impl FloatProgram {
         node: &Node,
         vals: &mut [Option<Val>],
         last: &[Option<usize>],
-        state: Option<&mut SequenceState>,
-        start: usize,
+        states: &mut [&mut SequenceState],
+        starts: &[usize],
         b: Bindings,
     ) -> Result<Tensor> {
+        // Rows of several sequences: each row computed as a one-row call computes it.
+        let batched = states.len() > 1;
         let out_shape = bind_shape(&self.graph.value(node.output).shape, b);
         Ok(match &node.op {
             Op::Embedding { table } => {
@@ -338,7 +378,12 @@ impl FloatProgram {
                 let w = self.p(*weight);
                 let (out, inp) = (w.dim(0), w.dim(1));
                 let t = x.numel() / inp;
-                let y = gemm::linear(
+                let linear = if batched {
+                    gemm::linear_rowwise
+                } else {
+                    gemm::linear
+                };
+                let y = linear(
                     x.data(),
                     t,
                     w.data(),
@@ -440,28 +485,28 @@ impl FloatProgram {
                     unreachable!("prepared with the program")
                 };
                 let x = self.get(vals, node, 0);
-                let state = state.expect("checked by run");
-                let SlotData::F32(window) = state.slot_mut(s.0 as usize) else {
-                    return Err(Error::input("float conv state expected"));
-                };
                 let (t, h) = (x.dim(0), x.dim(1));
                 let l = w_lh.len() / h;
-                causal_conv1d(
-                    x.data(),
-                    t,
-                    h,
-                    l,
-                    w_lh,
-                    bias.map(|b| self.p(b).data()),
-                    window,
-                )
+                let per = t / states.len();
+                let mut parts = Vec::with_capacity(states.len());
+                for (rows, state) in x.data().chunks_exact(per * h).zip(states.iter_mut()) {
+                    let SlotData::F32(window) = state.slot_mut(s.0 as usize) else {
+                        return Err(Error::input("float conv state expected"));
+                    };
+                    let bias = bias.map(|b| self.p(b).data());
+                    parts.push(causal_conv1d(rows, per, h, l, w_lh, bias, window).into_data());
+                }
+                Tensor::from_parts(&[t, h], join_rows(parts))
             }
             Op::Rope { heads, .. } => {
                 let Prep::Rope(rope) = &self.prep[i] else {
                     unreachable!("prepared with the program")
                 };
                 let mut x = self.take(vals, last, node, i, 0);
-                rope.apply(x.data_mut(), *heads, start);
+                let per = x.numel() / states.len();
+                for (rows, &start) in x.data_mut().chunks_exact_mut(per).zip(starts) {
+                    rope.apply(rows, *heads, start);
+                }
                 x
             }
             Op::CachedAttention {
@@ -472,36 +517,40 @@ impl FloatProgram {
                 k,
                 v,
             } => {
-                let state = state.expect("checked by run");
                 let (q, kn, vn) = (
                     self.get(vals, node, 0),
                     self.get(vals, node, 1),
                     self.get(vals, node, 2),
                 );
-                let (SlotData::F32(kc), SlotData::F32(vc)) =
-                    state.slot_pair_mut(k.0 as usize, v.0 as usize)
-                else {
-                    return Err(Error::input("float K/V state expected"));
-                };
-                kc.extend_from_slice(kn.data());
-                vc.extend_from_slice(vn.data());
-                let t = q.dim(0);
-                let o = attention(
-                    q.data(),
-                    kc,
-                    vc,
-                    t,
-                    start + t,
-                    AttnShape {
-                        n_heads: *heads,
-                        n_kv: *kv_heads,
-                        d: *head_dim,
-                        dv: *head_dim,
-                    },
-                    *scale,
-                    Mask::Causal { offset: start },
-                );
-                Tensor::from_parts(&out_shape, o)
+                let n = states.len();
+                let t = q.dim(0) / n;
+                let (qw, kw, vw) = (q.numel() / n, kn.numel() / n, vn.numel() / n);
+                let mut parts = Vec::with_capacity(n);
+                for (r, (state, &start)) in states.iter_mut().zip(starts).enumerate() {
+                    let (SlotData::F32(kc), SlotData::F32(vc)) =
+                        state.slot_pair_mut(k.0 as usize, v.0 as usize)
+                    else {
+                        return Err(Error::input("float K/V state expected"));
+                    };
+                    kc.extend_from_slice(&kn.data()[r * kw..(r + 1) * kw]);
+                    vc.extend_from_slice(&vn.data()[r * vw..(r + 1) * vw]);
+                    parts.push(attention(
+                        &q.data()[r * qw..(r + 1) * qw],
+                        kc,
+                        vc,
+                        t,
+                        start + t,
+                        AttnShape {
+                            n_heads: *heads,
+                            n_kv: *kv_heads,
+                            d: *head_dim,
+                            dv: *head_dim,
+                        },
+                        *scale,
+                        Mask::Causal { offset: start },
+                    ));
+                }
+                Tensor::from_parts(&out_shape, join_rows(parts))
             }
             Op::Attention {
                 heads,

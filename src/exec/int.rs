@@ -5,7 +5,7 @@
 #![deny(clippy::float_arithmetic)]
 
 use super::state::{SequenceState, SlotData};
-use super::{at_node, Plan};
+use super::{at_node, check_batch, join_rows, Plan};
 use crate::error::{Error, Result};
 use crate::graph::qop::QOp;
 use crate::graph::{Dim, Elem, Graph, Node, ValueId};
@@ -16,6 +16,7 @@ use crate::quant::ops::linear::linear_rows;
 use crate::quant::params::ActQuant;
 use crate::quant::tensor::QTensor;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// A value at run time.
 #[derive(Clone, Debug)]
@@ -85,20 +86,55 @@ impl IntProgram {
         &self,
         feeds: Vec<(ValueId, QVal)>,
         outputs: &[ValueId],
-        mut state: Option<&mut SequenceState>,
+        state: Option<&mut SequenceState>,
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<QTensor>> {
+        match state {
+            Some(s) => self.run_rows(feeds, outputs, &mut [s], obs),
+            None => self.run_rows(feeds, outputs, &mut [], obs),
+        }
+    }
+
+    /// A batched decode step: row `i` of the feeds is the next position of `states[i]` (see
+    /// `FloatProgram::run_batch`). Integer arithmetic is exact, so each row's outputs equal those
+    /// of a one-row [`Self::run`] with its state, bit for bit, on every kernel level.
+    pub fn run_batch(
+        &self,
+        feeds: Vec<(ValueId, QVal)>,
+        outputs: &[ValueId],
+        states: &mut [&mut SequenceState],
+        obs: &mut dyn Observer,
+    ) -> Result<Vec<QTensor>> {
+        check_batch(self.check_feeds(&feeds)?, states.len())?;
+        self.run_rows(feeds, outputs, states, obs)
+    }
+
+    /// For a language-model graph: the integer logits `[B, vocab]` of one batched decode step,
+    /// row `i` for `tokens[i]` appended to `states[i]`.
+    pub fn decode_batch(
+        &self,
+        tokens: &[u32],
+        states: &mut [&mut SequenceState],
+        obs: &mut dyn Observer,
+    ) -> Result<QTensor> {
+        let g = &self.graph;
+        let feed = vec![(g.port("ids")?, QVal::Ids(tokens.to_vec()))];
+        let out = self.run_batch(feed, &[g.port("logits")?], states, obs)?;
+        Ok(out.into_iter().next().expect("one output requested"))
+    }
+
+    /// [`Self::run`] with the call's rows split evenly over `states` in order.
+    fn run_rows(
+        &self,
+        feeds: Vec<(ValueId, QVal)>,
+        outputs: &[ValueId],
+        states: &mut [&mut SequenceState],
         obs: &mut dyn Observer,
     ) -> Result<Vec<QTensor>> {
         let g = &self.graph;
         let given: Vec<ValueId> = feeds.iter().map(|(v, _)| *v).collect();
         let seq = self.check_feeds(&feeds)?;
-        let plan = Plan::new(
-            g,
-            &given,
-            outputs,
-            state.as_deref(),
-            seq,
-            QOp::uses_position,
-        )?;
+        let plan = Plan::new(g, &given, outputs, states, seq, QOp::uses_position)?;
         let mut vals: Vec<Option<QVal>> = vec![None; g.values.len()];
         for (v, val) in feeds {
             if let (Some(p), QVal::Q(t)) = (g.producer(v), &val) {
@@ -108,10 +144,9 @@ impl IntProgram {
         }
         for &i in &plan.sched {
             let node = &g.nodes[i];
-            let slot = state.as_deref_mut();
             let t0 = super::profile::enabled().then(std::time::Instant::now);
             let y = self
-                .eval(node, &vals, slot, plan.start)
+                .eval(node, &vals, states, &plan.starts)
                 .map_err(at_node(&node.name))?;
             if let Some(t0) = t0 {
                 let kind = match &node.op {
@@ -128,7 +163,7 @@ impl IntProgram {
             report(node, &y, obs);
             vals[node.output.0 as usize] = Some(QVal::Q(y));
         }
-        plan.finish(state, seq);
+        plan.finish(states, seq);
         outputs
             .iter()
             .map(|o| match &vals[o.0 as usize] {
@@ -199,8 +234,8 @@ impl IntProgram {
         &self,
         node: &Node<QOp>,
         vals: &[Option<QVal>],
-        state: Option<&mut SequenceState>,
-        start: usize,
+        states: &mut [&mut SequenceState],
+        starts: &[usize],
     ) -> Result<QTensor> {
         let x = || self.get(vals, node, 0);
         Ok(match &node.op {
@@ -249,33 +284,48 @@ impl IntProgram {
             QOp::Mul(m) => m.forward(x(), self.get(vals, node, 1)),
             QOp::Lut(l) => l.forward(x()),
             QOp::CausalConv1d { conv, state: s } => {
-                let state = state.expect("checked by run");
-                let SlotData::I16(window) = state.slot_mut(s.0 as usize) else {
-                    return Err(Error::input("integer conv state expected"));
-                };
-                conv.forward(x(), window)
+                let (x, n) = (x(), states.len());
+                let mut parts = Vec::with_capacity(n);
+                for (r, state) in states.iter_mut().enumerate() {
+                    let SlotData::I16(window) = state.slot_mut(s.0 as usize) else {
+                        return Err(Error::input("integer conv state expected"));
+                    };
+                    parts.push(conv.forward(&rows_of(x, r, n), window));
+                }
+                join(parts)
             }
-            QOp::Rope { rope, heads } => rope.forward(x(), *heads, start),
+            QOp::Rope { rope, heads } => {
+                let (x, n) = (x(), starts.len());
+                join(
+                    (0..n)
+                        .map(|r| rope.forward(&rows_of(x, r, n), *heads, starts[r]))
+                        .collect(),
+                )
+            }
             QOp::CachedAttention { attn, k, v } => {
-                let state = state.expect("checked by run");
                 let (q, kn, vn) = (x(), self.get(vals, node, 1), self.get(vals, node, 2));
-                let (SlotData::I16(kc), SlotData::I16(vc)) =
-                    state.slot_pair_mut(k.0 as usize, v.0 as usize)
-                else {
-                    return Err(Error::input("integer K/V state expected"));
-                };
-                kc.extend_from_slice(&kn.data);
-                vc.extend_from_slice(&vn.data);
-                let t = q.shape[0];
-                let o = attn.forward_raw(
-                    &q.data,
-                    kc,
-                    vc,
-                    t,
-                    start + t,
-                    Mask::Causal { offset: start },
-                );
-                QTensor::new(&[t, attn.n_heads * attn.dv], o, attn.out)
+                let n = states.len();
+                let t = q.shape[0] / n;
+                let (qw, kw, vw) = (q.data.len() / n, kn.data.len() / n, vn.data.len() / n);
+                let mut parts = Vec::with_capacity(n);
+                for (r, (state, &start)) in states.iter_mut().zip(starts).enumerate() {
+                    let (SlotData::I16(kc), SlotData::I16(vc)) =
+                        state.slot_pair_mut(k.0 as usize, v.0 as usize)
+                    else {
+                        return Err(Error::input("integer K/V state expected"));
+                    };
+                    kc.extend_from_slice(&kn.data[r * kw..(r + 1) * kw]);
+                    vc.extend_from_slice(&vn.data[r * vw..(r + 1) * vw]);
+                    parts.push(attn.forward_raw(
+                        &q.data[r * qw..(r + 1) * qw],
+                        kc,
+                        vc,
+                        t,
+                        start + t,
+                        Mask::Causal { offset: start },
+                    ));
+                }
+                QTensor::new(&[t * n, attn.n_heads * attn.dv], join_rows(parts), attn.out)
             }
             QOp::Attention(a) => a.forward(
                 x(),
@@ -315,6 +365,37 @@ impl IntProgram {
             }
         })
     }
+}
+
+/// Row block `r` of `n` equal blocks of `x` (the rows of one sequence in a batched step); `x`
+/// itself when it is all one sequence's.
+fn rows_of(x: &QTensor, r: usize, n: usize) -> Cow<'_, QTensor> {
+    if n == 1 {
+        return Cow::Borrowed(x);
+    }
+    let mut shape = x.shape.clone();
+    shape[0] /= n;
+    let w = x.data.len() / n;
+    Cow::Owned(QTensor::new(
+        &shape,
+        x.data[r * w..(r + 1) * w].to_vec(),
+        x.q,
+    ))
+}
+
+/// The per-sequence outputs of a stateful op joined back into the call's rows, in order.
+fn join(mut parts: Vec<QTensor>) -> QTensor {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    let mut shape = parts[0].shape.clone();
+    shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    let q = parts[0].q;
+    QTensor::new(
+        &shape,
+        join_rows(parts.into_iter().map(|p| p.data).collect()),
+        q,
+    )
 }
 
 /// `[C, H, W]` map -> `[H * W, C]` token rows (an integer copy).

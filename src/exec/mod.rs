@@ -14,24 +14,26 @@ use crate::error::{Error, Result};
 use crate::graph::{Graph, ValueId};
 
 /// What one call of an executor runs: the scheduled nodes, each value's last reader (values are
-/// freed after it; requested outputs never are), and the sequence position stateful nodes start
-/// at. Shared by both executors.
+/// freed after it; requested outputs never are), and the sequence position each bound state
+/// starts at. Shared by both executors.
 pub(crate) struct Plan {
     pub sched: Vec<usize>,
     pub last: Vec<Option<usize>>,
     pub stateful: bool,
-    pub start: usize,
+    /// The position of each bound state before the call (empty when no stateful node runs).
+    pub starts: Vec<usize>,
 }
 
 impl Plan {
-    /// Plans computing `outputs` from the values in `given` (`rows` new positions). Errors when a
-    /// scheduled node reads a value the call neither feeds nor computes, when stateful nodes run
-    /// without a state, or when the state cannot take `rows` more positions.
+    /// Plans computing `outputs` from the values in `given`, whose `rows` rows are split evenly
+    /// over `states` in order (see [`rows_per_state`]). Errors when a scheduled node reads a value
+    /// the call neither feeds nor computes, when stateful nodes run without a state, or when a
+    /// state cannot take its rows.
     pub(crate) fn new<O>(
         g: &Graph<O>,
         given: &[ValueId],
         outputs: &[ValueId],
-        state: Option<&SequenceState>,
+        states: &[&mut SequenceState],
         rows: usize,
         uses_position: impl Fn(&O) -> bool,
     ) -> Result<Self> {
@@ -52,17 +54,20 @@ impl Plan {
             ready[node.output.0 as usize] = true;
         }
         let stateful = sched.iter().any(|&i| uses_position(&g.nodes[i].op));
-        let start = match (state, stateful) {
-            (Some(s), true) => {
-                s.check(&g.states, rows)?;
-                s.len()
+        let starts = match (states.is_empty(), stateful) {
+            (false, true) => {
+                let per = rows_per_state(rows, states.len())?;
+                for s in states {
+                    s.check(&g.states, per)?;
+                }
+                states.iter().map(|s| s.len()).collect()
             }
-            (None, true) => {
+            (true, true) => {
                 return Err(Error::input(
                     "this part of the model keeps decode state: pass a sequence state",
                 ))
             }
-            _ => 0,
+            _ => Vec::new(),
         };
         let mut last = vec![None; g.values.len()];
         for &i in &sched {
@@ -77,16 +82,49 @@ impl Plan {
             sched,
             last,
             stateful,
-            start,
+            starts,
         })
     }
 
-    /// Moves the state past the call's rows when stateful nodes ran.
-    pub(crate) fn finish(&self, state: Option<&mut SequenceState>, rows: usize) {
-        if let (true, Some(s)) = (self.stateful, state) {
-            s.advance(rows);
+    /// Moves each state past its rows when stateful nodes ran.
+    pub(crate) fn finish(&self, states: &mut [&mut SequenceState], rows: usize) {
+        if self.stateful {
+            let per = rows / states.len().max(1);
+            for s in states {
+                s.advance(per);
+            }
         }
     }
+}
+
+/// Rows per state when a call's `rows` belong to `states` sequences: consecutive blocks of equal
+/// size, block `r` to state `r`. One state takes every row (a prompt, a prefill chunk, one
+/// decode step); a batched decode step gives one row to each of its states.
+pub(crate) fn rows_per_state(rows: usize, states: usize) -> Result<usize> {
+    if states == 0 || !rows.is_multiple_of(states) {
+        return Err(Error::input(format!(
+            "{rows} rows cannot be split evenly over {states} sequence states"
+        )));
+    }
+    Ok(rows / states)
+}
+
+/// The checks of a batched decode step: one row per state, at least one state.
+pub(crate) fn check_batch(rows: usize, states: usize) -> Result<()> {
+    if states == 0 || rows != states {
+        return Err(Error::input(format!(
+            "a batched decode step takes one row per sequence: {rows} rows for {states} states"
+        )));
+    }
+    Ok(())
+}
+
+/// Joins the per-state outputs of a stateful op back into the call's rows (moves a single part).
+pub(crate) fn join_rows<T: Clone>(mut parts: Vec<Vec<T>>) -> Vec<T> {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    parts.concat()
 }
 
 /// Prefixes an input error with the node it happened in.

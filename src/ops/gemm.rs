@@ -172,16 +172,41 @@ pub fn linear(
 ) -> Vec<f32> {
     assert_eq!(x.len(), tokens * inp);
     assert_eq!(w.len(), out * inp);
-    let mut y = vec![0.0f32; tokens * out];
     if tokens <= GEMV_MAX_TOKENS {
-        gemv_rows(x, tokens, w, out, inp, &mut y);
-    } else {
-        matmul(
-            MatRef::row_major(x, tokens, inp),
-            MatRef::transposed(w, inp, out),
-            &mut y,
-        );
+        return linear_rowwise(x, tokens, w, out, inp, bias);
     }
+    let mut y = vec![0.0f32; tokens * out];
+    matmul(
+        MatRef::row_major(x, tokens, inp),
+        MatRef::transposed(w, inp, out),
+        &mut y,
+    );
+    add_bias(&mut y, out, bias);
+    y
+}
+
+/// [`linear`] on the row-dot-product path whatever the row count: every output is one [`dot`]
+/// of its input row with a weight row, so a row's result does not depend on which other rows
+/// share the call (a batched decode step equals the sequences' one-row steps bit for bit, which
+/// the blocked GEMM above 4 rows would not guarantee). The weight is still streamed once per
+/// call, each weight row reused from cache for every input row.
+pub fn linear_rowwise(
+    x: &[f32],
+    tokens: usize,
+    w: &[f32],
+    out: usize,
+    inp: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    assert_eq!(x.len(), tokens * inp);
+    assert_eq!(w.len(), out * inp);
+    let mut y = vec![0.0f32; tokens * out];
+    gemv_rows(x, tokens, w, out, inp, &mut y);
+    add_bias(&mut y, out, bias);
+    y
+}
+
+fn add_bias(y: &mut [f32], out: usize, bias: Option<&[f32]>) {
     if let Some(b) = bias {
         assert_eq!(b.len(), out);
         for row in y.chunks_exact_mut(out) {
@@ -190,7 +215,6 @@ pub fn linear(
             }
         }
     }
-    y
 }
 
 /// Up to this many tokens (decode), `linear` streams the weight once with row dot products
@@ -243,10 +267,42 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_body::<false>(a, b)
 }
 
+/// [`dot_body`]`::<true>` with its 16 partial sums held in two 8-lane registers: the same fused
+/// multiply-add per lane in the same order and the same reduction, so the same bits, but 8
+/// lanes per instruction (the compiler vectorized the generic body 2 lanes wide, which made
+/// decode compute-bound instead of bound by reading the weights).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
-    dot_body::<true>(a, b)
+    use std::arch::x86_64::*;
+    const L: usize = 16;
+    let split = a.len() / L * L;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    while i < split {
+        // SAFETY: i + 16 <= split <= a.len() == b.len(); unaligned loads.
+        unsafe {
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), lo);
+            hi = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                hi,
+            );
+        }
+        i += L;
+    }
+    let mut acc = [0.0f32; L];
+    // SAFETY: `acc` holds 16 floats; unaligned stores.
+    unsafe {
+        _mm256_storeu_ps(acc.as_mut_ptr(), lo);
+        _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi);
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in a[split..].iter().zip(&b[split..]) {
+        tail = x.mul_add(*y, tail);
+    }
+    reduce(acc) + tail
 }
 
 /// `FUSED` selects `mul_add`, which is only fast when compiled with FMA enabled (otherwise it is
@@ -272,15 +328,20 @@ fn dot_body<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in a[split..].iter().zip(&b[split..]) {
         tail = madd(*x, *y, tail);
     }
-    // Pairwise reduction of the lanes.
-    let mut width = L;
+    reduce(acc) + tail
+}
+
+/// Pairwise reduction of the 16 lanes of [`dot`].
+#[inline(always)]
+fn reduce(mut acc: [f32; 16]) -> f32 {
+    let mut width = acc.len();
     while width > 1 {
         width /= 2;
         for i in 0..width {
             acc[i] += acc[i + width];
         }
     }
-    acc[0] + tail
+    acc[0]
 }
 
 #[cfg(test)]
@@ -339,6 +400,54 @@ mod tests {
             for (a, b) in few.iter().zip(&all[..t * out]) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
             }
+        }
+    }
+
+    /// The 8-lane AVX2 dot product is the generic fused body, bit for bit, at every length
+    /// (multiples of 16, tails) and with values that make the rounding order matter.
+    #[test]
+    fn avx2_dot_is_the_fused_body_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            let mut z = 0x9E37_79B9_7F4A_7C15u64;
+            let mut next = || {
+                z = z
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((z >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * 1e3f32.powi((z % 5) as i32 - 2)
+            };
+            for n in [0, 1, 7, 15, 16, 17, 31, 64, 100, 128, 333, 2048] {
+                let a: Vec<f32> = (0..n).map(|_| next()).collect();
+                let b: Vec<f32> = (0..n).map(|_| next()).collect();
+                // SAFETY: the features were detected above.
+                let fast = unsafe { dot_avx2_fma(&a, &b) };
+                assert_eq!(
+                    fast.to_bits(),
+                    dot_body::<true>(&a, &b).to_bits(),
+                    "n = {n}"
+                );
+            }
+        }
+    }
+
+    /// Each row of the row-dot-product path is the same bits whatever rows share the call,
+    /// above the 4-row GEMV limit too (batched decode steps rely on it).
+    #[test]
+    fn rowwise_linear_rows_do_not_depend_on_the_other_rows() {
+        let (inp, out) = (300, 70);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 31 % 89) as f32 - 44.0) / 44.0)
+            .collect();
+        let b: Vec<f32> = (0..out).map(|i| i as f32 * 0.01 - 0.3).collect();
+        let x: Vec<f32> = (0..9 * inp)
+            .map(|i| ((i * 17 % 83) as f32 - 41.0) / 41.0)
+            .collect();
+        let all = linear_rowwise(&x, 9, &w, out, inp, Some(&b));
+        for t in 0..9 {
+            let one = linear(&x[t * inp..(t + 1) * inp], 1, &w, out, inp, Some(&b));
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&one), bits(&all[t * out..(t + 1) * out]), "row {t}");
         }
     }
 

@@ -3,6 +3,7 @@
 use super::api::{self, ApiError, ChatRequest, Content, Part, Usage};
 use super::fetch::{Fetcher, ImageUrls};
 use super::images::{self, EmbeddingCache, ImageSource};
+use super::scheduler::{self, Work};
 use super::session::{self, CancelGuard, Event, Job, RequestImage};
 use super::{Loaded, ServeOptions};
 use crate::chat::ChatTokens;
@@ -29,6 +30,8 @@ use tokio::sync::{mpsc, Semaphore};
 struct AppState {
     opts: ServeOptions,
     loaded: OnceLock<Arc<Loaded>>,
+    /// The batching scheduler's inbox (`--batch-decode on`), set once the model is loaded.
+    scheduler: OnceLock<std::sync::mpsc::Sender<Work>>,
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot or generating.
     pending: Arc<AtomicUsize>,
@@ -89,6 +92,7 @@ pub async fn serve(
         metrics: install_metrics(),
         next_id: AtomicU64::new(1),
         loaded: OnceLock::new(),
+        scheduler: OnceLock::new(),
         opts,
     });
     if let Some(h) = state.metrics.clone() {
@@ -134,16 +138,27 @@ pub async fn serve(
         .await
         .map_err(|e| Error::input(format!("loading the model failed: {e}")))??;
     eprintln!(
-        "autoneural serve: model `{}` loaded ({} path, context {})",
+        "autoneural serve: model `{}` loaded ({} path, context {}, decode steps {})",
         loaded.model_id,
         if loaded.engine.is_integer() {
             "integer"
         } else {
             "float"
         },
-        loaded.context
+        loaded.context,
+        if state.opts.batch_decode {
+            "batched"
+        } else {
+            "one sequence per thread"
+        }
     );
-    let _ = state.loaded.set(Arc::new(loaded));
+    let loaded = Arc::new(loaded);
+    if state.opts.batch_decode {
+        let tx = scheduler::spawn(loaded.clone(), state.cache.clone())
+            .map_err(|e| Error::io("the scheduler thread", e))?;
+        let _ = state.scheduler.set(tx);
+    }
+    let _ = state.loaded.set(loaded);
     server
         .await
         .map_err(|e| Error::input(format!("server task failed: {e}")))?
@@ -155,8 +170,11 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     let buckets = [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];
+    let batch = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0];
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), &buckets)
+        .ok()?
+        .set_buckets_for_metric(Matcher::Full("autoneural_decode_batch_size".into()), &batch)
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
@@ -438,14 +456,25 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
 
     let cancel = job.cancel.clone();
     let guard = CancelGuard(cancel);
-    let (tx, mut rx) = mpsc::channel(256);
-    let (l, cache) = (loaded.clone(), st.cache.clone());
-    tokio::task::spawn_blocking(move || {
-        // The slot and the queue place are held until the generation has really ended.
-        let _slot = permit;
-        let _pending = pending;
-        session::run(&l.engine, &cache, job, tx);
-    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The slot and the queue place are held until the generation has really ended.
+    let hold = (permit, pending);
+    if let Some(sched) = st.scheduler.get() {
+        let work = Work {
+            job,
+            tx,
+            hold: Box::new(hold),
+        };
+        if sched.send(work).is_err() {
+            return Err(ApiError::server("the scheduler has stopped"));
+        }
+    } else {
+        let (l, cache) = (loaded.clone(), st.cache.clone());
+        tokio::task::spawn_blocking(move || {
+            let _hold = hold;
+            session::run(&l.engine, &cache, job, tx);
+        });
+    }
 
     let id = format!(
         "chatcmpl-{:x}{:04x}",
@@ -697,7 +726,7 @@ enum Phase {
 }
 
 struct StreamState {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
     /// The first event, received before the response started.
     first: Option<Event>,
     _guard: CancelGuard,

@@ -6,10 +6,13 @@
 //!   default), `temperature`, `top_p`, `seed`, `stop`.
 //! - `GET /v1/models`, `GET /health` (503 until the model is loaded), `GET /metrics`
 //!   (Prometheus), `POST /tokenize`, `POST /detokenize`.
-//! - Up to `--parallel` generations run at once (each on its own blocking thread with its own
-//!   state; the kernels share the rayon pool), a bounded queue waits behind them, and beyond it
-//!   requests get 503 with `Retry-After`. A client that disconnects cancels its generation
-//!   within one decode step ([`session::CancelGuard`]).
+//! - Up to `--parallel` generations are in flight at once, each with its own state, a bounded
+//!   queue waits behind them, and beyond it requests get 503 with `Retry-After`. With
+//!   `--batch-decode on` (the default) one scheduler thread advances all of them with one
+//!   batched forward pass per decode step ([`scheduler`]); with `off` each runs on its own
+//!   blocking thread ([`session::run`]; the kernels share the rayon pool). Either way a client
+//!   that disconnects cancels its generation within one decode step
+//!   ([`session::CancelGuard`]) and each answer is the one the request gets alone.
 //! - `--api-key` is checked as a Bearer token on everything but `/health`, `/metrics` and `/`;
 //!   bodies are capped; CORS is off unless origins are given; the default bind is loopback.
 
@@ -17,6 +20,7 @@ pub mod api;
 pub mod fetch;
 mod http;
 pub mod images;
+pub mod scheduler;
 pub mod session;
 
 use crate::chat_template::ChatTemplate;
@@ -36,6 +40,9 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// Generations in flight at once.
     pub parallel: usize,
+    /// Advance the generations in flight with one batched decode step (one scheduler thread)
+    /// instead of one thread per generation.
+    pub batch_decode: bool,
     /// Requests that may wait for a free slot before 503.
     pub queue: usize,
     /// Context length per sequence (default and maximum: the model's).
@@ -68,6 +75,7 @@ impl Default for ServeOptions {
             port: 8080,
             api_key: None,
             parallel: 2,
+            batch_decode: true,
             queue: 16,
             context: None,
             default_max_tokens: 256,

@@ -53,37 +53,46 @@ impl Drop for CancelGuard {
     }
 }
 
-/// Runs a job to its end; every outcome is reported on `tx`.
-pub fn run(engine: &Engine, cache: &EmbeddingCache, job: Job, tx: mpsc::Sender<Event>) {
-    let send = |e: Event| tx.blocking_send(e).is_ok();
-    match generate(engine, cache, job, &send) {
-        Ok((finish_reason, completion_tokens)) => {
-            send(Event::Done {
-                finish_reason,
-                completion_tokens,
-            });
-        }
-        Err(e) => {
-            let client = matches!(
-                e,
-                Error::Input(_) | Error::Image { .. } | Error::ContextOverflow { .. }
-            );
-            send(Event::Failed {
-                message: e.to_string(),
-                client,
-            });
-        }
-    }
+/// The channel a generation reports on. Unbounded, so a slow reader never stalls the thread
+/// generating (with batching, that thread serves every sequence); what it can hold is bounded by
+/// the request's `max_tokens`.
+pub type Events = mpsc::UnboundedSender<Event>;
+
+/// Runs a job to its end on the calling thread, alone; every outcome is reported on `tx`.
+pub fn run(engine: &Engine, cache: &EmbeddingCache, job: Job, tx: Events) {
+    let r = embed_images(engine, cache, job.images).and_then(|images| {
+        let mut out = Output::new(engine, &job.stop_strings, job.cancel.clone(), tx.clone());
+        let gen = engine.generate_from(&images, &job.ids, &job.opts, &mut |id| out.on_token(id))?;
+        out.finish(gen.tokens.len(), gen.stop_reason)
+    });
+    report(r, &tx);
 }
 
-fn generate(
+/// Sends a generation's outcome: `Done`, or `Failed` saying whether the request was at fault.
+pub fn report(r: crate::Result<(&'static str, usize)>, tx: &Events) {
+    let _ = tx.send(match r {
+        Ok((finish_reason, completion_tokens)) => Event::Done {
+            finish_reason,
+            completion_tokens,
+        },
+        Err(e) => Event::Failed {
+            client: matches!(
+                e,
+                Error::Input(_) | Error::Image { .. } | Error::ContextOverflow { .. }
+            ),
+            message: e.to_string(),
+        },
+    });
+}
+
+/// The embeddings of a request's images: from the cache, or encoded (and cached).
+pub fn embed_images(
     engine: &Engine,
     cache: &EmbeddingCache,
-    job: Job,
-    send: &dyn Fn(Event) -> bool,
-) -> crate::Result<(&'static str, usize)> {
-    let mut parts = Vec::with_capacity(job.images.len());
-    for img in job.images {
+    images: Vec<RequestImage>,
+) -> crate::Result<ImageEmbeddings> {
+    let mut parts = Vec::with_capacity(images.len());
+    for img in images {
         let e = match (cache.get(&img.key), img.pixels) {
             (Some(e), _) => {
                 metrics::counter!("autoneural_image_cache_hits_total").increment(1);
@@ -103,51 +112,101 @@ fn generate(
         };
         parts.push(e);
     }
-    let images = ImageEmbeddings::join(&parts, engine.is_integer())?;
-    let stops = job.stop_strings;
-    let mut decoder = StreamDecoder::new(engine.tokenizer());
-    let mut text = String::new();
-    let mut sent = 0usize;
-    let mut stopped_by_string = false;
-    let mut last = Instant::now();
-    let mut first = true;
-    let started = Instant::now();
-    let gen = engine.generate_from(&images, &job.ids, &job.opts, &mut |id| {
-        if job.cancel.load(Ordering::Relaxed) {
+    ImageEmbeddings::join(&parts, engine.is_integer())
+}
+
+/// The text side of one generation: turns tokens into text, holds back what could start a stop
+/// sequence, sends the rest, stops on a stop sequence or a cancelled request, and records the
+/// latency metrics. The same for a sequence generated alone or in a batch.
+pub struct Output<'e> {
+    decoder: StreamDecoder<'e>,
+    stops: Vec<String>,
+    cancel: Arc<AtomicBool>,
+    tx: Events,
+    text: String,
+    sent: usize,
+    stopped_by_string: bool,
+    started: Instant,
+    last: Instant,
+    first: bool,
+}
+
+impl<'e> Output<'e> {
+    /// Starts the time-to-first-token clock.
+    pub fn new(engine: &'e Engine, stops: &[String], cancel: Arc<AtomicBool>, tx: Events) -> Self {
+        let now = Instant::now();
+        Self {
+            decoder: StreamDecoder::new(engine.tokenizer()),
+            stops: stops.to_vec(),
+            cancel,
+            tx,
+            text: String::new(),
+            sent: 0,
+            stopped_by_string: false,
+            started: now,
+            last: now,
+            first: true,
+        }
+    }
+
+    /// Whether the client has gone away.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// A new token: `Err(Stopped)` when the request is cancelled or a stop sequence appeared.
+    pub fn on_token(&mut self, id: u32) -> crate::Result<()> {
+        if self.cancelled() {
             return Err(Error::Stopped);
         }
         let now = Instant::now();
-        if first {
+        if self.first {
             metrics::histogram!("autoneural_time_to_first_token_seconds")
-                .record(now.duration_since(started).as_secs_f64());
-            first = false;
+                .record(now.duration_since(self.started).as_secs_f64());
+            self.first = false;
         } else {
             metrics::histogram!("autoneural_inter_token_latency_seconds")
-                .record(now.duration_since(last).as_secs_f64());
+                .record(now.duration_since(self.last).as_secs_f64());
         }
-        last = now;
-        if let Some(piece) = decoder.push(id)? {
-            text.push_str(&piece);
+        self.last = now;
+        if let Some(piece) = self.decoder.push(id)? {
+            self.text.push_str(&piece);
         }
-        if emit(&mut text, &mut sent, &stops, false, send) {
-            stopped_by_string = true;
+        if self.emit(false) {
+            self.stopped_by_string = true;
             return Err(Error::Stopped);
         }
         Ok(())
-    })?;
-    if !stopped_by_string && !job.cancel.load(Ordering::Relaxed) {
-        if let Some(rest) = decoder.finish()? {
-            text.push_str(&rest);
-        }
-        stopped_by_string = emit(&mut text, &mut sent, &stops, true, send);
     }
-    metrics::counter!("autoneural_generated_tokens_total").increment(gen.tokens.len() as u64);
-    let finish = match gen.stop_reason {
-        _ if stopped_by_string => "stop",
-        StopReason::Eos | StopReason::Stopped => "stop",
-        StopReason::MaxTokens | StopReason::Context => "length",
-    };
-    Ok((finish, gen.tokens.len()))
+
+    /// The end of the generation (`tokens` generated, stopped for `reason`): flushes the text
+    /// still held back; returns the finish reason and the completion tokens.
+    pub fn finish(
+        mut self,
+        tokens: usize,
+        reason: StopReason,
+    ) -> crate::Result<(&'static str, usize)> {
+        if !self.stopped_by_string && !self.cancelled() {
+            if let Some(rest) = self.decoder.finish()? {
+                self.text.push_str(&rest);
+            }
+            self.stopped_by_string = self.emit(true);
+        }
+        metrics::counter!("autoneural_generated_tokens_total").increment(tokens as u64);
+        let finish = match reason {
+            _ if self.stopped_by_string => "stop",
+            StopReason::Eos | StopReason::Stopped => "stop",
+            StopReason::MaxTokens | StopReason::Context => "length",
+        };
+        Ok((finish, tokens))
+    }
+
+    fn emit(&mut self, last: bool) -> bool {
+        let tx = &self.tx;
+        emit(&mut self.text, &mut self.sent, &self.stops, last, &|e| {
+            tx.send(e).is_ok()
+        })
+    }
 }
 
 /// Sends the text that is safe to show: everything before a stop string (then returns true), or
