@@ -312,6 +312,8 @@ fn api_key_and_a_full_queue() {
         "1",
         "--queue",
         "0",
+        "--image-urls",
+        "any",
     ]);
     let body = br#"{"messages": [{"role": "user", "content": "go"}], "max_tokens": 2}"#;
     let post = |auth: Option<&str>, body: &[u8]| {
@@ -348,6 +350,12 @@ fn api_key_and_a_full_queue() {
     let r = post(Some("Bearer k1"), body);
     assert_eq!(error_of(&r), (503, "unavailable_error".to_string()));
     assert_eq!(r.1.get("retry-after").map(String::as_str), Some("1"));
+    // A full server refuses before fetching anything: the image's origin sees no connection.
+    let origin = Origin::start(std::fs::read(root().join("assets/cockpit_road.png")).unwrap());
+    let with_url = image_request(&origin.url("/image.png"), false).to_string();
+    let r = post(Some("Bearer k1"), with_url.as_bytes());
+    assert_eq!(error_of(&r), (503, "unavailable_error".to_string()));
+    assert_eq!(origin.hits(), 0, "a refused request fetched its image");
     // The client leaves: its generation is cancelled and the slot comes back.
     drop(hold);
     let t = Instant::now();

@@ -393,6 +393,21 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
         include_usage,
     } = prepared;
 
+    // A place in the queue first: a full server answers 503 at once, before fetching or decoding
+    // anything, and the images in flight are bounded by (parallel + queue) requests.
+    let before = st.pending.fetch_add(1, Ordering::Relaxed);
+    let pending = Pending(st.pending.clone());
+    metrics::gauge!("autoneural_requests_pending").set((before + 1) as f64);
+    if before >= st.opts.parallel + st.opts.queue {
+        return Err(ApiError::unavailable(
+            format!(
+                "the server is busy ({} generating, {} waiting); retry later",
+                st.opts.parallel, st.opts.queue
+            ),
+            Some(1),
+        ));
+    }
+
     // Images: URLs fetched (all at once), then hashed, looked up, the misses decoded off the
     // async threads.
     let datas = fetch_images(st.fetcher.as_deref(), sources).await?;
@@ -433,19 +448,7 @@ async fn chat_inner(st: Shared, body: Result<Bytes, BytesRejection>) -> Result<R
         .map_err(|e| ApiError::server(format!("image decoding failed: {e}")))??;
     }
 
-    // A place in the queue, then a slot.
-    let before = st.pending.fetch_add(1, Ordering::Relaxed);
-    let pending = Pending(st.pending.clone());
-    metrics::gauge!("autoneural_requests_pending").set((before + 1) as f64);
-    if before >= st.opts.parallel + st.opts.queue {
-        return Err(ApiError::unavailable(
-            format!(
-                "the server is busy ({} generating, {} waiting); retry later",
-                st.opts.parallel, st.opts.queue
-            ),
-            Some(1),
-        ));
-    }
+    // A slot (the queue place was taken before the images).
     let permit = st
         .slots
         .clone()
