@@ -267,33 +267,10 @@ impl Engine {
         opts: &GenerateOptions,
         on_token: &mut dyn FnMut(u32) -> Result<()>,
     ) -> Result<Generation> {
-        match (self, images) {
-            (Engine::Float(pipe), ImageEmbeddings::Float(embeds)) => {
-                let x = pipe.model.embed_prompt(ids, embeds)?;
-                let mut state = pipe.model.new_state(request_context(ids, opts));
-                let mut dec = FloatDecoder {
-                    lm: &pipe.model.text,
-                    state: &mut state,
-                    prompt: Some(x),
-                    obs: &mut NoObserver,
-                };
-                generate_with(&mut dec, ids.len(), opts, on_token)
-            }
-            (Engine::Integer(q), ImageEmbeddings::Integer(embeds)) => {
-                let model = &q.model;
-                let x = model.embed_prompt(ids, embeds)?;
-                let mut state = model.new_state(request_context(ids, opts));
-                let mut dec = QDecoder {
-                    lm: &model.text,
-                    state: &mut state,
-                    prompt: Some(x),
-                };
-                generate_with(&mut dec, ids.len(), opts, on_token)
-            }
-            _ => Err(Error::input(
-                "image embeddings from a float engine cannot feed an integer one (or the reverse)",
-            )),
-        }
+        self.with_decoder(images, ids, opts, |dec| {
+            generate_with(dec, ids.len(), opts, on_token)
+        })
+        .map(|(_, gen)| gen)
     }
 
     /// The first half of [`Self::generate_from`] for a caller that steps sequences itself (the
@@ -305,29 +282,39 @@ impl Engine {
         ids: &[u32],
         opts: &GenerateOptions,
     ) -> Result<(SequenceState, Vec<f32>)> {
+        self.with_decoder(images, ids, opts, |dec| dec.prefill())
+    }
+
+    /// A fresh state for the request (sized by [`request_context`]) and a decoder over it holding
+    /// the prompt's embeddings; returns the state after `f` has run the decoder.
+    fn with_decoder<R>(
+        &self,
+        images: &ImageEmbeddings,
+        ids: &[u32],
+        opts: &GenerateOptions,
+        f: impl FnOnce(&mut dyn Decoder) -> Result<R>,
+    ) -> Result<(SequenceState, R)> {
         match (self, images) {
             (Engine::Float(pipe), ImageEmbeddings::Float(embeds)) => {
                 let x = pipe.model.embed_prompt(ids, embeds)?;
                 let mut state = pipe.model.new_state(request_context(ids, opts));
-                let logits = FloatDecoder {
+                let r = f(&mut FloatDecoder {
                     lm: &pipe.model.text,
                     state: &mut state,
                     prompt: Some(x),
                     obs: &mut NoObserver,
-                }
-                .prefill()?;
-                Ok((state, logits))
+                })?;
+                Ok((state, r))
             }
             (Engine::Integer(q), ImageEmbeddings::Integer(embeds)) => {
                 let x = q.model.embed_prompt(ids, embeds)?;
                 let mut state = q.model.new_state(request_context(ids, opts));
-                let logits = QDecoder {
+                let r = f(&mut QDecoder {
                     lm: &q.model.text,
                     state: &mut state,
                     prompt: Some(x),
-                }
-                .prefill()?;
-                Ok((state, logits))
+                })?;
+                Ok((state, r))
             }
             _ => Err(Error::input(
                 "image embeddings from a float engine cannot feed an integer one (or the reverse)",

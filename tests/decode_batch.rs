@@ -4,23 +4,15 @@
 //! 8-bit activations, for sequences at different positions (prompts of different lengths, so
 //! their K/V caches differ in length) over several consecutive steps.
 
+mod common;
+
 use autoneural::exec::{FloatProgram, IntProgram, QVal, SequenceState, Val};
 use autoneural::graph::builder::FromConfig;
-use autoneural::models::lfm2::{self, Lfm2Config};
+use autoneural::models::lfm2;
 use autoneural::observe::NoObserver;
 use autoneural::quant::calibrate::CalibrationObserver;
 use autoneural::quant::lower::lower;
 use autoneural::quant::scheme::{Part, Scheme};
-
-fn config() -> Lfm2Config {
-    Lfm2Config::from_json(&serde_json::json!({
-        "model_type": "lfm2", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 192,
-        "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "full_attention"],
-        "max_position_embeddings": 4096, "block_multiple_of": 32
-    }))
-    .unwrap()
-}
 
 fn ids(n: usize, salt: u32) -> Vec<u32> {
     (0..n as u32)
@@ -127,7 +119,7 @@ fn check(lm: &dyn Lm, max: usize) {
 }
 
 fn float() -> FloatProgram {
-    let graph = lfm2::graph::build(&config(), &FromConfig, "model").unwrap();
+    let graph = lfm2::graph::build(&common::small_lfm2_config(), &FromConfig, "model").unwrap();
     FloatProgram::random(graph, 11).unwrap()
 }
 

@@ -3,24 +3,16 @@
 //! depend on the prompt, and only attention layers keep a KV cache that grows with it. Checked on
 //! the float graph and on its integer lowering, which share the same state slots.
 
+mod common;
+
 use autoneural::exec::{FloatProgram, IntProgram, QVal, SequenceState, Val};
 use autoneural::graph::builder::FromConfig;
-use autoneural::models::lfm2::{self, Lfm2Config};
+use autoneural::models::lfm2;
 use autoneural::observe::{NoObserver, Observer, Recorder};
 use autoneural::quant::calibrate::CalibrationObserver;
 use autoneural::quant::lower::lower;
 use autoneural::quant::scheme::{Part, Scheme};
 use std::collections::BTreeMap;
-
-fn config() -> Lfm2Config {
-    Lfm2Config::from_json(&serde_json::json!({
-        "model_type": "lfm2", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 192,
-        "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "full_attention"],
-        "max_position_embeddings": 4096, "block_multiple_of": 32
-    }))
-    .unwrap()
-}
 
 fn ids(n: usize) -> Vec<u32> {
     (0..n as u32).map(|i| (i * 7 + 3) % 128).collect()
@@ -95,7 +87,7 @@ fn check(lm: &dyn Lm, elem_bytes: usize) {
 
 #[test]
 fn a_decode_step_costs_the_same_whatever_the_prompt_length() {
-    let cfg = config();
+    let cfg = common::small_lfm2_config();
     let graph = lfm2::graph::build(&cfg, &FromConfig, "model").unwrap();
     let float = FloatProgram::random(graph, 11).unwrap();
     check(&float, 4);

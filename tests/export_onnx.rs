@@ -8,7 +8,7 @@ mod common;
 
 use autoneural::engine::observe_request;
 use autoneural::export::onnx::emit::act_dtype;
-use autoneural::export::onnx::{export_quantized, ExportOptions, QuantParts};
+use autoneural::export::onnx::{export_quantized, ExportOptions, FloatParts, QuantParts};
 use autoneural::models::autoneural::AutoNeuralModel;
 use autoneural::quant::calibrate::{CalibrationObserver, DEFAULT_BINS};
 use autoneural::quant::int_model::IntModel;
@@ -271,17 +271,10 @@ fn a_float_part_or_an_odd_activation_width_has_no_qdq_form() {
     let mut parts = QuantParts::of(&q);
     parts.vision = None;
     parts.connector = None;
-    let floats = (
-        &model.text.graph,
-        model
-            .vision
-            .as_ref()
-            .map(|v| (&v.encoder.graph, &v.connector.graph)),
-    );
     let tmp = tempfile::tempdir().unwrap();
     let e = export_quantized(
         &model.config,
-        floats,
+        FloatParts::of(&model),
         &parts,
         &[],
         &tmp.path().join("o"),

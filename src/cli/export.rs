@@ -85,7 +85,7 @@ fn export_preset(
     opts: &ExportOptions,
 ) -> Result<(autoneural::export::onnx::Manifest, PathBuf)> {
     use autoneural::engine::observe_request;
-    use autoneural::export::onnx::{export_float, export_quantized, QuantParts};
+    use autoneural::export::onnx::{export_float, export_quantized, FloatParts, QuantParts};
     use autoneural::models::autoneural::AutoNeuralModel;
     use autoneural::quant::calibrate::{CalibrationObserver, Rounding, DEFAULT_BINS};
     use autoneural::quant::int_model::IntModel;
@@ -134,14 +134,14 @@ fn export_preset(
     pb.set_message("lowering to the integer graph");
     let q = IntModel::build(&model, &obs.into_stats(), &scheme, None)?;
     pb.set_message("writing the QDQ ONNX files");
-    let floats = (
-        &model.text.graph,
-        model
-            .vision
-            .as_ref()
-            .map(|v| (&v.encoder.graph, &v.connector.graph)),
-    );
-    let r = export_quantized(&model.config, floats, &QuantParts::of(&q), &[], out, opts)?;
+    let r = export_quantized(
+        &model.config,
+        FloatParts::of(&model),
+        &QuantParts::of(&q),
+        &[],
+        out,
+        opts,
+    )?;
     pb.finish_and_clear();
     Ok(r)
 }

@@ -1,5 +1,5 @@
-//! Shared helpers for the golden-file tests (`tests/golden/`, produced by `python/make_golden.py`
-//! from timm and transformers).
+//! Shared helpers of the integration tests: the golden files (`tests/golden/`, produced by
+//! `python/make_golden.py` from timm and transformers), the CLI, small model configs.
 #![allow(dead_code)]
 
 use autoneural::Tensor;
@@ -141,4 +141,16 @@ pub fn run_cli(args: &[&str]) -> std::process::Output {
 /// A path as a command-line argument.
 pub fn arg(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// A small LFM2 (6 layers: conv, conv, attention, conv, conv, attention; hidden 64, GQA 4/2,
+/// vocabulary 128) for the decode tests.
+pub fn small_lfm2_config() -> autoneural::models::lfm2::Lfm2Config {
+    autoneural::models::lfm2::Lfm2Config::from_json(&serde_json::json!({
+        "model_type": "lfm2", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 192,
+        "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "full_attention"],
+        "max_position_embeddings": 4096, "block_multiple_of": 32
+    }))
+    .unwrap()
 }

@@ -193,7 +193,10 @@ pub fn export_onnx(model: &Path, out: &Path, opts: &ExportOptions) -> Result<(Ma
             connector: q.connector.as_ref(),
             scheme: q.scheme.clone(),
         };
-        let floats = (&text, vision.as_ref().map(|(e, c)| (e, c)));
+        let floats = FloatParts {
+            text: &text,
+            vision: vision.as_ref().map(|(e, c)| (e, c)),
+        };
         export_quantized(&config, floats, &ints, &[model], out, opts)
     } else {
         let m = AutoNeuralModel::load(model)?;
@@ -221,11 +224,30 @@ impl<'a> QuantParts<'a> {
     }
 }
 
-/// The QDQ export of integer graphs `ints`, with `floats` (text; encoder and connector) the float
-/// graphs they were lowered from. `inputs` are the files the output must not overwrite.
+/// The float graphs a quantized model was lowered from (text; encoder and connector).
+pub struct FloatParts<'a> {
+    pub text: &'a Graph,
+    pub vision: Option<(&'a Graph, &'a Graph)>,
+}
+
+impl<'a> FloatParts<'a> {
+    /// The graphs of an in-memory float model.
+    pub fn of(m: &'a AutoNeuralModel) -> Self {
+        Self {
+            text: &m.text.graph,
+            vision: m
+                .vision
+                .as_ref()
+                .map(|v| (&v.encoder.graph, &v.connector.graph)),
+        }
+    }
+}
+
+/// The QDQ export of integer graphs `ints`, with `floats` the float graphs they were lowered
+/// from. `inputs` are the files the output must not overwrite.
 pub fn export_quantized(
     config: &AutoNeuralConfig,
-    floats: (&Graph, Option<(&Graph, &Graph)>),
+    floats: FloatParts,
     ints: &QuantParts,
     inputs: &[&Path],
     out: &Path,
@@ -233,7 +255,7 @@ pub fn export_quantized(
 ) -> Result<(Manifest, PathBuf)> {
     check_static(opts)?;
     let vision =
-        match (floats.1, ints.vision, ints.connector) {
+        match (floats.vision, ints.vision, ints.connector) {
             (Some((fe, fc)), Some(e), Some(c)) => {
                 check_same("vision", fe, e)?;
                 check_same("connector", fc, c)?;
@@ -249,9 +271,9 @@ pub fn export_quantized(
                  float model without QDQ)",
             )),
         };
-    check_same("text", floats.0, ints.text)?;
+    check_same("text", floats.text, ints.text)?;
     let text = Source::Quant {
-        float: floats.0,
+        float: floats.text,
         int: ints.text,
     };
     let stage = OutputDir::begin(out, "export onnx", inputs, opts.force)?;
