@@ -709,7 +709,9 @@ def smoke_run(runner: Runner, text_tokens: int = 8, decode_steps: int = 4, seed:
         res["nonfinite"][name] = int(np.count_nonzero(~np.isfinite(x)))
 
     tok_image = m["tokens"]["image"]
-    vocab = None
+    lm = part(m, LM_PREFILL if runner.static else LM)
+    width = next(i["shape"][-1] for i in lm["inputs"] if i["name"] == "inputs_embeds")
+    vocab = next(o["shape"][-1] for o in lm["outputs"] if o["name"] == "logits")
     try:
         image_embeds = None
         if m.get("image"):
@@ -718,12 +720,11 @@ def smoke_run(runner: Runner, text_tokens: int = 8, decode_steps: int = 4, seed:
             note("features", feats)
             image_embeds = runner.connector(feats)
             note("image_embeds", image_embeds)
-            if len(image_embeds) != m["image"]["tokens"]:
-                res["errors"].append(f"image_embeds has {len(image_embeds)} rows, export.json "
-                                     f"says {m['image']['tokens']} tokens per image")
-        probe = runner.embed([0])
-        lm_out = part(m, LM_PREFILL if runner.static else LM)["outputs"]
-        vocab = next(o["shape"][-1] for o in lm_out if o["name"] == "logits")
+            want = [m["image"]["tokens"], width]
+            if list(image_embeds.shape) != want:
+                # The prompt cannot be assembled: stop here, as with a part that cannot run.
+                raise PartFailed(f"image_embeds {list(image_embeds.shape)}, expected {want} "
+                                 "(tokens per image, the language model's input width)")
         text = [int(t) if t != tok_image else (int(t) + 1) % vocab
                 for t in rng.integers(0, vocab, text_tokens)]
         half = text_tokens // 2
@@ -731,8 +732,6 @@ def smoke_run(runner: Runner, text_tokens: int = 8, decode_steps: int = 4, seed:
         ids = text[:half] + [tok_image] * n_img + text[half:]
         embeds = runner.prompt_embeddings(ids, image_embeds)
         note("inputs_embeds", embeds)
-        if embeds.shape[1] != probe.shape[1]:
-            res["errors"].append(f"inputs_embeds width {embeds.shape[1]} vs {probe.shape[1]}")
         logits, state = runner.lm(embeds, runner.fresh_state(), 0)
         note("logits (prefill)", logits)
         if list(logits.shape) != [len(ids), vocab]:
